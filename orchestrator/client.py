@@ -1,0 +1,246 @@
+"""The application-side API: ``Orchestrator().spawn / gather / race`` and run handles."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from orchestrator.catalog import Catalog
+from orchestrator.coordinator import run_record
+from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
+from orchestrator.runs import Run
+from workers.app import create_app, make_store
+from workers.errors import BrokerUnavailable, InvalidRequest
+from workers.models import CatalogEntry, Pattern, RunStatus
+from workers.settings import Settings
+from workers.store import RunStore
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _reachable(what: str, url: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the {what} at {_safe(url)}: {exc}. Is it running? Check "
+            "ORCH_BROKER_URL / ORCH_STATE_URL, or start the embedded stack with `orchestrator up`",
+            url=_safe(url),
+        ) from exc
+
+
+def _safe(url: str) -> str:
+    """A URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class Orchestrator:
+    """Submit orchestrations and follow them.
+
+    ``Orchestrator()`` reads ``ORCH_*`` settings from the environment; pass ``settings`` or
+    ``broker_url`` (and optionally ``state_url``) to configure it explicitly.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker_url: str | None = None,
+        state_url: str | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {}
+        if broker_url is not None:
+            overrides["broker_url"] = broker_url
+        if state_url is not None:
+            overrides["state_url"] = state_url
+        if key_prefix is not None:
+            overrides["key_prefix"] = key_prefix
+        base = settings or Settings()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        self.settings.require_broker()
+        self._app: Celery | None = None
+        self.store: RunStore = make_store(self.settings)
+        self.catalog = Catalog(self.store)
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app used to send messages (no agents registered here)."""
+        if self._app is None:
+            self._app = create_app(self.settings, load_agents=False)
+        return self._app
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._app is not None:
+            self._app.close()
+        self.store.r.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the three patterns ---------------------------------------------------------------
+    def spawn(
+        self,
+        tasks: Sequence[Task],
+        *,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> Run:
+        """parallel-spawn: run every task independently and collect every output."""
+        return self.submit(
+            self.request(Pattern.SPAWN, tasks, deadline_s=deadline_s, preflight=preflight,
+                         run_id=run_id)
+        )
+
+    def gather(
+        self,
+        tasks: Sequence[Task],
+        *,
+        merge: str,
+        quorum: int | None = None,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> Run:
+        """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them)."""
+        return self.submit(
+            self.request(Pattern.GATHER, tasks, merge=merge, quorum=quorum,
+                         deadline_s=deadline_s, preflight=preflight, run_id=run_id)
+        )
+
+    def race(
+        self,
+        tasks: Sequence[Task],
+        *,
+        validate: str | None = None,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> Run:
+        """race-then-cancel: the first valid result wins; the other racers are stopped."""
+        return self.submit(
+            self.request(Pattern.RACE, tasks, validate=validate, deadline_s=deadline_s,
+                         preflight=preflight, run_id=run_id)
+        )
+
+    # -- building blocks ------------------------------------------------------------------
+    def request(
+        self,
+        pattern: Pattern,
+        tasks: Sequence[Task],
+        *,
+        merge: str | None = None,
+        quorum: int | None = None,
+        validate: str | None = None,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> OrchestrationRequest:
+        """Build and check a request (InvalidRequest on a malformed one)."""
+        if isinstance(tasks, Task):
+            raise InvalidRequest("pass a list of Task, not a single Task")
+        bad = [t for t in tasks if not isinstance(t, Task)]
+        if bad:
+            raise InvalidRequest(f"tasks must be Task objects; got {type(bad[0]).__name__}")
+        fields: dict[str, Any] = {
+            "pattern": pattern,
+            "tasks": [t.spec() for t in tasks],
+            "merge": merge,
+            "quorum": quorum,
+            "validate": validate,
+            "deadline_s": deadline_s,
+            "preflight": preflight,
+        }
+        if run_id is not None:
+            fields["run_id"] = run_id
+        try:
+            return OrchestrationRequest.model_validate(fields)
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid {pattern.value} request: {exc}") from exc
+
+    def submit(self, req: OrchestrationRequest) -> Run:
+        """Validate against the catalog, record the run and hand it to the coordinator.
+
+        On any error nothing is enqueued.
+        """
+        deadline_s = req.deadline_s or self.settings.default_deadline_s
+        if deadline_s > self.settings.max_deadline_s:
+            raise InvalidRequest(
+                f"deadline_s {deadline_s} exceeds ORCH_MAX_DEADLINE_S "
+                f"{self.settings.max_deadline_s}; raise that setting (it also sizes the broker's "
+                "visibility timeout) or shorten the deadline"
+            )
+        state = self.settings.redis_url()
+        with _reachable("state Redis", state):
+            self.catalog.check_request(
+                req.pattern,
+                [(t.agent, t.payload) for t in req.tasks],
+                req.merge,
+                req.validate_with,
+            )
+            if self.store.r.exists(self.store.keys.run(req.run_id)):
+                raise InvalidRequest(f"run id {req.run_id!r} is already in use")
+            self.store.create_run(run_record(req, req.created_at + deadline_s))
+        try:
+            with _reachable("broker", self.settings.require_broker()):
+                self.app.send_task(
+                    "orchestrator.run",
+                    args=[req.model_dump(mode="json", by_alias=True)],
+                    queue=self.settings.coordinator_queue,
+                    task_id=f"{req.run_id}.coordinator",
+                    argsrepr=f"run={req.run_id} pattern={req.pattern.value} width={len(req.tasks)}",
+                    kwargsrepr="",
+                    retry=True,
+                    retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                )
+        except BrokerUnavailable as exc:
+            with contextlib.suppress(Exception):
+                self.store.finalize(req.run_id, RunStatus.FAILED, error=f"not enqueued: {exc}")
+            raise
+        return Run(self, req.run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        """A handle on a run submitted anywhere (RunNotFound if unknown or expired)."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            self.store.record(run_id)
+        return Run(self, run_id)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Best-effort Celery revoke (queued tasks show REVOKED in Flower)."""
+        try:
+            self.app.control.revoke(task_ids)
+        except Exception as exc:
+            log.warning("revoke failed: %s (cancel flags still hold)", exc)
+
+    def agents(self) -> list[CatalogEntry]:
+        """The catalog published by the workers."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.catalog.entries()
+
+    def recent_runs(self, limit: int = 20) -> list[str]:
+        """Most recent run ids first."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.store.recent_runs(limit)
+
+    def ping(self, timeout_s: float = 2.0) -> float:
+        """Round trip to the state Redis in ms (BrokerUnavailable when down)."""
+        start = time.perf_counter()
+        with _reachable("state Redis", self.settings.redis_url()):
+            self.store.r.ping()
+        return (time.perf_counter() - start) * 1000

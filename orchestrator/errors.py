@@ -1,0 +1,27 @@
+"""The error tree (defined in :mod:`workers.errors`, the lower layer) as seen by applications."""
+
+from workers.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    InvalidPayload,
+    InvalidRequest,
+    OrchestratorError,
+    RunFailed,
+    RunNotFound,
+    RunTimedOut,
+    TaskCancelled,
+    UnknownAgent,
+)
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigError",
+    "InvalidPayload",
+    "InvalidRequest",
+    "OrchestratorError",
+    "RunFailed",
+    "RunNotFound",
+    "RunTimedOut",
+    "TaskCancelled",
+    "UnknownAgent",
+]

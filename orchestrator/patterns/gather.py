@@ -1,0 +1,40 @@
+"""gather-then-merge: a ``chord`` whose body is the merger.
+
+Members return envelopes instead of raising, so the body always runs; it reads the envelopes
+by index (a redelivered member counts once) and applies the quorum.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, chord, group
+
+from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.request import OrchestrationRequest
+from workers.models import CatalogEntry, TaskMeta
+
+
+def build_gather(
+    app: Celery,
+    req: OrchestrationRequest,
+    entries: list[CatalogEntry],
+    merger: CatalogEntry,
+    meta: TaskMeta,
+) -> Expansion:
+    """Header: every member; body: ``mergers.<name>`` with the run id and quorum."""
+    n = len(req.tasks)
+    header = group(
+        [agent_signature(app, req, i, entries[i], meta) for i in range(n)], app=app
+    )
+    body = app.signature(
+        merger.task_name,
+        kwargs={
+            "run_id": req.run_id,
+            "meta": meta.model_dump(mode="json"),
+            "quorum": req.quorum or n,
+        },
+        queue=merger.queue,
+        task_id=f"{req.run_id}.merge",
+        argsrepr=f"run={req.run_id} merge={merger.name} members={n}",
+        kwargsrepr=f"quorum={req.quorum or n}",
+    )
+    return Expansion(canvas=chord(header, body, app=app), meta=meta)

@@ -1,0 +1,18 @@
+"""race-then-cancel: a ``group`` of racers; the first valid one claims the win (SET NX) in its
+worker, then cancels and revokes its siblings. The last failure ends an all-failed race."""
+
+from __future__ import annotations
+
+from celery import Celery, group
+
+from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.request import OrchestrationRequest
+from workers.models import CatalogEntry, TaskMeta
+
+
+def build_race(
+    app: Celery, req: OrchestrationRequest, entries: list[CatalogEntry], meta: TaskMeta
+) -> Expansion:
+    """One group of every racer; validation and the claim happen inside each racer."""
+    sigs = [agent_signature(app, req, i, entries[i], meta) for i in range(len(req.tasks))]
+    return Expansion(canvas=group(sigs, app=app), meta=meta)

@@ -1,0 +1,108 @@
+"""The orchestration request: what a client sends to the coordinator (also from non-Python code)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workers.models import Pattern
+
+PreflightPolicy = Literal["off", "warn", "refuse", "auto"]
+MAX_TASKS = 10_000
+
+
+class Task:
+    """One unit of work for one agent: ``Task("researcher", {"topic": "x"})``.
+
+    ``payload`` is a dict or an instance of the agent's input model. ``secret=True`` keeps the
+    payload out of Flower and logs.
+    """
+
+    __slots__ = ("agent", "depends_on", "payload", "secret")
+
+    def __init__(
+        self,
+        agent: str,
+        payload: dict[str, Any] | BaseModel | None = None,
+        *,
+        depends_on: tuple[int, ...] | list[int] = (),
+        secret: bool = False,
+    ) -> None:
+        self.agent = agent
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        self.payload: dict[str, Any] = dict(payload or {})
+        self.depends_on = tuple(depends_on)
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        shown = "<secret>" if self.secret else repr(self.payload)
+        return f"Task({self.agent!r}, {shown})"
+
+    def spec(self) -> TaskSpec:
+        """The wire form."""
+        return TaskSpec(
+            agent=self.agent,
+            payload=self.payload,
+            depends_on=list(self.depends_on),
+            secret=self.secret,
+        )
+
+
+class TaskSpec(BaseModel):
+    """Wire form of a Task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[int] = Field(
+        default_factory=list, description="Indices of tasks this one needs (advisor input)."
+    )
+    secret: bool = False
+
+
+def new_run_id() -> str:
+    """A short, unique, URL-safe run id."""
+    return uuid.uuid4().hex[:16]
+
+
+class OrchestrationRequest(BaseModel):
+    """A complete orchestration, as sent to the ``orchestrator.run`` task."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    version: Literal[1] = 1
+    run_id: str = Field(default_factory=new_run_id, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    pattern: Pattern
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
+    merge: str | None = Field(None, description="Merger name (gather-then-merge only).")
+    validate_with: str | None = Field(
+        None, alias="validate", description="Validator name (race-then-cancel only)."
+    )
+    quorum: int | None = Field(
+        None, ge=1, description="Successful members a gather needs (default: all)."
+    )
+    deadline_s: float | None = Field(None, gt=0, description="Deadline of the whole run.")
+    preflight: PreflightPolicy = "warn"
+    created_at: float = Field(default_factory=time.time)
+
+    @model_validator(mode="after")
+    def _pattern_options(self) -> OrchestrationRequest:
+        n = len(self.tasks)
+        if self.pattern is Pattern.GATHER and not self.merge:
+            raise ValueError("gather-then-merge needs merge=<merger name>")
+        if self.pattern is not Pattern.GATHER and (self.merge or self.quorum):
+            raise ValueError("merge and quorum apply only to gather-then-merge")
+        if self.pattern is not Pattern.RACE and self.validate_with:
+            raise ValueError("validate applies only to race-then-cancel")
+        if self.quorum is not None and self.quorum > n:
+            raise ValueError(f"quorum {self.quorum} is larger than the {n} tasks")
+        for i, t in enumerate(self.tasks):
+            bad = [d for d in t.depends_on if not 0 <= d < n or d == i]
+            if bad:
+                raise ValueError(f"task #{i} depends_on {bad}: not other tasks of this request")
+        return self

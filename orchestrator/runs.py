@@ -1,0 +1,129 @@
+"""Run handles and the run-level actions shared by clients and the coordinator."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from workers.errors import RunTimedOut
+from workers.models import RoiReport, RunProgress, RunResult, RunStatus
+from workers.outcome import build_result, fill_missing
+from workers.store import RunStore
+
+if TYPE_CHECKING:
+    from orchestrator.client import Orchestrator
+
+#: How long past its deadline a run may stay open before a waiting client ends it itself
+#: (normally the coordinator's deadline task does it first).
+DEADLINE_GRACE_S = 2.0
+
+Revoke = Callable[[list[str]], None]
+
+
+def subtask_ids(run_id: str, n: int) -> list[str]:
+    """Every subtask id of a run (ids are deterministic)."""
+    return [f"{run_id}.{i}" for i in range(n)] + [f"{run_id}.merge"]
+
+
+def expire_run(store: RunStore, revoke: Revoke, run_id: str) -> RunResult | None:
+    """End a run whose deadline has passed: cancel what is left, keep what arrived."""
+    if store.result(run_id) is not None:
+        return None
+    rec = store.record(run_id)
+    if time.time() < float(rec["deadline_at"]):
+        return None
+    n = int(rec["n"])
+    store.request_cancel(run_id, "deadline passed")
+    revoke(subtask_ids(run_id, n))
+    done = int(rec.get("done", "0"))
+    deadline_s = float(rec["deadline_at"]) - float(rec["created_at"])
+    return store.finalize(
+        run_id,
+        RunStatus.TIMED_OUT,
+        error=f"deadline of {deadline_s:.1f}s passed with {done} of {n} subagents finished; "
+        "the rest were cancelled (raise deadline_s, add workers, or shrink the tasks)",
+    )
+
+
+def cancel_run(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResult | None:
+    """Stop every queued and running subtask and end the run ``cancelled``."""
+    rec = store.record(run_id)
+    store.request_cancel(run_id, reason)
+    revoke(subtask_ids(run_id, int(rec["n"])))
+    return store.finalize(run_id, RunStatus.CANCELLED, error=reason)
+
+
+class Run:
+    """A handle on one orchestration, wherever it was submitted."""
+
+    def __init__(self, orch: Orchestrator, run_id: str) -> None:
+        self.orch = orch
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+    def result(self) -> RunResult | None:
+        """The final result if the run has ended, else None (no waiting)."""
+        return self.orch.store.result(self.id)
+
+    def wait(self, timeout_s: float | None = None) -> RunResult:
+        """Block until the run ends (no polling: a blocking read on Redis).
+
+        Raises RunTimedOut if ``timeout_s`` passes first; the run itself goes on.
+        """
+        store = self.orch.store
+        limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
+        deadline_at = float(store.record(self.id)["deadline_at"])
+        while True:
+            result = store.result(self.id)
+            if result is not None:
+                return result
+            now_wall = time.time()
+            if now_wall > deadline_at + DEADLINE_GRACE_S:
+                # The coordinator should have ended it; it may be gone. End it from here.
+                expire_run(store, self.orch.revoke, self.id)
+                continue
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                raise RunTimedOut(
+                    f"run {self.id} still {store.progress(self.id).status.value} after "
+                    f"{timeout_s}s of waiting; it goes on: wait again, or run.cancel()",
+                    run_id=self.id,
+                )
+            step = min(remaining, deadline_at + DEADLINE_GRACE_S - now_wall + 0.05)
+            store.wait_done(self.id, max(step, 0.001))
+
+    def status(self) -> RunProgress:
+        """A live snapshot: status, started, finished, counts per outcome."""
+        return self.orch.store.progress(self.id)
+
+    def cancel(self, reason: str = "cancelled by user") -> RunResult:
+        """Stop the run everywhere; returns the final result (cancelled, or how it had ended)."""
+        cancel_run(self.orch.store, self.orch.revoke, self.id, reason)
+        result = self.orch.store.result(self.id)
+        assert result is not None
+        return result
+
+    def report(self) -> RoiReport:
+        """The ROI report, recomputed from every envelope that has arrived (late losers too)."""
+        store = self.orch.store
+        result = self.wait(timeout_s=0.001) if self.result() is None else self.result()
+        assert result is not None
+        rec = store.record(self.id)
+        envs = store.envelopes(self.id)
+        started = {int(i) for i in store.r.hkeys(store.keys.attempts(self.id))}
+        results = fill_missing(
+            rec, envs, started, [r.agent for r in result.results], None
+        )
+        winner = result.winner.index if result.winner else None
+        fresh = build_result(
+            rec,
+            results,
+            status=result.status,
+            finished_at=result.finished_at,
+            merge_s=result.report.merge_s,
+            winner=winner,
+        )
+        return fresh.report

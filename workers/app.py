@@ -1,0 +1,285 @@
+"""The Celery app factory: safe defaults, agent tasks, catalog publishing, process services."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init
+
+from workers.cancel import CancelListener, Running
+from workers.errors import ConfigError
+from workers.keys import Keys
+from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, TaskMeta, WorkerInfo
+from workers.registry import REGISTRY, AgentSpec, Registry
+from workers.runtime import Services, execute_agent, execute_merge
+from workers.settings import Settings
+from workers.store import RunStore
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 5.0
+_IN_PREFORK_CHILD = False
+
+
+@worker_process_init.connect(weak=False)
+def _mark_prefork_child(**_: Any) -> None:
+    # Only prefork children may be killed when a task ignores its interrupt.
+    global _IN_PREFORK_CHILD
+    _IN_PREFORK_CHILD = True
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A decoded Redis client with sane timeouts (fork-safe: redis-py resets pools by pid)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+def make_store(settings: Settings, client: redis.Redis | None = None) -> RunStore:
+    """The run store for these settings."""
+    return RunStore(
+        client or redis_client(settings.redis_url()),
+        Keys(settings.key_prefix),
+        ttl_s=settings.run_ttl_s,
+        events_maxlen=settings.events_maxlen,
+        recent=settings.recent_runs,
+    )
+
+
+def load_agent_modules(modules: list[str]) -> None:
+    """Import the modules that register agents, with a clear error when one is missing."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import agent module {name!r} named in ORCH_AGENT_MODULES: {exc}",
+                setting="ORCH_AGENT_MODULES",
+            ) from exc
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """JSON only, at-least-once delivery, events on for Flower."""
+    visibility = int(settings.max_deadline_s * 1.25 + 60)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=settings.run_ttl_s,
+        result_chord_join_timeout=30.0,
+        task_default_queue=settings.agent_queue,
+        broker_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={"visibility_timeout": visibility},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+
+
+class _ProcessServices:
+    """Lazily built per process (after fork), shared by every task in it."""
+
+    def __init__(self, app: Celery, settings: Settings, registry: Registry) -> None:
+        self.app = app
+        self.settings = settings
+        self.registry = registry
+        self._pid = -1
+        self._services: Services | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Services:
+        with self._lock:
+            if self._services is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                store = make_store(self.settings)
+                listener = CancelListener(
+                    store.r,
+                    store.keys,
+                    poll_s=self.settings.cancel.poll_s,
+                    grace_s=self.settings.cancel.grace_s,
+                    kill_stuck=_IN_PREFORK_CHILD,
+                    on_kill=lambda item: _record_killed(store, item),
+                )
+                listener.start()
+                self._services = Services(
+                    store=store,
+                    listener=listener,
+                    registry=self.registry,
+                    revoke=self._revoke,
+                )
+            return self._services
+
+    def _revoke(self, task_ids: list[str]) -> None:
+        # Our flag makes queued siblings skip anyway; the revoke shows them REVOKED in Flower.
+        try:
+            self.app.control.revoke(task_ids)
+        except Exception as exc:
+            log.warning("revoke of %d siblings failed: %s (their cancel flag still holds)",
+                        len(task_ids), exc)
+
+
+def _record_killed(store: RunStore, item: Running) -> None:
+    env = AgentResult(
+        index=item.index,
+        task_id=item.task_id,
+        agent="?",
+        status=AgentStatus.CANCELLED,
+        error=ErrorInfo(type="Cancelled", message=f"{item.reason}; killed after grace period"),
+        finished_at=time.time(),
+        worker=socket.gethostname(),
+        cancel_requested_at=item.cancel_at,
+    )
+    store.finish_task(item.run_id, env, claim=False)
+
+
+def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
+    def run_agent(self: Any, run_id: str, index: int, payload: Any, meta: dict[str, Any]) -> Any:
+        env = execute_agent(
+            services.get(),
+            spec,
+            task_id=self.request.id,
+            worker=self.request.hostname or socket.gethostname(),
+            run_id=run_id,
+            index=index,
+            payload=payload,
+            meta=TaskMeta.model_validate(meta),
+        )
+        return env.model_dump(mode="json")
+
+    app.task(name=spec.task_name, bind=True, queue=queue, typing=False)(run_agent)
+
+
+def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
+    def run_merge(
+        self: Any, _members: Any, run_id: str, meta: dict[str, Any], quorum: int
+    ) -> dict[str, Any]:
+        return execute_merge(
+            services.get(),
+            spec,
+            task_id=self.request.id,
+            worker=self.request.hostname or socket.gethostname(),
+            run_id=run_id,
+            meta=TaskMeta.model_validate(meta),
+            quorum=quorum,
+        )
+
+    app.task(name=spec.task_name, bind=True, queue=queue, typing=False)(run_merge)
+
+
+def agent_queues(settings: Settings, registry: Registry = REGISTRY) -> list[str]:
+    """Every queue the registered agents and mergers use."""
+    queues = {
+        s.queue or settings.agent_queue
+        for s in registry.all()
+        if s.kind in (AgentKind.AGENT, AgentKind.MERGER)
+    }
+    return sorted(queues or {settings.agent_queue})
+
+
+def create_app(
+    settings: Settings | None = None, *, load_agents: bool = True, registry: Registry = REGISTRY
+) -> Celery:
+    """A configured Celery app; with load_agents, the agents' tasks are registered on it."""
+    settings = settings or Settings()
+    app = Celery("orchestrator", broker=settings.require_broker(), backend=settings.celery_backend())
+    configure(app, settings)
+    app.orch_settings = settings  # type: ignore[attr-defined]
+    if load_agents:
+        load_agent_modules(settings.agent_modules)
+        services = _ProcessServices(app, settings, registry)
+        for spec in registry.of_kind(AgentKind.AGENT):
+            _register_agent(app, spec, services, spec.queue or settings.agent_queue)
+        for spec in registry.of_kind(AgentKind.MERGER):
+            _register_merger(app, spec, services, spec.queue or settings.agent_queue)
+        app.steps["worker"].add(presence_step(settings, registry, "worker"))
+    return app
+
+
+def presence_step(settings: Settings, registry: Registry, role: str) -> type[bootsteps.StartStopStep]:
+    class Presence(bootsteps.StartStopStep):
+        """Publishes the catalog and a heartbeat while the worker runs."""
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self._stop = threading.Event()
+            self._thread: threading.Thread | None = None
+
+        def start(self, worker: Any) -> None:
+            store = make_store(settings)
+            hostname = worker.hostname
+            if role == "worker":
+                publish_catalog(store, settings, registry, hostname)
+            info = WorkerInfo(
+                hostname=hostname,
+                role=role,
+                queues=sorted(q.name for q in worker.app.amqp.queues.consume_from.values()),
+                pool=type(worker.pool).__module__.rsplit(".", 1)[-1] if worker.pool else "?",
+                concurrency=int(worker.concurrency or 1),
+                pid=os.getpid(),
+                heartbeat_at=time.time(),
+            )
+
+            def beat() -> None:
+                while True:
+                    info.heartbeat_at = time.time()
+                    try:
+                        store.r.hset(store.keys.workers, hostname, info.model_dump_json())
+                    except Exception as exc:
+                        log.warning("heartbeat failed: %s", exc)
+                    if self._stop.wait(HEARTBEAT_S):
+                        break
+                try:
+                    store.r.hdel(store.keys.workers, hostname)
+                except Exception as exc:
+                    log.debug("could not remove heartbeat: %s", exc)
+
+            self._thread = threading.Thread(target=beat, name="orch-heartbeat", daemon=True)
+            self._thread.start()
+
+        def stop(self, worker: Any) -> None:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=2)
+
+    return Presence
+
+
+def publish_catalog(store: RunStore, settings: Settings, registry: Registry, hostname: str) -> None:
+    """Write every registered agent, merger and validator to the catalog hash."""
+    now = time.time()
+    entries = {
+        catalog_field(spec.kind, spec.name): (
+            spec.catalog_entry(settings.agent_queue, hostname, now).model_dump_json()
+        )
+        for spec in registry.all()
+    }
+    if entries:
+        store.r.hset(store.keys.catalog, mapping=entries)
+    log.info("published %d catalog entries: %s", len(entries), json.dumps(sorted(entries)))
+
+
+def catalog_field(kind: AgentKind, name: str) -> str:
+    """Field of the catalog hash for one entry."""
+    return f"{kind.value}:{name}"

@@ -1,0 +1,14 @@
+-- End a run exactly once: the first finaliser's RunResult stands.
+-- KEYS[1] result string  KEYS[2] run record hash  KEYS[3] done stream  KEYS[4] events stream
+-- ARGV[1] RunResult JSON  ARGV[2] final status  ARGV[3] now  ARGV[4] ttl seconds
+-- ARGV[5] events maxlen
+-- Returns 1 if this call ended the run, 0 if it had already ended.
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'run_finished', 'status', ARGV[2],
+  'ts', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'status', ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1

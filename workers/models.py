@@ -1,0 +1,199 @@
+"""Pydantic models that cross the wire (task messages, Redis records, results)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Pattern(str, Enum):
+    """The three orchestration patterns."""
+
+    SPAWN = "parallel-spawn"
+    GATHER = "gather-then-merge"
+    RACE = "race-then-cancel"
+
+
+class AgentStatus(str, Enum):
+    """Outcome of one subagent."""
+
+    OK = "ok"
+    ERROR = "error"  # the agent raised, or its input was rejected
+    INVALID = "invalid"  # output failed its model or the race validator (the error trap)
+    CANCELLED = "cancelled"  # stopped while running, or lost the race
+    LOST = "lost"  # never reported (worker gone, deadline passed while queued)
+    SKIPPED = "skipped"  # never started: the run was already decided or cancelled
+
+
+class RunStatus(str, Enum):
+    """Lifecycle of a run; the last four are final."""
+
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def final(self) -> bool:
+        """True once the run can no longer change."""
+        return self not in (RunStatus.SUBMITTED, RunStatus.RUNNING)
+
+
+class ErrorInfo(BaseModel):
+    """An error as data: what happened and what to do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    message: str
+    hint: str | None = None
+
+
+class AgentKind(str, Enum):
+    """What a catalog entry is."""
+
+    AGENT = "agent"
+    MERGER = "merger"
+    VALIDATOR = "validator"
+
+
+class CatalogEntry(BaseModel):
+    """What workers publish about each registered callable."""
+
+    name: str
+    kind: AgentKind
+    task_name: str | None
+    description: str = ""
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    queue: str
+    published_by: str = ""
+    published_at: float = 0.0
+
+
+class WorkerInfo(BaseModel):
+    """Heartbeat record of one worker (or coordinator) process."""
+
+    hostname: str
+    role: str
+    queues: list[str]
+    pool: str
+    concurrency: int
+    pid: int
+    heartbeat_at: float
+
+
+class TaskMeta(BaseModel):
+    """Per-subtask context sent with every agent message."""
+
+    pattern: Pattern
+    n: int
+    queued_at: float
+    deadline_at: float
+    validate_with: str | None = None
+
+
+class AgentResult(BaseModel):
+    """The envelope of one subagent: never an exception, always one of these."""
+
+    index: int
+    task_id: str
+    agent: str
+    status: AgentStatus
+    output: Any = None
+    error: ErrorInfo | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    attempt: int = 0
+    cancel_requested_at: float | None = Field(
+        None, description="When this subtask was asked to stop (race won, cancel, deadline)."
+    )
+
+    @property
+    def ran_s(self) -> float:
+        """Seconds of work this subagent consumed."""
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return max(0.0, self.finished_at - self.started_at)
+
+    @property
+    def cancel_latency_s(self) -> float | None:
+        """Seconds between the stop request and this subagent actually stopping."""
+        if self.cancel_requested_at is None or self.finished_at is None:
+            return None
+        if self.started_at is None:
+            return None
+        return max(0.0, self.finished_at - self.cancel_requested_at)
+
+
+class RoiReport(BaseModel):
+    """What parallelism bought: measured after every run."""
+
+    n: int
+    wall_s: float = Field(description="Submit to finish.")
+    sequential_estimate_s: float = Field(description="Sum of subagent run times plus merge.")
+    speedup: float
+    efficiency: float = Field(description="Speedup divided by the number of subagents.")
+    work_spent_s: float
+    work_wasted_s: float = Field(description="Run time of cancelled racers and discarded results.")
+    merge_s: float = 0.0
+    coordinator_overhead_s: float = Field(description="Submit to the first subagent queued.")
+    queue_wait_s: float = Field(0.0, description="Mean time subagents waited in the queue.")
+    cancel_latency_p50_s: float | None = None
+    cancel_latency_max_s: float | None = None
+
+
+class RunResult(BaseModel):
+    """The outcome of one orchestration."""
+
+    run_id: str
+    pattern: Pattern
+    status: RunStatus
+    results: list[AgentResult]
+    merged: Any = None
+    winner: AgentResult | None = None
+    error: str | None = None
+    created_at: float
+    finished_at: float
+    report: RoiReport
+
+    @property
+    def ok(self) -> bool:
+        """True when the run succeeded."""
+        return self.status is RunStatus.SUCCEEDED
+
+    def outputs(self) -> list[Any]:
+        """Outputs of the successful subagents, in task order."""
+        return [r.output for r in self.results if r.status is AgentStatus.OK]
+
+    def raise_for_status(self) -> RunResult:
+        """Return self when succeeded, else raise RunFailed carrying this result."""
+        from workers.errors import RunFailed
+
+        if not self.ok:
+            raise RunFailed(
+                f"run {self.run_id} ({self.pattern.value}) ended {self.status.value}: {self.error}",
+                result=self,
+            )
+        return self
+
+
+class RunProgress(BaseModel):
+    """A live snapshot of a run (Run.status())."""
+
+    run_id: str
+    pattern: Pattern
+    status: RunStatus
+    n: int
+    started: int
+    finished: int
+    counts: dict[str, int]
+    created_at: float
+    deadline_at: float
+    winner: int | None = None

@@ -1,0 +1,181 @@
+"""The agent registry: ``@agent``, ``@merger`` and ``@validator``.
+
+Decorators only record the function; the Celery tasks are created when a worker builds its app
+(``workers.app.create_app``), so importing an agent module has no side effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from workers.models import AgentKind, CatalogEntry
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+AGENT_TASK_PREFIX = "agents."
+MERGER_TASK_PREFIX = "mergers."
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One registered callable."""
+
+    name: str
+    kind: AgentKind
+    fn: Callable[..., Any]
+    input: type[BaseModel]
+    output: type[BaseModel] | None
+    queue: str | None = None
+    description: str = ""
+
+    @property
+    def task_name(self) -> str | None:
+        """Celery task name (validators run inside racers and have none)."""
+        if self.kind is AgentKind.AGENT:
+            return AGENT_TASK_PREFIX + self.name
+        if self.kind is AgentKind.MERGER:
+            return MERGER_TASK_PREFIX + self.name
+        return None
+
+    def catalog_entry(self, default_queue: str, published_by: str, now: float) -> CatalogEntry:
+        """What this spec looks like to clients that do not import worker code."""
+        return CatalogEntry(
+            name=self.name,
+            kind=self.kind,
+            task_name=self.task_name,
+            description=self.description,
+            input_schema=self.input.model_json_schema(),
+            output_schema=self.output.model_json_schema() if self.output else None,
+            queue=self.queue or default_queue,
+            published_by=published_by,
+            published_at=now,
+        )
+
+
+@dataclass
+class Registry:
+    """Name -> spec, one namespace per kind."""
+
+    specs: dict[tuple[AgentKind, str], AgentSpec] = field(default_factory=dict)
+
+    def add(self, spec: AgentSpec) -> None:
+        """Register, refusing a second definition under the same name."""
+        key = (spec.kind, spec.name)
+        existing = self.specs.get(key)
+        if existing is not None and existing.fn is not spec.fn:
+            same_place = (
+                getattr(existing.fn, "__qualname__", None) == getattr(spec.fn, "__qualname__", 1)
+                and getattr(existing.fn, "__module__", None) == getattr(spec.fn, "__module__", 1)
+            )
+            if not same_place:  # a module imported twice re-registers itself: allowed
+                raise ValueError(
+                    f"{spec.kind.value} {spec.name!r} is already registered by "
+                    f"{existing.fn.__module__}.{existing.fn.__qualname__}; pick another name"
+                )
+        self.specs[key] = spec
+
+    def get(self, kind: AgentKind, name: str) -> AgentSpec | None:
+        """The spec, or None."""
+        return self.specs.get((kind, name))
+
+    def of_kind(self, kind: AgentKind) -> list[AgentSpec]:
+        """Every spec of one kind, by name."""
+        return sorted((s for s in self.specs.values() if s.kind is kind), key=lambda s: s.name)
+
+    def all(self) -> list[AgentSpec]:
+        """Every spec."""
+        return sorted(self.specs.values(), key=lambda s: (s.kind.value, s.name))
+
+
+REGISTRY = Registry()
+
+
+def _check_model(what: str, model: object) -> type[BaseModel]:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"{what} must be a pydantic BaseModel subclass, got {model!r}")
+    return model
+
+
+def _check_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise ValueError(f"bad name {name!r}: use letters, digits, '_', '-' or '.'")
+    return name
+
+
+def agent(
+    name: str,
+    *,
+    input: type[BaseModel],
+    output: type[BaseModel],
+    queue: str | None = None,
+    description: str = "",
+) -> Callable[[F], F]:
+    """Register ``fn(input_model, ctx) -> output_model`` as Celery task ``agents.<name>``."""
+
+    def register(fn: F) -> F:
+        REGISTRY.add(
+            AgentSpec(
+                name=_check_name(name),
+                kind=AgentKind.AGENT,
+                fn=fn,
+                input=_check_model("input", input),
+                output=_check_model("output", output),
+                queue=queue,
+                description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
+        return fn
+
+    return register
+
+
+def merger(
+    name: str,
+    *,
+    input: type[BaseModel],
+    output: type[BaseModel],
+    queue: str | None = None,
+    description: str = "",
+) -> Callable[[F], F]:
+    """Register ``fn(list[input_model], ctx) -> output_model`` as the body of a gather."""
+
+    def register(fn: F) -> F:
+        REGISTRY.add(
+            AgentSpec(
+                name=_check_name(name),
+                kind=AgentKind.MERGER,
+                fn=fn,
+                input=_check_model("input", input),
+                output=_check_model("output", output),
+                queue=queue,
+                description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
+        return fn
+
+    return register
+
+
+def validator(
+    name: str, *, input: type[BaseModel], description: str = ""
+) -> Callable[[F], F]:
+    """Register ``fn(output_model) -> bool``: a quick check of a race candidate."""
+
+    def register(fn: F) -> F:
+        REGISTRY.add(
+            AgentSpec(
+                name=_check_name(name),
+                kind=AgentKind.VALIDATOR,
+                fn=fn,
+                input=_check_model("input", input),
+                output=None,
+                description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
+        return fn
+
+    return register

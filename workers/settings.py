@@ -1,0 +1,140 @@
+"""One settings root for every process (environment prefix ``ORCH_``).
+
+Nested sections use ``__`` in environment names, e.g. ``ORCH_CANCEL__GRACE_S=5``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from workers.errors import ConfigError
+
+
+class CancelSettings(BaseModel):
+    """How running subtasks are stopped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_s: float = Field(
+        3.0,
+        ge=0.0,
+        description="Seconds a prefork task may ignore the soft interrupt before its process is "
+        "killed (the pool replaces it).",
+    )
+    poll_s: float = Field(
+        0.5,
+        gt=0.0,
+        description="How often a process re-checks cancel flags of its running tasks, in case a "
+        "pub/sub message was missed.",
+    )
+
+
+class FlowerSettings(BaseModel):
+    """Flower, the operators' web UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int = Field(5555, description="Port Flower listens on.")
+    address: str = Field("127.0.0.1", description="Address Flower binds to.")
+    basic_auth: str | None = Field(
+        None, description="'user:password' for Flower's basic auth (required unless local_only)."
+    )
+    local_only: bool = Field(
+        False, description="Allow Flower without auth; only when bound to loopback."
+    )
+
+
+class Settings(BaseSettings):
+    """Settings shared by clients, the coordinator and workers."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="forbid")
+
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker URL (redis://, rediss://, amqp://). Unset: only the embedded "
+        "stack (`orchestrator demo` / `up`) can run.",
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend; defaults to the broker URL when it is Redis."
+    )
+    state_url: str | None = Field(
+        None,
+        description="Redis holding run records, events, catalog and cancel flags; defaults to "
+        "the result backend, then the broker, whichever is Redis.",
+    )
+    key_prefix: str = Field(
+        "orch", min_length=1, description="Prefix of every Redis key this project writes."
+    )
+    agent_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules that define agents, imported by workers (comma separated).",
+    )
+    agent_queue: str = Field("agents", description="Default queue of agents and mergers.")
+    coordinator_queue: str = Field("orchestrator", description="Queue of the coordinator.")
+    default_deadline_s: float = Field(
+        300.0, gt=0, description="Deadline of an orchestration when the request names none."
+    )
+    max_deadline_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest deadline accepted; the broker's visibility timeout is sized above it.",
+    )
+    run_ttl_s: int = Field(
+        86_400, gt=0, description="How long run records, results and events are kept."
+    )
+    recent_runs: int = Field(1000, gt=0, description="How many run ids `status` can list.")
+    events_maxlen: int = Field(10_000, gt=0, description="Approximate cap of each run's events.")
+    cancel: CancelSettings = Field(default_factory=CancelSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+
+    @field_validator("agent_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    def require_broker(self) -> str:
+        """The broker URL, or a ConfigError that says how to get one."""
+        if not self.broker_url:
+            raise ConfigError(
+                "no broker configured: set ORCH_BROKER_URL (e.g. redis://host:6379/0), "
+                "or run `orchestrator up` / `orchestrator demo` for the embedded stack",
+                setting="ORCH_BROKER_URL",
+            )
+        return self.broker_url
+
+    def celery_backend(self) -> str:
+        """Result backend URL: explicit, else the broker when it is Redis."""
+        if self.result_backend:
+            return self.result_backend
+        broker = self.require_broker()
+        if _is_redis(broker):
+            return broker
+        raise ConfigError(
+            f"broker {_scheme(broker)}:// needs a Redis result backend: set ORCH_RESULT_BACKEND",
+            setting="ORCH_RESULT_BACKEND",
+        )
+
+    def redis_url(self) -> str:
+        """Redis that holds the orchestration state."""
+        for url in (self.state_url, self.result_backend, self.broker_url):
+            if url and _is_redis(url):
+                return url
+        if self.broker_url is None:
+            self.require_broker()
+        raise ConfigError(
+            "no Redis for run state: set ORCH_STATE_URL (or a redis:// result backend)",
+            setting="ORCH_STATE_URL",
+        )
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _is_redis(url: str) -> bool:
+    return _scheme(url) in {"redis", "rediss", "unix"}

@@ -1,0 +1,277 @@
+"""Run state in Redis: records, envelopes, race claims, cancel flags, events, final results.
+
+Shared by workers (start/finish/finalise) and the orchestrator (create, cancel, wait).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from workers.errors import RunNotFound
+from workers.keys import Keys
+from workers.models import AgentResult, AgentStatus, Pattern, RunProgress, RunResult, RunStatus
+from workers.outcome import build_result, fill_missing
+
+
+def _script(name: str) -> str:
+    return resources.files("workers").joinpath("lua", name).read_text()
+
+
+@dataclass(frozen=True)
+class FinishOutcome:
+    """What recording one envelope changed."""
+
+    new: bool
+    done: int
+    n: int
+    won: bool
+
+
+class RunStore:
+    """Typed access to one Redis holding orchestration state."""
+
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, ttl_s: int, events_maxlen: int, recent: int
+    ) -> None:
+        self.r = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.maxlen = events_maxlen
+        self.recent = recent
+        self._start = client.register_script(_script("start.lua"))
+        self._finish = client.register_script(_script("finish.lua"))
+        self._finalize = client.register_script(_script("finalize.lua"))
+
+    # -- records ---------------------------------------------------------------------------
+    def create_run(self, record: dict[str, Any]) -> None:
+        """Write a new run record (status submitted) and index it as recent."""
+        run_id = record["run_id"]
+        flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}
+        key = self.keys.run(run_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping=flat)
+        pipe.expire(key, self.ttl_s)
+        pipe.xadd(
+            self.keys.events(run_id),
+            {"type": "submitted", "n": str(record["n"]), "ts": str(record["created_at"])},
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+        pipe.expire(self.keys.events(run_id), self.ttl_s)
+        pipe.zadd(self.keys.runs, {run_id: float(record["created_at"])})
+        pipe.zremrangebyrank(self.keys.runs, 0, -self.recent - 1)
+        pipe.execute()
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set fields of the run record."""
+        flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        self.r.hset(self.keys.run(run_id), mapping=flat)
+
+    def record(self, run_id: str) -> dict[str, str]:
+        """The run record, or RunNotFound."""
+        rec: dict[str, str] = self.r.hgetall(self.keys.run(run_id))  # type: ignore[assignment]
+        if not rec:
+            raise RunNotFound(
+                f"no run {run_id!r} under prefix {self.keys.prefix!r}: wrong id, wrong "
+                "ORCH_KEY_PREFIX/state Redis, or the run expired (ORCH_RUN_TTL_S)",
+                run_id=run_id,
+            )
+        return rec
+
+    def event(self, run_id: str, kind: str, **fields: Any) -> None:
+        """Append one event to the run's stream."""
+        data = {"type": kind, "ts": repr(time.time())}
+        data.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
+        self.r.xadd(self.keys.events(run_id), data, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+
+    # -- subtasks --------------------------------------------------------------------------
+    def start_task(self, run_id: str, index: int, worker: str) -> tuple[int, str]:
+        """Count the attempt and return (attempt, reason not to run or '')."""
+        k = self.keys
+        attempt, reason = self._start(
+            keys=[
+                k.run(run_id),
+                k.attempts(run_id),
+                k.cancel(run_id),
+                k.task_cancel(run_id),
+                k.events(run_id),
+                k.results(run_id),
+            ],
+            args=[index, repr(time.time()), worker, self.ttl_s, self.maxlen],
+        )
+        return int(attempt), str(reason)
+
+    def finish_task(self, run_id: str, env: AgentResult, *, claim: bool) -> FinishOutcome:
+        """Record the envelope once; with claim, try to win the race."""
+        k = self.keys
+        new, done, n, won = self._finish(
+            keys=[k.results(run_id), k.run(run_id), k.events(run_id), k.winner(run_id)],
+            args=[
+                env.index,
+                env.model_dump_json(),
+                env.status.value,
+                self.ttl_s,
+                "1" if claim else "0",
+                repr(time.time()),
+                self.maxlen,
+            ],
+        )
+        return FinishOutcome(new=bool(new), done=int(done), n=int(n), won=bool(won))
+
+    def envelope(self, run_id: str, index: int) -> AgentResult | None:
+        """The recorded envelope of one subtask."""
+        raw = self.r.hget(self.keys.results(run_id), str(index))
+        return AgentResult.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+
+    def envelopes(self, run_id: str) -> dict[int, AgentResult]:
+        """Every recorded envelope by index."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.results(run_id))  # type: ignore[assignment]
+        return {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
+
+    # -- cancellation ----------------------------------------------------------------------
+    def request_cancel(
+        self,
+        run_id: str,
+        reason: str,
+        *,
+        keep: int | None = None,
+        indices: list[int] | None = None,
+    ) -> float:
+        """Flag the run (or some subtasks) cancelled and tell every worker process at once.
+
+        The flag is what queued subtasks see when they start; the message interrupts running ones.
+        """
+        now = time.time()
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        if indices is None:
+            pipe.set(k.cancel(run_id), reason, nx=True, ex=self.ttl_s)
+            pipe.hsetnx(k.run(run_id), "cancel_requested_at", repr(now))
+        else:
+            pipe.hset(k.task_cancel(run_id), mapping={str(i): reason for i in indices})
+            pipe.expire(k.task_cancel(run_id), self.ttl_s)
+        message = {"run": run_id, "indices": indices, "keep": keep, "reason": reason, "at": now}
+        pipe.publish(k.cancel_channel, json.dumps(message))
+        pipe.xadd(
+            k.events(run_id),
+            {"type": "cancel_requested", "reason": reason, "ts": repr(now)},
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+        pipe.execute()
+        return now
+
+    def cancel_reason(self, run_id: str, index: int) -> str | None:
+        """Why this subtask should stop, if it should."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(self.keys.cancel(run_id))
+        pipe.hget(self.keys.task_cancel(run_id), str(index))
+        run_reason, task_reason = pipe.execute()
+        return run_reason or task_reason  # type: ignore[no-any-return]
+
+    # -- the end of a run ------------------------------------------------------------------
+    def finalize(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        error: str | None = None,
+        merged: Any = None,
+        merge_s: float = 0.0,
+        winner: int | None = None,
+    ) -> RunResult | None:
+        """Build and store the RunResult unless another finaliser was first (then None)."""
+        k = self.keys
+        if self.r.exists(k.result(run_id)):
+            return None
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(k.run(run_id))
+        pipe.hgetall(k.results(run_id))
+        pipe.hkeys(k.attempts(run_id))
+        rec, raw, started = pipe.execute()
+        if not rec:
+            return None
+        envs = {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
+        cancel_at = rec.get("cancel_requested_at")
+        results = fill_missing(
+            rec,
+            envs,
+            {int(i) for i in started},
+            json.loads(rec["agents"]),
+            float(cancel_at) if cancel_at else None,
+        )
+        now = time.time()
+        result = build_result(
+            rec,
+            results,
+            status=status,
+            finished_at=now,
+            error=error,
+            merged=merged,
+            merge_s=merge_s,
+            winner=winner,
+        )
+        ended = self._finalize(
+            keys=[k.result(run_id), k.run(run_id), k.done(run_id), k.events(run_id)],
+            args=[result.model_dump_json(), status.value, repr(now), self.ttl_s, self.maxlen],
+        )
+        return result if int(ended) else None
+
+    def result(self, run_id: str) -> RunResult | None:
+        """The final result, once the run has ended."""
+        raw = self.r.get(self.keys.result(run_id))
+        return RunResult.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+
+    def wait_done(self, run_id: str, timeout_s: float) -> bool:
+        """Block (no polling) until the run has ended or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            block_ms = max(1, int(min(remaining, 5.0) * 1000))
+            got = self.r.xread({self.keys.done(run_id): "0-0"}, count=1, block=block_ms)
+            if got:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def progress(self, run_id: str) -> RunProgress:
+        """A live snapshot of the run."""
+        k = self.keys
+        rec = self.record(run_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hlen(k.attempts(run_id))
+        pipe.hvals(k.results(run_id))
+        pipe.get(k.winner(run_id))
+        started, raw, winner = pipe.execute()
+        counts: dict[str, int] = {}
+        for v in raw:
+            status = AgentResult.model_validate_json(v).status.value
+            counts[status] = counts.get(status, 0) + 1
+        return RunProgress(
+            run_id=run_id,
+            pattern=Pattern(rec["pattern"]),
+            status=RunStatus(rec["status"]),
+            n=int(rec["n"]),
+            started=int(started),
+            finished=len(raw),
+            counts=counts,
+            created_at=float(rec["created_at"]),
+            deadline_at=float(rec["deadline_at"]),
+            winner=int(winner) if winner is not None else None,
+        )
+
+    def recent_runs(self, limit: int) -> list[str]:
+        """Most recent run ids first."""
+        ids: list[str] = self.r.zrevrange(self.keys.runs, 0, limit - 1)  # type: ignore[assignment]
+        return ids
+
+
+def ok_count(results: list[AgentResult]) -> int:
+    """How many envelopes are ok."""
+    return sum(1 for r in results if r.status is AgentStatus.OK)
