@@ -58,7 +58,9 @@ def _embedded(workers: int, concurrency: int, flower: bool = False) -> Iterator[
     click.echo(f"starting coordinator and {workers} workers x{concurrency} against {where} ...")
     started = time.monotonic()
     stack.start()
-    click.echo(f"ready in {time.monotonic() - started:.1f}s (broker {stack.url}, logs {stack.log_dir})")
+    click.echo(
+        f"ready in {time.monotonic() - started:.1f}s (broker {stack.url}, logs {stack.log_dir})"
+    )
     try:
         if flower:
             stack.extra_env["ORCH_FLOWER__LOCAL_ONLY"] = "true"
@@ -117,17 +119,27 @@ def up(workers: int, concurrency: int, flower: bool) -> None:
 
 @main.command()
 @click.option("--concurrency", "-c", default=2, show_default=True)
-@click.option("--pool", "-P", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
-              show_default=True)
+@click.option(
+    "--pool",
+    "-P",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all agents').")
 @click.option("--hostname", "-n", default="worker@%h", show_default=True)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def worker(concurrency: int, pool: str, queues: str | None, hostname: str, loglevel: str) -> None:
     """Run a worker for the agents in ORCH_AGENT_MODULES."""
     try:
-        run_worker(_settings(), concurrency=concurrency, pool=pool,
-                   queues=queues.split(",") if queues else None, hostname=hostname,
-                   loglevel=loglevel)
+        run_worker(
+            _settings(),
+            concurrency=concurrency,
+            pool=pool,
+            queues=queues.split(",") if queues else None,
+            hostname=hostname,
+            loglevel=loglevel,
+        )
     except OrchestratorError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -167,8 +179,9 @@ def agents(as_json: bool) -> None:
         click.echo("no agents published yet: is a worker running with ORCH_AGENT_MODULES set?")
     for e in entries:
         fields = ", ".join(sorted(e.input_schema.get("properties", {})))
-        click.echo(f"{e.kind.value:<9} {e.name:<18} queue={e.queue:<10} input({fields})  "
-                   f"{e.description}")
+        click.echo(
+            f"{e.kind.value:<9} {e.name:<18} queue={e.queue:<10} input({fields})  {e.description}"
+        )
 
 
 def _call(fn: Any) -> Any:
@@ -212,8 +225,10 @@ def status(run_id: str | None, limit: int) -> None:
     for rid in ids:
         p = _call(lambda r=rid: orch.get_run(r).status())
         counts = " ".join(f"{k}={v}" for k, v in sorted(p.counts.items()))
-        click.echo(f"{p.run_id}  {p.pattern.value:<18} {p.status.value:<10} "
-                   f"{p.finished}/{p.n} done  {counts}")
+        click.echo(
+            f"{p.run_id}  {p.pattern.value:<18} {p.status.value:<10} "
+            f"{p.finished}/{p.n} done  {counts}"
+        )
 
 
 @main.command()
@@ -243,13 +258,10 @@ def check(role: str, hostname: str | None) -> None:
     """Health probe: exit 0 when Redis answers and a live worker/coordinator is registered."""
     orch = _orch()
     ms = _call(orch.ping)
-    raw = orch.store.r.hgetall(orch.store.keys.workers)
-    now = time.time()
-    live = []
-    for host, info in raw.items():  # type: ignore[union-attr]
-        data = json.loads(info)
-        if now - data["heartbeat_at"] < 30 and (role == "any" or data["role"] == role):
-            if hostname is None or host == hostname:
-                live.append(host)
+    live = [
+        w.hostname
+        for w in orch.live_processes()
+        if (role == "any" or w.role == role) and (hostname is None or w.hostname == hostname)
+    ]
     click.echo(f"redis {ms:.1f} ms; live {role}: {', '.join(live) or 'none'}")
     sys.exit(0 if live else 3)

@@ -18,7 +18,7 @@ from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
 from orchestrator.runs import Run
 from workers.app import create_app, make_store
 from workers.errors import BrokerUnavailable, InvalidRequest
-from workers.models import CatalogEntry, Pattern, RunStatus
+from workers.models import CatalogEntry, Pattern, RunStatus, WorkerInfo
 from workers.settings import Settings
 from workers.store import RunStore
 
@@ -104,8 +104,9 @@ class Orchestrator:
     ) -> Run:
         """parallel-spawn: run every task independently and collect every output."""
         return self.submit(
-            self.request(Pattern.SPAWN, tasks, deadline_s=deadline_s, preflight=preflight,
-                         run_id=run_id)
+            self.request(
+                Pattern.SPAWN, tasks, deadline_s=deadline_s, preflight=preflight, run_id=run_id
+            )
         )
 
     def gather(
@@ -120,8 +121,15 @@ class Orchestrator:
     ) -> Run:
         """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them)."""
         return self.submit(
-            self.request(Pattern.GATHER, tasks, merge=merge, quorum=quorum,
-                         deadline_s=deadline_s, preflight=preflight, run_id=run_id)
+            self.request(
+                Pattern.GATHER,
+                tasks,
+                merge=merge,
+                quorum=quorum,
+                deadline_s=deadline_s,
+                preflight=preflight,
+                run_id=run_id,
+            )
         )
 
     def race(
@@ -135,8 +143,14 @@ class Orchestrator:
     ) -> Run:
         """race-then-cancel: the first valid result wins; the other racers are stopped."""
         return self.submit(
-            self.request(Pattern.RACE, tasks, validate=validate, deadline_s=deadline_s,
-                         preflight=preflight, run_id=run_id)
+            self.request(
+                Pattern.RACE,
+                tasks,
+                validate=validate,
+                deadline_s=deadline_s,
+                preflight=preflight,
+                run_id=run_id,
+            )
         )
 
     # -- building blocks ------------------------------------------------------------------
@@ -237,6 +251,16 @@ class Orchestrator:
         """Most recent run ids first."""
         with _reachable("state Redis", self.settings.redis_url()):
             return self.store.recent_runs(limit)
+
+    def live_processes(self, max_age_s: float = 30.0) -> list[WorkerInfo]:
+        """Workers and coordinators whose heartbeat is fresh."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            raw: dict[str, str] = self.store.r.hgetall(self.store.keys.workers)  # type: ignore[assignment]
+        now = time.time()
+        infos = [WorkerInfo.model_validate_json(v) for v in raw.values()]
+        return sorted(
+            (w for w in infos if now - w.heartbeat_at < max_age_s), key=lambda w: w.hostname
+        )
 
     def ping(self, timeout_s: float = 2.0) -> float:
         """Round trip to the state Redis in ms (BrokerUnavailable when down)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -139,7 +139,7 @@ class Coordinator:
             "orchestrator.deadline",
             args=[req.run_id],
             queue=self.settings.coordinator_queue,
-            eta=datetime.fromtimestamp(deadline_at, tz=timezone.utc),
+            eta=datetime.fromtimestamp(deadline_at, tz=UTC),
             task_id=f"{req.run_id}.deadline",
             argsrepr=f"run={req.run_id}",
         )
@@ -160,12 +160,13 @@ def register_coordinator(app: Celery, settings: Settings) -> Coordinator:
     """Register ``orchestrator.run`` and ``orchestrator.deadline`` on the app."""
     coord = Coordinator(app, settings)
 
-    @app.task(name="orchestrator.run", queue=settings.coordinator_queue)  # type: ignore[misc]
     def run(request: dict[str, Any]) -> dict[str, Any]:
         return coord.run(request)
 
-    @app.task(name="orchestrator.deadline", queue=settings.coordinator_queue)  # type: ignore[misc]
     def deadline(run_id: str) -> dict[str, Any]:
         return coord.deadline(run_id)
+
+    app.task(name="orchestrator.run", queue=settings.coordinator_queue)(run)
+    app.task(name="orchestrator.deadline", queue=settings.coordinator_queue)(deadline)
 
     return coord

@@ -10,8 +10,18 @@ from orchestrator.request import Task
 from workers.models import AgentStatus, RunResult
 
 SPAWN_MODULES = [
-    "difflib", "argparse", "textwrap", "json.decoder", "csv", "string", "heapq", "bisect",
-    "fractions", "statistics", "shlex", "calendar",
+    "difflib",
+    "argparse",
+    "textwrap",
+    "json.decoder",
+    "csv",
+    "string",
+    "heapq",
+    "bisect",
+    "fractions",
+    "statistics",
+    "shlex",
+    "calendar",
 ]
 GATHER_MODULES = ["difflib", "argparse", "heapq", "statistics", "shlex", "textwrap"]
 
@@ -36,7 +46,9 @@ def roi_lines(result: RunResult) -> list[str]:
     return lines
 
 
-def run_demo(orch: Orchestrator, out: Callable[[str], None] = print, *, difficulty: int = 5) -> bool:
+def run_demo(
+    orch: Orchestrator, out: Callable[[str], None] = print, *, difficulty: int = 5
+) -> bool:
     """Run all three patterns; True when all three succeeded."""
     ok = True
 
@@ -47,16 +59,21 @@ def run_demo(orch: Orchestrator, out: Callable[[str], None] = print, *, difficul
         if env.status is AgentStatus.OK:
             o = env.output
             top = ", ".join(w for w, _ in o["top_words"][:3])
-            out(f"  #{env.index:<2} {o['module']:<14} {o['lines']:>5} lines {o['functions']:>4} "
-                f"functions  top: {top:<28} {env.ran_s * 1000:6.0f} ms on {env.worker}")
+            out(
+                f"  #{env.index:<2} {o['module']:<14} {o['lines']:>5} lines {o['functions']:>4} "
+                f"functions  top: {top:<28} {env.ran_s * 1000:6.0f} ms on {env.worker}"
+            )
         else:
             out(f"  #{env.index:<2} {env.status.value}: {env.error}")
     out("\n".join(roi_lines(res)))
     ok &= res.ok
 
     out("\n== gather-then-merge: findings about 6 modules, merged into one report ==")
-    run = orch.gather([Task("module_findings", {"module": m}) for m in GATHER_MODULES],
-                      merge="merge_findings", deadline_s=120)
+    run = orch.gather(
+        [Task("module_findings", {"module": m}) for m in GATHER_MODULES],
+        merge="merge_findings",
+        deadline_s=120,
+    )
     res = run.wait(timeout_s=150)
     if res.merged:
         out(f"  {res.merged['summary']}")
@@ -69,23 +86,29 @@ def run_demo(orch: Orchestrator, out: Callable[[str], None] = print, *, difficul
     out(f"\n== race-then-cancel: proof-of-work nonce, difficulty {difficulty}, 4 racers ==")
     challenge = f"demo-{secrets.token_hex(4)}"
     racers = [Task("pow_guess", {"challenge": challenge, "difficulty": difficulty})] + [
-        Task("pow_solver", {"challenge": challenge, "difficulty": difficulty,
-                            "strategy": s, "seed": 7})
+        Task(
+            "pow_solver",
+            {"challenge": challenge, "difficulty": difficulty, "strategy": s, "seed": 7},
+        )
         for s in ("ascending", "stride", "random")
     ]
     run = orch.race(racers, validate="pow_valid", deadline_s=120)
     res = run.wait(timeout_s=150)
     if res.winner is not None:
         w = res.winner.output
-        out(f"  winner #{res.winner.index} ({w['strategy']}): nonce {w['nonce']} digest "
-            f"{w['digest'][:16]}... after {w['tries']} tries")
+        out(
+            f"  winner #{res.winner.index} ({w['strategy']}): nonce {w['nonce']} digest "
+            f"{w['digest'][:16]}... after {w['tries']} tries"
+        )
     report = run.report()
     for env in sorted(orch.store.envelopes(run.id).values(), key=lambda e: e.index):
         why = f" ({env.error.message[:60]})" if env.error else ""
         lat = env.cancel_latency_s
         stop = f", stopped {lat * 1000:.1f} ms after the win" if lat is not None else ""
-        out(f"  #{env.index} {env.agent:<10} {env.status.value:<9} ran {env.ran_s * 1000:6.0f} ms"
-            f"{stop}{why}")
+        out(
+            f"  #{env.index} {env.agent:<10} {env.status.value:<9} ran {env.ran_s * 1000:6.0f} ms"
+            f"{stop}{why}"
+        )
     out("\n".join(roi_lines(res.model_copy(update={"report": report}))))
     ok &= res.ok
     out("\nall three patterns succeeded" if ok else "\nsome pattern did not succeed (see above)")

@@ -77,8 +77,14 @@ def _tail(path: Path, lines: int = 30) -> str:
 class EmbeddedRedis:
     """A private valkey-server bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, *, port: int | None = None, persist: bool = False,
-                 workdir: Path | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        persist: bool = False,
+        workdir: Path | None = None,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.persist = persist
         self.password = password
@@ -95,14 +101,22 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         args = [
             str(server_binary()),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.dir),
-            "--daemonize", "no",
-            "--protected-mode", "yes",
-            "--loglevel", "warning",
-            "--logfile", str(self.dir / "server.log"),
-            "--maxmemory-policy", "noeviction",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.dir / "server.log"),
+            "--maxmemory-policy",
+            "noeviction",
         ]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
@@ -157,6 +171,7 @@ class EmbeddedStack:
     pool: str = "prefork"
     agent_modules: list[str] = field(default_factory=lambda: ["workers.agents"])
     broker_url: str | None = None
+    state_url: str | None = None
     key_prefix: str = "orch"
     coordinator: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -180,6 +195,8 @@ class EmbeddedStack:
             ORCH_AGENT_MODULES=",".join(self.agent_modules),
             PYTHONUNBUFFERED="1",
         )
+        if self.state_url:
+            env["ORCH_STATE_URL"] = self.state_url
         env.update(self.extra_env)
         return env
 
@@ -201,11 +218,24 @@ class EmbeddedStack:
             raise
         return self
 
-    def start_worker(self, name: str, *, pool: str | None = None,
-                     concurrency: int | None = None, queues: str | None = None) -> None:
+    def start_worker(
+        self,
+        name: str,
+        *,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        queues: str | None = None,
+    ) -> None:
         """Start one more worker process named ``name``."""
-        args = ["worker", "--hostname", f"{name}@%h", "--pool", pool or self.pool,
-                "--concurrency", str(concurrency or self.concurrency)]
+        args = [
+            "worker",
+            "--hostname",
+            f"{name}@%h",
+            "--pool",
+            pool or self.pool,
+            "--concurrency",
+            str(concurrency or self.concurrency),
+        ]
         if queues:
             args += ["--queues", queues]
         self.start_process(name, args)
@@ -233,7 +263,7 @@ class EmbeddedStack:
 
     def online(self) -> dict[str, WorkerInfo]:
         """Processes whose heartbeat is fresh, by short name."""
-        client = redis.Redis.from_url(self.url, decode_responses=True)
+        client = redis.Redis.from_url(self.state_url or self.url, decode_responses=True)
         try:
             raw: dict[str, str] = client.hgetall(Keys(self.key_prefix).workers)  # type: ignore[assignment]
         finally:

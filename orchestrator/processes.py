@@ -27,8 +27,20 @@ def run_worker(
         raise ConfigError(f"pool {pool!r} is not supported: use prefork, threads or solo")
     app = create_app(settings)
     queues = queues or agent_queues(settings)
-    argv = ["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool,
-            "-n", hostname, "-l", loglevel, *_COMMON]
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        hostname,
+        "-l",
+        loglevel,
+        *_COMMON,
+    ]
     app.worker_main(argv)
 
 
@@ -37,8 +49,20 @@ def run_coordinator(settings: Settings, *, concurrency: int, hostname: str, logl
     app = create_app(settings, load_agents=False)
     register_coordinator(app, settings)
     app.steps["worker"].add(presence_step(settings, REGISTRY, "coordinator"))
-    argv = ["worker", "-Q", settings.coordinator_queue, "-c", str(concurrency), "-P", "threads",
-            "-n", hostname, "-l", loglevel, *_COMMON]
+    argv = [
+        "worker",
+        "-Q",
+        settings.coordinator_queue,
+        "-c",
+        str(concurrency),
+        "-P",
+        "threads",
+        "-n",
+        hostname,
+        "-l",
+        loglevel,
+        *_COMMON,
+    ]
     app.worker_main(argv)
 
 

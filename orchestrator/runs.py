@@ -34,22 +34,21 @@ def expire_run(store: RunStore, revoke: Revoke, run_id: str) -> RunResult | None
     if time.time() < float(rec["deadline_at"]):
         return None
     n = int(rec["n"])
-    store.request_cancel(run_id, "deadline passed")
-    revoke(subtask_ids(run_id, n))
     done = int(rec.get("done", "0"))
     deadline_s = float(rec["deadline_at"]) - float(rec["created_at"])
-    return store.finalize(
-        run_id,
-        RunStatus.TIMED_OUT,
-        error=f"deadline of {deadline_s:.1f}s passed with {done} of {n} subagents finished; "
-        "the rest were cancelled (raise deadline_s, add workers, or shrink the tasks)",
+    error = (
+        f"deadline of {deadline_s:.1f}s passed with {done} of {n} subagents finished; "
+        "the rest were cancelled (raise deadline_s, add workers, or shrink the tasks)"
     )
+    store.request_cancel(run_id, error, ending=RunStatus.TIMED_OUT)
+    revoke(subtask_ids(run_id, n))
+    return store.finalize(run_id, RunStatus.TIMED_OUT, error=error)
 
 
 def cancel_run(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResult | None:
     """Stop every queued and running subtask and end the run ``cancelled``."""
     rec = store.record(run_id)
-    store.request_cancel(run_id, reason)
+    store.request_cancel(run_id, reason, ending=RunStatus.CANCELLED)
     revoke(subtask_ids(run_id, int(rec["n"])))
     return store.finalize(run_id, RunStatus.CANCELLED, error=reason)
 
@@ -114,9 +113,7 @@ class Run:
         rec = store.record(self.id)
         envs = store.envelopes(self.id)
         started = {int(i) for i in store.r.hkeys(store.keys.attempts(self.id))}
-        results = fill_missing(
-            rec, envs, started, [r.agent for r in result.results], None
-        )
+        results = fill_missing(rec, envs, started, [r.agent for r in result.results], None)
         winner = result.winner.index if result.winner else None
         fresh = build_result(
             rec,

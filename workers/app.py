@@ -29,11 +29,13 @@ HEARTBEAT_S = 5.0
 _IN_PREFORK_CHILD = False
 
 
-@worker_process_init.connect(weak=False)
 def _mark_prefork_child(**_: Any) -> None:
     # Only prefork children may be killed when a task ignores its interrupt.
     global _IN_PREFORK_CHILD
     _IN_PREFORK_CHILD = True
+
+
+worker_process_init.connect(_mark_prefork_child, weak=False)
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -136,8 +138,11 @@ class _ProcessServices:
         try:
             self.app.control.revoke(task_ids)
         except Exception as exc:
-            log.warning("revoke of %d siblings failed: %s (their cancel flag still holds)",
-                        len(task_ids), exc)
+            log.warning(
+                "revoke of %d siblings failed: %s (their cancel flag still holds)",
+                len(task_ids),
+                exc,
+            )
 
 
 def _record_killed(store: RunStore, item: Running) -> None:
@@ -203,9 +208,11 @@ def create_app(
 ) -> Celery:
     """A configured Celery app; with load_agents, the agents' tasks are registered on it."""
     settings = settings or Settings()
-    app = Celery("orchestrator", broker=settings.require_broker(), backend=settings.celery_backend())
+    app = Celery(
+        "orchestrator", broker=settings.require_broker(), backend=settings.celery_backend()
+    )
     configure(app, settings)
-    app.orch_settings = settings  # type: ignore[attr-defined]
+    app.orch_settings = settings
     if load_agents:
         load_agent_modules(settings.agent_modules)
         services = _ProcessServices(app, settings, registry)
@@ -217,8 +224,10 @@ def create_app(
     return app
 
 
-def presence_step(settings: Settings, registry: Registry, role: str) -> type[bootsteps.StartStopStep]:
-    class Presence(bootsteps.StartStopStep):
+def presence_step(
+    settings: Settings, registry: Registry, role: str
+) -> type[bootsteps.StartStopStep]:
+    class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
         """Publishes the catalog and a heartbeat while the worker runs."""
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
@@ -276,7 +285,7 @@ def publish_catalog(store: RunStore, settings: Settings, registry: Registry, hos
         for spec in registry.all()
     }
     if entries:
-        store.r.hset(store.keys.catalog, mapping=entries)
+        store.r.hset(store.keys.catalog, mapping=dict[Any, Any](entries))
     log.info("published %d catalog entries: %s", len(entries), json.dumps(sorted(entries)))
 
 

@@ -40,7 +40,9 @@ INTERRUPT_SIGNAL = signal.SIGRTMIN + 5
 
 
 def _raise_in_thread(ident: int) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(TaskCancelled))
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(TaskCancelled)
+    )
 
 
 def _clear_in_thread(ident: int) -> None:
@@ -221,7 +223,7 @@ class CancelListener:
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                     pubsub.subscribe(self.keys.cancel_channel)
                 message = pubsub.get_message(timeout=self.poll_s)
                 if message and message.get("type") == "message":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Pattern(str, Enum):
+class Pattern(StrEnum):
     """The three orchestration patterns."""
 
     SPAWN = "parallel-spawn"
@@ -16,7 +16,7 @@ class Pattern(str, Enum):
     RACE = "race-then-cancel"
 
 
-class AgentStatus(str, Enum):
+class AgentStatus(StrEnum):
     """Outcome of one subagent."""
 
     OK = "ok"
@@ -27,7 +27,7 @@ class AgentStatus(str, Enum):
     SKIPPED = "skipped"  # never started: the run was already decided or cancelled
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Lifecycle of a run; the last four are final."""
 
     SUBMITTED = "submitted"
@@ -53,7 +53,7 @@ class ErrorInfo(BaseModel):
     hint: str | None = None
 
 
-class AgentKind(str, Enum):
+class AgentKind(StrEnum):
     """What a catalog entry is."""
 
     AGENT = "agent"

@@ -67,10 +67,9 @@ class Registry:
         key = (spec.kind, spec.name)
         existing = self.specs.get(key)
         if existing is not None and existing.fn is not spec.fn:
-            same_place = (
-                getattr(existing.fn, "__qualname__", None) == getattr(spec.fn, "__qualname__", 1)
-                and getattr(existing.fn, "__module__", None) == getattr(spec.fn, "__module__", 1)
-            )
+            same_place = getattr(existing.fn, "__qualname__", None) == getattr(
+                spec.fn, "__qualname__", 1
+            ) and getattr(existing.fn, "__module__", None) == getattr(spec.fn, "__module__", 1)
             if not same_place:  # a module imported twice re-registers itself: allowed
                 raise ValueError(
                     f"{spec.kind.value} {spec.name!r} is already registered by "
@@ -160,9 +159,7 @@ def merger(
     return register
 
 
-def validator(
-    name: str, *, input: type[BaseModel], description: str = ""
-) -> Callable[[F], F]:
+def validator(name: str, *, input: type[BaseModel], description: str = "") -> Callable[[F], F]:
     """Register ``fn(output_model) -> bool``: a quick check of a race candidate."""
 
     def register(fn: F) -> F:

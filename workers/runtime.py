@@ -214,7 +214,9 @@ def execute_agent(
             except ValidationError as exc:
                 env.status = AgentStatus.INVALID
                 env.error = _validation_error(
-                    "InvalidOutput", exc, f"agent {spec.name!r} returned data its output model rejects"
+                    "InvalidOutput",
+                    exc,
+                    f"agent {spec.name!r} returned data its output model rejects",
                 )
             except Exception as exc:
                 env.status = AgentStatus.ERROR

@@ -52,7 +52,9 @@ class RunStore:
     def create_run(self, record: dict[str, Any]) -> None:
         """Write a new run record (status submitted) and index it as recent."""
         run_id = record["run_id"]
-        flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}
+        flat: dict[Any, Any] = {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()
+        }
         key = self.keys.run(run_id)
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(key, mapping=flat)
@@ -70,7 +72,9 @@ class RunStore:
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set fields of the run record."""
-        flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        flat: dict[Any, Any] = {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()
+        }
         self.r.hset(self.keys.run(run_id), mapping=flat)
 
     def record(self, run_id: str) -> dict[str, str]:
@@ -127,7 +131,7 @@ class RunStore:
     def envelope(self, run_id: str, index: int) -> AgentResult | None:
         """The recorded envelope of one subtask."""
         raw = self.r.hget(self.keys.results(run_id), str(index))
-        return AgentResult.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+        return AgentResult.model_validate_json(raw) if raw else None
 
     def envelopes(self, run_id: str) -> dict[int, AgentResult]:
         """Every recorded envelope by index."""
@@ -142,6 +146,7 @@ class RunStore:
         *,
         keep: int | None = None,
         indices: list[int] | None = None,
+        ending: RunStatus | None = None,
     ) -> float:
         """Flag the run (or some subtasks) cancelled and tell every worker process at once.
 
@@ -150,6 +155,10 @@ class RunStore:
         now = time.time()
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
+        if ending is not None:
+            # Whoever ends the run next (maybe the subtask this cancel interrupts) ends it so.
+            pipe.hsetnx(k.run(run_id), "ending", ending.value)
+            pipe.hsetnx(k.run(run_id), "ending_error", reason)
         if indices is None:
             pipe.set(k.cancel(run_id), reason, nx=True, ex=self.ttl_s)
             pipe.hsetnx(k.run(run_id), "cancel_requested_at", repr(now))
@@ -186,7 +195,12 @@ class RunStore:
         merge_s: float = 0.0,
         winner: int | None = None,
     ) -> RunResult | None:
-        """Build and store the RunResult unless another finaliser was first (then None)."""
+        """Build and store the RunResult unless another finaliser was first (then None).
+
+        A run being cancelled or timed out has its 'ending' recorded first; any finaliser but a
+        race winner honours it, so the subtask whose interruption completes the run cannot
+        report the run as merely failed.
+        """
         k = self.keys
         if self.r.exists(k.result(run_id)):
             return None
@@ -197,6 +211,9 @@ class RunStore:
         rec, raw, started = pipe.execute()
         if not rec:
             return None
+        if rec.get("ending") and winner is None:
+            status = RunStatus(rec["ending"])
+            error = rec.get("ending_error") or error
         envs = {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
         cancel_at = rec.get("cancel_requested_at")
         results = fill_missing(
@@ -221,12 +238,27 @@ class RunStore:
             keys=[k.result(run_id), k.run(run_id), k.done(run_id), k.events(run_id)],
             args=[result.model_dump_json(), status.value, repr(now), self.ttl_s, self.maxlen],
         )
-        return result if int(ended) else None
+        if not int(ended):
+            return None
+        # Subtasks that never started get their 'skipped' envelope now: revoked ones never will
+        # run, and one that still starts sees its envelope and stops (start.lua 'reported').
+        stand_ins = {
+            str(r.index): r.model_dump_json()
+            for r in results
+            if r.index not in envs and r.status is AgentStatus.SKIPPED
+        }
+        if stand_ins:
+            pipe = self.r.pipeline(transaction=False)
+            for index, raw_env in stand_ins.items():
+                pipe.hsetnx(k.results(run_id), index, raw_env)
+            pipe.expire(k.results(run_id), self.ttl_s)
+            pipe.execute()
+        return result
 
     def result(self, run_id: str) -> RunResult | None:
         """The final result, once the run has ended."""
         raw = self.r.get(self.keys.result(run_id))
-        return RunResult.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+        return RunResult.model_validate_json(raw) if raw else None
 
     def wait_done(self, run_id: str, timeout_s: float) -> bool:
         """Block (no polling) until the run has ended or the timeout passes."""

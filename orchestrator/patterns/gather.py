@@ -22,9 +22,7 @@ def build_gather(
 ) -> Expansion:
     """Header: every member; body: ``mergers.<name>`` with the run id and quorum."""
     n = len(req.tasks)
-    header = group(
-        [agent_signature(app, req, i, entries[i], meta) for i in range(n)], app=app
-    )
+    header = group([agent_signature(app, req, i, entries[i], meta) for i in range(n)], app=app)
     body = app.signature(
         merger.task_name,
         kwargs={

