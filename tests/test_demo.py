@@ -1,0 +1,77 @@
+"""`orchestrator demo`, the main job, as a user runs it: real processes, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _leftovers(url: str) -> list[str]:
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if f"--port {port}" in cmd or proc.environ().get("ORCH_BROKER_URL") == url:
+                found.append(f"{proc.pid}: {cmd}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_demo_runs_the_three_patterns_and_stops_everything() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "demo", "--difficulty", "4"],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    for heading in ("parallel-spawn", "gather-then-merge", "race-then-cancel"):
+        assert f"== {heading}" in text
+    assert "all three patterns succeeded" in text
+    assert re.search(r"winner #\d \(\w+\): nonce \d+", text)
+    assert "validator 'pow_valid' rejected" in text  # the guesser's answer was checked
+    url = re.search(r"broker (redis://127\.0\.0\.1:\d+/0)", text)
+    assert url and ":6379/" not in url.group(1)
+    assert _leftovers(url.group(1)) == []
+
+
+def test_ctrl_c_stops_every_process_it_started() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "demo", "--difficulty", "8"],
+        env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "race-then-cancel" in line or not line:
+            break
+    text = "".join(lines)
+    url = re.search(r"broker (redis://127\.0\.0\.1:\d+/0)", text)
+    assert url, text
+    assert _leftovers(url.group(1)), "the stack should be running before Ctrl-C"
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "stopped." in rest
+    assert _leftovers(url.group(1)) == []
