@@ -28,7 +28,7 @@ class Joined(BaseModel):
 class Work(BaseModel):
     seconds: float
     marker: str = Field(description="File written if (and only if) the work completes")
-    mode: str = Field(default="cpu", pattern="^(cpu|sleep|socket|cooperative)$")
+    mode: str = Field(default="cpu", pattern="^(cpu|sleep|socket|cooperative|c_loop)$")
 
 
 class Done(BaseModel):
@@ -55,6 +55,7 @@ def echo(msg: Msg, ctx: AgentContext) -> Echo:
 
 @agent("work", input=Work, output=Done, description="Long work that never checks ctx.")
 def work(w: Work, ctx: AgentContext) -> Done:
+    Path(w.marker + ".pid").write_text(str(os.getpid()))  # who ran it, for the tests
     if w.mode == "cpu":
         _spin(w.seconds)
     elif w.mode == "sleep":
@@ -71,6 +72,9 @@ def work(w: Work, ctx: AgentContext) -> Done:
         finally:
             a.close()
             b.close()
+    elif w.mode == "c_loop":
+        # One long C call that never returns to the interpreter: signal handlers cannot run.
+        sum(range(int(w.seconds * 5e7)))
     else:
         end = time.monotonic() + w.seconds
         while time.monotonic() < end:

@@ -13,29 +13,19 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
 
-from workers.cancel import CancelListener, Running
+from workers.cancel import CancelListener
 from workers.errors import ConfigError
 from workers.keys import Keys
-from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, TaskMeta, WorkerInfo
+from workers.models import AgentKind, TaskMeta, WorkerInfo
 from workers.registry import REGISTRY, AgentSpec, Registry
 from workers.runtime import Services, execute_agent, execute_merge
 from workers.settings import Settings
 from workers.store import RunStore
+from workers.supervisor import GraceKiller
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
-_IN_PREFORK_CHILD = False
-
-
-def _mark_prefork_child(**_: Any) -> None:
-    # Only prefork children may be killed when a task ignores its interrupt.
-    global _IN_PREFORK_CHILD
-    _IN_PREFORK_CHILD = True
-
-
-worker_process_init.connect(_mark_prefork_child, weak=False)
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -120,9 +110,6 @@ class _ProcessServices:
                     store.r,
                     store.keys,
                     poll_s=self.settings.cancel.poll_s,
-                    grace_s=self.settings.cancel.grace_s,
-                    kill_stuck=_IN_PREFORK_CHILD,
-                    on_kill=lambda item: _record_killed(store, item),
                 )
                 listener.start()
                 self._services = Services(
@@ -143,20 +130,6 @@ class _ProcessServices:
                 len(task_ids),
                 exc,
             )
-
-
-def _record_killed(store: RunStore, item: Running) -> None:
-    env = AgentResult(
-        index=item.index,
-        task_id=item.task_id,
-        agent="?",
-        status=AgentStatus.CANCELLED,
-        error=ErrorInfo(type="Cancelled", message=f"{item.reason}; killed after grace period"),
-        finished_at=time.time(),
-        worker=socket.gethostname(),
-        cancel_requested_at=item.cancel_at,
-    )
-    store.finish_task(item.run_id, env, claim=False)
 
 
 def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
@@ -234,6 +207,7 @@ def presence_step(
             super().__init__(worker, **kwargs)
             self._stop = threading.Event()
             self._thread: threading.Thread | None = None
+            self._killer: GraceKiller | None = None
 
         def start(self, worker: Any) -> None:
             store = make_store(settings)
@@ -244,7 +218,7 @@ def presence_step(
                 hostname=hostname,
                 role=role,
                 queues=sorted(q.name for q in worker.app.amqp.queues.consume_from.values()),
-                pool=type(worker.pool).__module__.rsplit(".", 1)[-1] if worker.pool else "?",
+                pool=_pool_name(worker),
                 concurrency=int(worker.concurrency or 1),
                 pid=os.getpid(),
                 heartbeat_at=time.time(),
@@ -266,9 +240,16 @@ def presence_step(
 
             self._thread = threading.Thread(target=beat, name="orch-heartbeat", daemon=True)
             self._thread.start()
+            if role == "worker" and info.pool == "prefork":
+                self._killer = GraceKiller(
+                    worker, store, grace_s=settings.cancel.grace_s, poll_s=settings.cancel.poll_s
+                )
+                self._killer.start()
 
         def stop(self, worker: Any) -> None:
             self._stop.set()
+            if self._killer is not None:
+                self._killer.stop()
             if self._thread is not None:
                 self._thread.join(timeout=2)
 
@@ -292,3 +273,11 @@ def publish_catalog(store: RunStore, settings: Settings, registry: Registry, hos
 def catalog_field(kind: AgentKind, name: str) -> str:
     """Field of the catalog hash for one entry."""
     return f"{kind.value}:{name}"
+
+
+def _pool_name(worker: Any) -> str:
+    """prefork, threads or solo (the names `orchestrator worker --pool` takes)."""
+    if not worker.pool:
+        return "?"
+    name = str(type(worker.pool).__module__).rsplit(".", 1)[-1]
+    return {"thread": "threads"}.get(name, name)

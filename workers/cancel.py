@@ -11,8 +11,8 @@ function in this process:
 * a task on another thread (threads pool) gets an asynchronous exception, raised between
   bytecodes, delivered under the same lock the task takes to leave its agent function.
 
-A prefork task that ignores the interrupt (stuck in C) is killed after ``grace_s``; the pool
-replaces the process and the broker redelivers the message, which then skips.
+A prefork task that ignores the interrupt (stuck in C) is killed after a grace period by the
+worker's main process (:mod:`workers.supervisor`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,16 +80,10 @@ class CancelListener:
         keys: Keys,
         *,
         poll_s: float,
-        grace_s: float,
-        kill_stuck: bool,
-        on_kill: Callable[[Running], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.poll_s = poll_s
-        self.grace_s = grace_s
-        self.kill_stuck = kill_stuck
-        self.on_kill = on_kill
         self.lock = threading.Lock()
         self.running: dict[str, Running] = {}
         self.pid = os.getpid()
@@ -165,26 +159,6 @@ class CancelListener:
                 signal.pthread_kill(item.thread_ident, INTERRUPT_SIGNAL)
             else:
                 _raise_in_thread(item.thread_ident)
-        if self.kill_stuck and item.on_main_thread:
-            threading.Thread(target=self._kill_if_stuck, args=(item,), daemon=True).start()
-
-    def _kill_if_stuck(self, item: Running) -> None:
-        if item.stopped.wait(self.grace_s):
-            return
-        with self.lock:
-            if self.running.get(item.task_id) is not item:
-                return
-        log.warning(
-            "task %s ignored its interrupt for %.1fs (stuck in C code?): killing pid %d; "
-            "the pool replaces it and the redelivered message skips",
-            item.task_id,
-            self.grace_s,
-            os.getpid(),
-        )
-        if self.on_kill is not None:
-            with contextlib.suppress(Exception):
-                self.on_kill(item)
-        os.kill(os.getpid(), signal.SIGKILL)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         run_id = message.get("run")
