@@ -1,6 +1,7 @@
 """Application side: submit orchestrations (parallel-spawn, gather-then-merge,
 race-then-cancel) to Celery workers and follow them."""
 
+from orchestrator.advisor import Capacity, Check, CheckStatus, Preflight, advise
 from orchestrator.catalog import Catalog
 from orchestrator.client import Orchestrator
 from orchestrator.embedded import EmbeddedRedis, EmbeddedStack
@@ -10,6 +11,7 @@ from orchestrator.errors import (
     InvalidPayload,
     InvalidRequest,
     OrchestratorError,
+    ParallelismDoesNotPay,
     RunFailed,
     RunNotFound,
     RunTimedOut,
@@ -21,11 +23,14 @@ from orchestrator.runs import Run
 from workers.models import (
     AgentResult,
     AgentStatus,
+    Execution,
     Pattern,
+    Prediction,
     RoiReport,
     RunProgress,
     RunResult,
     RunStatus,
+    Verdict,
 )
 from workers.settings import Settings
 
@@ -33,16 +38,23 @@ __all__ = [
     "AgentResult",
     "AgentStatus",
     "BrokerUnavailable",
+    "Capacity",
     "Catalog",
+    "Check",
+    "CheckStatus",
     "ConfigError",
     "EmbeddedRedis",
     "EmbeddedStack",
+    "Execution",
     "InvalidPayload",
     "InvalidRequest",
     "OrchestrationRequest",
     "Orchestrator",
     "OrchestratorError",
+    "ParallelismDoesNotPay",
     "Pattern",
+    "Prediction",
+    "Preflight",
     "RoiReport",
     "Run",
     "RunFailed",
@@ -56,4 +68,6 @@ __all__ = [
     "TaskCancelled",
     "TaskSpec",
     "UnknownAgent",
+    "Verdict",
+    "advise",
 ]

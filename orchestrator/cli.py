@@ -8,17 +8,19 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 
 from orchestrator.client import Orchestrator
-from orchestrator.demo import roi_lines, run_demo
+from orchestrator.demo import run_demo
 from orchestrator.embedded import EmbeddedStack
 from orchestrator.processes import run_coordinator, run_flower, run_worker
+from orchestrator.report import preflight_lines, report_lines, timeline_lines, timeline_svg
 from orchestrator.request import OrchestrationRequest
 from workers.errors import OrchestratorError
-from workers.models import RunResult
+from workers.models import RunResult, Verdict
 from workers.settings import Settings
 
 
@@ -242,13 +244,40 @@ def cancel(run_id: str) -> None:
 
 @main.command()
 @click.argument("run_id")
-def report(run_id: str) -> None:
-    """Print a run's ROI report."""
+@click.option("--svg", "svg_path", default=None, help="SVG timeline file [default: run-<id>.svg].")
+@click.option("--no-svg", is_flag=True, help="Do not write the SVG file.")
+@click.option("--width", default=60, show_default=True, help="Terminal timeline width.")
+@click.option("--color/--no-color", default=None, help="ANSI colours [default: if a terminal].")
+def report(run_id: str, svg_path: str | None, no_svg: bool, width: int, color: bool | None) -> None:
+    """Print a run's ROI report (actual beside predicted) and draw its timeline."""
     orch = _orch()
     run = _call(lambda: orch.get_run(run_id))
-    res = _call(lambda: run.wait(timeout_s=0.01))
-    rep = _call(run.report)
-    click.echo("\n".join(roi_lines(res.model_copy(update={"report": rep}))))
+    res = _call(run.refreshed)
+    click.echo("\n".join(report_lines(res)))
+    click.echo()
+    click.echo("\n".join(timeline_lines(res, width=max(20, width))), color=color)
+    if not no_svg:
+        path = Path(svg_path or f"run-{run_id}.svg")
+        path.write_text(timeline_svg(res), encoding="utf-8")
+        click.echo(f"timeline written to {path}")
+
+
+@main.command()
+@click.argument("file", type=click.File("r"), default="-")
+@click.option("--json", "as_json", is_flag=True, help="Print the Preflight as JSON.")
+def preflight(file: Any, as_json: bool) -> None:
+    """Judge an orchestration (a JSON file or stdin, as for `submit`) without running it.
+
+    Exits 0, or 3 when the verdict is does-not-pay.
+    """
+    try:
+        req = OrchestrationRequest.model_validate_json(file.read())
+    except ValueError as exc:
+        raise click.ClickException(f"invalid orchestration request: {exc}") from exc
+    orch = _orch()
+    pf = _call(lambda: orch.preflight_request(req))
+    click.echo(pf.model_dump_json(indent=2) if as_json else "\n".join(preflight_lines(pf)))
+    sys.exit(3 if pf.verdict is Verdict.DOES_NOT_PAY else 0)
 
 
 @main.command()

@@ -12,8 +12,11 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from orchestrator import aio
+from orchestrator.advisor import Preflight
 from orchestrator.catalog import Catalog
 from orchestrator.coordinator import run_record
+from orchestrator.preflight import PreflightSource, apply_policy
 from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
 from orchestrator.runs import Run
 from workers.app import create_app, make_store
@@ -23,6 +26,8 @@ from workers.settings import Settings
 from workers.store import RunStore
 
 log = logging.getLogger(__name__)
+#: A client reports a down Redis within about a second instead of waiting it out.
+CLIENT_RETRIES = 3
 
 
 @contextlib.contextmanager
@@ -71,8 +76,9 @@ class Orchestrator:
         self.settings = base.model_copy(update=overrides) if overrides else base
         self.settings.require_broker()
         self._app: Celery | None = None
-        self.store: RunStore = make_store(self.settings)
+        self.store: RunStore = make_store(self.settings, retries=CLIENT_RETRIES)
         self.catalog = Catalog(self.store)
+        self.preflight_source = PreflightSource(self.store, self.catalog, self.settings)
 
     @property
     def app(self) -> Celery:
@@ -153,6 +159,67 @@ class Orchestrator:
             )
         )
 
+    # -- the three patterns for asyncio (orchestrator/aio.py): nothing blocks the loop ------
+    async def spawn_async(
+        self,
+        tasks: Sequence[Task],
+        *,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> Run:
+        """``spawn`` for asyncio; ``await run.wait_async()`` for its result."""
+        req = self.request(
+            Pattern.SPAWN, tasks, deadline_s=deadline_s, preflight=preflight, run_id=run_id
+        )
+        return await aio.submit_async(self, req)
+
+    async def gather_async(
+        self,
+        tasks: Sequence[Task],
+        *,
+        merge: str,
+        quorum: int | None = None,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> Run:
+        """``gather`` for asyncio; ``await run.wait_async()`` for its result."""
+        req = self.request(
+            Pattern.GATHER,
+            tasks,
+            merge=merge,
+            quorum=quorum,
+            deadline_s=deadline_s,
+            preflight=preflight,
+            run_id=run_id,
+        )
+        return await aio.submit_async(self, req)
+
+    async def race_async(
+        self,
+        tasks: Sequence[Task],
+        *,
+        validate: str | None = None,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+    ) -> Run:
+        """``race`` for asyncio; ``await run.wait_async()`` for its result."""
+        req = self.request(
+            Pattern.RACE,
+            tasks,
+            validate=validate,
+            deadline_s=deadline_s,
+            preflight=preflight,
+            run_id=run_id,
+        )
+        return await aio.submit_async(self, req)
+
+    async def submit_async(self, req: OrchestrationRequest) -> Run:
+        """``submit`` for asyncio (the send runs in the loop's default executor)."""
+        return await aio.submit_async(self, req)
+
     # -- building blocks ------------------------------------------------------------------
     def request(
         self,
@@ -200,6 +267,14 @@ class Orchestrator:
                 f"{self.settings.max_deadline_s}; raise that setting (it also sizes the broker's "
                 "visibility timeout) or shorten the deadline"
             )
+        size = len(req.model_dump_json(by_alias=True))
+        if size > self.settings.max_request_bytes:
+            raise InvalidRequest(
+                f"request is {size} bytes, over ORCH_MAX_REQUEST_BYTES "
+                f"{self.settings.max_request_bytes}: put large inputs in storage and pass "
+                "references in the payloads",
+                size=size,
+            )
         state = self.settings.redis_url()
         with _reachable("state Redis", state):
             self.catalog.check_request(
@@ -210,7 +285,15 @@ class Orchestrator:
             )
             if self.store.r.exists(self.store.keys.run(req.run_id)):
                 raise InvalidRequest(f"run id {req.run_id!r} is already in use")
-            self.store.create_run(run_record(req, req.created_at + deadline_s))
+            record = run_record(req, req.created_at + deadline_s)
+            events: list[dict[str, str]] = []
+            if req.preflight != "off":
+                # Refuse raises ParallelismDoesNotPay here, before anything is written or sent.
+                fields, events = apply_policy(
+                    self.preflight_source.preflight(req, checked=True), req
+                )
+                record.update(fields)
+            self.store.create_run(record, events)
         try:
             with _reachable("broker", self.settings.require_broker()):
                 self.app.send_task(
@@ -228,6 +311,33 @@ class Orchestrator:
                 self.store.finalize(req.run_id, RunStatus.FAILED, error=f"not enqueued: {exc}")
             raise
         return Run(self, req.run_id)
+
+    def preflight(
+        self,
+        pattern: Pattern | str,
+        tasks: Sequence[Task],
+        *,
+        merge: str | None = None,
+        quorum: int | None = None,
+        validate: str | None = None,
+    ) -> Preflight:
+        """Should this plan run in parallel? A verdict, predicted times and one line per check.
+
+        Nothing is submitted. Predictions use the duration statistics of past runs and the live
+        worker capacity; with no history for an agent the verdict is 'unknown'.
+        """
+        try:
+            kind = Pattern(pattern)
+        except ValueError as exc:
+            known = ", ".join(p.value for p in Pattern)
+            raise InvalidRequest(f"unknown pattern {pattern!r}; use one of {known}") from exc
+        req = self.request(kind, tasks, merge=merge, quorum=quorum, validate=validate)
+        return self.preflight_request(req)
+
+    def preflight_request(self, req: OrchestrationRequest) -> Preflight:
+        """:meth:`preflight` for a complete request (e.g. read from JSON)."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.preflight_source.preflight(req)
 
     def get_run(self, run_id: str) -> Run:
         """A handle on a run submitted anywhere (RunNotFound if unknown or expired)."""

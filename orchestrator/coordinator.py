@@ -3,24 +3,28 @@ run record and expand it into a canvas. It is the root of every orchestration in
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from pydantic import ValidationError
 
 from orchestrator.catalog import Catalog
 from orchestrator.patterns import build_gather, build_race, build_spawn
 from orchestrator.patterns.common import Expansion
+from orchestrator.patterns.sequential import build_sequential
+from orchestrator.preflight import PreflightSource, apply_policy
 from orchestrator.request import OrchestrationRequest
 from orchestrator.runs import expire_run
 from workers.app import make_store
-from workers.errors import OrchestratorError
-from workers.models import AgentKind, Pattern, RunStatus, TaskMeta
+from workers.errors import OrchestratorError, ParallelismDoesNotPay, RunNotFound
+from workers.models import AgentKind, Execution, Pattern, RunStatus, TaskMeta
 from workers.settings import Settings
+from workers.stats import pattern_sample, record_samples
 from workers.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -45,9 +49,14 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
 
 
 def expand(
-    app: Celery, catalog: Catalog, req: OrchestrationRequest, deadline_at: float
+    app: Celery,
+    catalog: Catalog,
+    req: OrchestrationRequest,
+    deadline_at: float,
+    *,
+    sequential: bool = False,
 ) -> Expansion:
-    """Check the request against the catalog and build its canvas."""
+    """Check the request against the catalog and build its canvas (a chain if sequential)."""
     catalog.check_request(
         req.pattern,
         [(t.agent, t.payload) for t in req.tasks],
@@ -62,6 +71,9 @@ def expand(
         deadline_at=deadline_at,
         validate_with=req.validate_with,
     )
+    if sequential:
+        merger = catalog.get(AgentKind.MERGER, req.merge) if req.merge else None
+        return build_sequential(app, req, entries, merger, meta)
     if req.pattern is Pattern.SPAWN:
         return build_spawn(app, req, entries, meta)
     if req.pattern is Pattern.RACE:
@@ -101,27 +113,34 @@ class Coordinator:
         """Validate, record and expand one orchestration."""
         store = self.store
         try:
+            size = len(json.dumps(request))
+            if size > self.settings.max_request_bytes:
+                raise ValueError(
+                    f"request is {size} bytes, over ORCH_MAX_REQUEST_BYTES "
+                    f"{self.settings.max_request_bytes}"
+                )
             req = OrchestrationRequest.model_validate(request)
-        except ValidationError as exc:
-            run_id = request.get("run_id") if isinstance(request, dict) else None
-            msg = f"malformed orchestration request: {exc.errors()[:5]}"
-            log.error("%s (run %s)", msg, run_id)
-            return {"run_id": run_id, "error": msg[:2000]}
+        except (ValidationError, ValueError, TypeError) as exc:
+            return self._reject(request, exc)
         deadline_s = req.deadline_s or self.settings.default_deadline_s
         deadline_at = req.created_at + deadline_s
         if store.result(req.run_id) is not None:
             return {"run_id": req.run_id, "skipped": "run already ended"}
         if not store.r.exists(store.keys.run(req.run_id)):
-            store.create_run(run_record(req, deadline_at))  # sent by a non-Python client
+            refused = self._record_new(req, deadline_at)  # sent by a non-Python client
+            if refused is not None:
+                return {"run_id": req.run_id, "error": refused}
         elif store.r.hexists(store.keys.run(req.run_id), "expanded_at"):
             return {"run_id": req.run_id, "skipped": "already expanded (redelivered message)"}
+        execution = store.r.hget(store.keys.run(req.run_id), "execution")
+        sequential = execution == Execution.SEQUENTIAL.value
         try:
             if deadline_s > self.settings.max_deadline_s:
                 raise OrchestratorError(
                     f"deadline_s {deadline_s} exceeds ORCH_MAX_DEADLINE_S "
                     f"{self.settings.max_deadline_s}"
                 )
-            expansion = expand(self.app, self.catalog, req, deadline_at)
+            expansion = expand(self.app, self.catalog, req, deadline_at, sequential=sequential)
         except OrchestratorError as exc:
             store.finalize(req.run_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             return {"run_id": req.run_id, "error": str(exc)}
@@ -133,16 +152,22 @@ class Coordinator:
             coordinator=socket.gethostname(),
         )
         expansion.canvas.apply_async()
-        store.update_run(req.run_id, expanded_at=repr(time.time()))
+        store.event(req.run_id, "queued", n=str(len(req.tasks)))  # every subtask message sent
+        expanded_at = time.time()
+        store.update_run(req.run_id, expanded_at=repr(expanded_at))
+        if not sequential:  # a chain sends only its first link: no dispatch time to learn
+            queued_at = expansion.meta.queued_at
+            sample = pattern_sample(
+                req.pattern.value,
+                queued_at - req.created_at,
+                expanded_at - queued_at,
+                len(req.tasks),
+            )
+            record_samples(store, [sample])
         store.event(req.run_id, "expanded", n=str(len(req.tasks)))
-        self.app.send_task(
-            "orchestrator.deadline",
-            args=[req.run_id],
-            queue=self.settings.coordinator_queue,
-            eta=datetime.fromtimestamp(deadline_at, tz=UTC),
-            task_id=f"{req.run_id}.deadline",
-            argsrepr=f"run={req.run_id}",
-        )
+        # The deadline is enforced by DeadlineSweeper (keys.deadlines), not by an ETA message:
+        # an ETA task sits unacknowledged in one coordinator for the whole deadline, comes back
+        # after the visibility timeout, and is what a broker connection loss trips over.
         return {
             "run_id": req.run_id,
             "pattern": req.pattern.value,
@@ -150,10 +175,102 @@ class Coordinator:
             "deadline_at": deadline_at,
         }
 
+    def _record_new(self, req: OrchestrationRequest, deadline_at: float) -> str | None:
+        """Record a run sent without a record (a non-Python client), applying its pre-flight
+        policy here as the client would have; returns the refusal, if refused."""
+        record = run_record(req, deadline_at)
+        events: list[dict[str, str]] = []
+        refused: str | None = None
+        if req.preflight != "off":
+            source = PreflightSource(self.store, self.catalog, self.settings)
+            try:
+                fields, events = apply_policy(source.preflight(req), req)
+                record.update(fields)
+            except ParallelismDoesNotPay as exc:
+                refused = f"ParallelismDoesNotPay: {exc}"
+            except OrchestratorError as exc:  # unknown agent, bad payload: expand() says so
+                log.info("run %s: no pre-flight (%s)", req.run_id, exc)
+        self.store.create_run(record, events)
+        if refused is not None:
+            self.store.finalize(req.run_id, RunStatus.FAILED, error=refused)
+        return refused
+
+    def _reject(self, request: Any, exc: Exception) -> dict[str, Any]:
+        """A malformed request: fail its run if it has a usable record, else only log."""
+        # Never the input: this is the task's result in Flower, and payloads may be secret.
+        detail = (
+            exc.errors(include_url=False, include_input=False)[:5]
+            if isinstance(exc, ValidationError)
+            else str(exc)
+        )
+        msg = f"malformed orchestration request: {detail}"[:2000]
+        run_id = request.get("run_id") if isinstance(request, dict) else None
+        log.error("%s (run %r)", msg, run_id)
+        if isinstance(run_id, str) and self.store.r.exists(self.store.keys.run(run_id)):
+            self.store.finalize(run_id, RunStatus.FAILED, error=msg)
+        return {"run_id": run_id, "error": msg}
+
     def deadline(self, run_id: str) -> dict[str, Any]:
         """End the run if its deadline passed and it is still open."""
         result = expire_run(self.store, self.revoke, run_id)
         return {"run_id": run_id, "timed_out": result is not None}
+
+    def sweep(self, limit: int = 100) -> int:
+        """Expire every open run whose deadline has passed; returns how many were ended."""
+        store = self.store
+        due: list[str] = store.r.zrangebyscore(  # type: ignore[assignment]
+            store.keys.deadlines, "-inf", time.time(), start=0, num=limit
+        )
+        ended = 0
+        for run_id in due:
+            try:
+                if expire_run(store, self.revoke, run_id) is not None:
+                    ended += 1
+            except RunNotFound:
+                pass  # its record expired: nothing left to end
+            if store.result(run_id) is not None or not store.r.exists(store.keys.run(run_id)):
+                store.r.zrem(store.keys.deadlines, run_id)
+        return ended
+
+
+class DeadlineSweeper:
+    """A thread in each coordinator that ends overdue runs (any coordinator may do it)."""
+
+    def __init__(self, coord: Coordinator, interval_s: float = 0.25) -> None:
+        self.coord = coord
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="orch-deadlines", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.coord.sweep()
+            except Exception as exc:  # Redis away: the next round tries again
+                log.warning("deadline sweep failed: %s", exc)
+
+
+def sweeper_step(coord: Coordinator) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep running the DeadlineSweeper while the coordinator runs."""
+
+    class Sweeper(bootsteps.StartStopStep):  # type: ignore[misc]
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self.sweeper = DeadlineSweeper(coord)
+
+        def start(self, worker: Any) -> None:
+            self.sweeper.start()
+
+        def stop(self, worker: Any) -> None:
+            self.sweeper.stop()
+
+    return Sweeper
 
 
 def register_coordinator(app: Celery, settings: Settings) -> Coordinator:
@@ -168,5 +285,6 @@ def register_coordinator(app: Celery, settings: Settings) -> Coordinator:
 
     app.task(name="orchestrator.run", queue=settings.coordinator_queue)(run)
     app.task(name="orchestrator.deadline", queue=settings.coordinator_queue)(deadline)
+    app.steps["worker"].add(sweeper_step(coord))
 
     return coord

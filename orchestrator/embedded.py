@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +74,16 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 class EmbeddedRedis:
-    """A private valkey-server bound to 127.0.0.1 on a free port."""
+    """A private valkey-server bound to 127.0.0.1 on a free port.
+
+    ``host`` binds another address (multi-host tests bind a network namespace's address; a
+    password is then required); ``command_prefix`` wraps the server's command line, e.g.
+    ``["ip", "netns", "exec", "ns1"]``.
+    """
 
     def __init__(
         self,
@@ -84,10 +92,16 @@ class EmbeddedRedis:
         persist: bool = False,
         workdir: Path | None = None,
         password: str | None = None,
+        host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        if host not in _LOOPBACK and not password:
+            raise ConfigError(f"an embedded server bound to {host!r} needs a password")
         self.port = port or free_port()
         self.persist = persist
         self.password = password
+        self.host = host
+        self.command_prefix = list(command_prefix)
         self._own_dir = workdir is None
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="orch-valkey-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -95,14 +109,15 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         args = [
+            *self.command_prefix,
             str(server_binary()),
             "--bind",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--dir",
@@ -225,8 +240,9 @@ class EmbeddedStack:
         pool: str | None = None,
         concurrency: int | None = None,
         queues: str | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
-        """Start one more worker process named ``name``."""
+        """Start one more worker process named ``name`` (``command_prefix``: see start_process)."""
         args = [
             "worker",
             "--hostname",
@@ -238,14 +254,20 @@ class EmbeddedStack:
         ]
         if queues:
             args += ["--queues", queues]
-        self.start_process(name, args)
+        self.start_process(name, args, command_prefix=command_prefix)
 
-    def start_process(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``python -m orchestrator <args>`` with its log in log_dir/name.log."""
+    def start_process(
+        self, name: str, args: list[str], *, command_prefix: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m orchestrator <args>`` with its log in log_dir/name.log.
+
+        ``command_prefix`` wraps the command line, e.g. ``["ip", "netns", "exec", "ns1"]``
+        (it must exec the command, so the process id stays the Python process's).
+        """
         assert self.log_dir is not None
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", *args],
+            [*command_prefix, sys.executable, "-m", "orchestrator", *args],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import redis
 
 from workers.errors import RunTimedOut
 from workers.models import RoiReport, RunProgress, RunResult, RunStatus
@@ -12,7 +15,10 @@ from workers.outcome import build_result, fill_missing
 from workers.store import RunStore
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from orchestrator.client import Orchestrator
+    from orchestrator.events import RunEvent
 
 #: How long past its deadline a run may stay open before a waiting client ends it itself
 #: (normally the coordinator's deadline task does it first).
@@ -76,7 +82,14 @@ class Run:
         limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
         deadline_at = float(store.record(self.id)["deadline_at"])
         while True:
-            result = store.result(self.id)
+            try:
+                result = store.result(self.id)
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Redis restarting or failing over: keep waiting within the caller's limit.
+                if time.monotonic() >= limit:
+                    raise
+                time.sleep(0.2)
+                continue
             if result is not None:
                 return result
             now_wall = time.time()
@@ -92,7 +105,22 @@ class Run:
                     run_id=self.id,
                 )
             step = min(remaining, deadline_at + DEADLINE_GRACE_S - now_wall + 0.05)
-            store.wait_done(self.id, max(step, 0.001))
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                store.wait_done(self.id, max(step, 0.001))
+
+    async def wait_async(self, timeout_s: float | None = None) -> RunResult:
+        """``wait`` for asyncio: awaits the end without blocking the loop, and without a thread
+        or a connection per waiting run (one shared blocked read; see orchestrator/aio.py)."""
+        from orchestrator.aio import wait_async
+
+        return await wait_async(self, timeout_s)
+
+    def events(self, since: str = "0-0") -> AsyncIterator[RunEvent]:
+        """The run's events as they happen (``async for event in run.events()``): from the
+        start (or after the event id ``since``), ending with ``run_finished``."""
+        from orchestrator.aio import run_events
+
+        return run_events(self, since=since)
 
     def status(self) -> RunProgress:
         """A live snapshot: status, started, finished, counts per outcome."""
@@ -107,6 +135,11 @@ class Run:
 
     def report(self) -> RoiReport:
         """The ROI report, recomputed from every envelope that has arrived (late losers too)."""
+        return self.refreshed().report
+
+    def refreshed(self) -> RunResult:
+        """The final result rebuilt from every envelope that has arrived (late losers too);
+        RunTimedOut while the run is still going."""
         store = self.orch.store
         result = self.wait(timeout_s=0.001) if self.result() is None else self.result()
         assert result is not None
@@ -120,7 +153,9 @@ class Run:
             results,
             status=result.status,
             finished_at=result.finished_at,
+            error=result.error,
+            merged=result.merged,
             merge_s=result.report.merge_s,
             winner=winner,
         )
-        return fresh.report
+        return fresh

@@ -97,3 +97,10 @@ def starts_good(e: Echo) -> bool:
 @merger("collect_done", input=Done, output=Joined, description="Markers of finished work.")
 def collect_done(items: list[Done], ctx: AgentContext) -> Joined:
     return Joined(texts=[i.marker for i in items])
+
+
+@validator("explodes", input=Echo, description="Raises on 'boom', accepts 'good...'.")
+def explodes(e: Echo) -> bool:
+    if "boom" in e.text:
+        raise RuntimeError("validator blew up on purpose")
+    return e.text.startswith("good")

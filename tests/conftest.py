@@ -15,7 +15,7 @@ import pytest
 from orchestrator import EmbeddedRedis, EmbeddedStack, Orchestrator, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-AGENT_MODULES = ["workers.agents", "tests.agents_for_tests"]
+AGENT_MODULES = ["workers.agents", "tests.agents_for_tests", "tests.agents_advisor"]
 ARTIFACTS = ROOT / "artifacts"
 
 

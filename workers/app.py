@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from workers.cancel import CancelListener
 from workers.errors import ConfigError
@@ -26,27 +28,35 @@ from workers.supervisor import GraceKiller
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
+RETRIES = 25
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, retries: int = RETRIES) -> redis.Redis:
     """A decoded Redis client with sane timeouts (fork-safe: redis-py resets pools by pid)."""
+    # Retries ride out a Redis restart or failover of up to about 20 s (scripts reload by
+    # themselves after a restart: redis-py falls back from EVALSHA to SCRIPT LOAD).
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=5,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
 
 
-def make_store(settings: Settings, client: redis.Redis | None = None) -> RunStore:
-    """The run store for these settings."""
+def make_store(
+    settings: Settings, client: redis.Redis | None = None, *, retries: int = RETRIES
+) -> RunStore:
+    """The run store for these settings (clients pass few retries: they report, not wait)."""
     return RunStore(
-        client or redis_client(settings.redis_url()),
+        client or redis_client(settings.redis_url(), retries),
         Keys(settings.key_prefix),
         ttl_s=settings.run_ttl_s,
         events_maxlen=settings.events_maxlen,
         recent=settings.recent_runs,
+        stats_samples=settings.advisor.stats_samples,
+        stats_ttl_s=settings.advisor.stats_ttl_s,
     )
 
 
@@ -84,7 +94,10 @@ def configure(app: Celery, settings: Settings) -> None:
         broker_transport_options={"visibility_timeout": visibility},
         result_backend_transport_options={"visibility_timeout": visibility},
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On a broker connection loss let running subtasks finish: their envelopes land in the
+        # state Redis (retried across a restart), and a redelivery later finds them and skips.
+        # Cancelling them instead would lose the work until the visibility timeout.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )

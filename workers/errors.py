@@ -50,6 +50,13 @@ class RunFailed(OrchestratorError):
     """A run ended failed or cancelled; ``result`` holds every subtask's envelope."""
 
 
+class ParallelismDoesNotPay(OrchestratorError):
+    """Pre-flight judged the plan not worth running in parallel (policy 'refuse').
+
+    Nothing was enqueued; ``reasons`` lists why and ``preflight`` holds the full verdict.
+    """
+
+
 class RunTimedOut(OrchestratorError):
     """Waiting for a run took longer than the caller allowed."""
 

@@ -27,9 +27,29 @@ class Keys:
         return f"{self.prefix}:runs"
 
     @property
+    def deadlines(self) -> str:
+        """Sorted set: open run id -> deadline (epoch s); coordinators sweep it."""
+        return f"{self.prefix}:deadlines"
+
+    @property
     def cancel_channel(self) -> str:
         """Pub/sub channel of cancel messages, one listener per worker process."""
         return f"{self.prefix}:cancel"
+
+    @property
+    def stats_counts(self) -> str:
+        """Hash: stats list key -> samples ever recorded into it (TTL'd with the lists)."""
+        return f"{self.prefix}:stats:counts"
+
+    def stats(self, series: str) -> str:
+        """List: recent duration samples of one series ('agent:<name>', 'merger:<name>',
+        'validator:<name>', 'pattern:<pattern>'), newest first, capped and TTL'd."""
+        return f"{self.prefix}:stats:{series}"
+
+    def waker(self, token: str) -> str:
+        """Stream (1 entry, TTL'd): wakes one asyncio client's blocked XREAD when it waits on
+        one more run (orchestrator/aio.py)."""
+        return f"{self.prefix}:aio:{token}:wake"
 
     def run(self, run_id: str) -> str:
         """Hash: the run record."""

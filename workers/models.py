@@ -132,6 +132,35 @@ class AgentResult(BaseModel):
         return max(0.0, self.finished_at - self.cancel_requested_at)
 
 
+class Verdict(StrEnum):
+    """The pre-flight advisor's answer to "should I spawn this?"."""
+
+    PAYS = "pays"
+    MARGINAL = "marginal"
+    DOES_NOT_PAY = "does-not-pay"
+    UNKNOWN = "unknown"  # no duration history for some agent yet
+
+
+class Execution(StrEnum):
+    """How a run was executed: as its pattern, or one task after another (preflight='auto')."""
+
+    PARALLEL = "parallel"
+    SEQUENTIAL = "sequential"
+
+
+class Prediction(BaseModel):
+    """The pre-flight verdict and numbers stored on the run record at submit."""
+
+    verdict: Verdict
+    policy: str = "warn"
+    execution: Execution = Execution.PARALLEL
+    sequential_s: float | None = None
+    parallel_s: float | None = Field(None, description="Predicted wall time, submit to finish.")
+    speedup: float | None = None
+    cost_s: float | None = Field(None, description="Predicted worker-seconds spent.")
+    reasons: list[str] = Field(default_factory=list, description="Checks that warned or failed.")
+
+
 class RoiReport(BaseModel):
     """What parallelism bought: measured after every run."""
 
@@ -147,6 +176,12 @@ class RoiReport(BaseModel):
     queue_wait_s: float = Field(0.0, description="Mean time subagents waited in the queue.")
     cancel_latency_p50_s: float | None = None
     cancel_latency_max_s: float | None = None
+    execution: Execution = Field(
+        Execution.PARALLEL, description="'sequential' when preflight='auto' ran it as a chain."
+    )
+    prediction: Prediction | None = Field(
+        None, description="What pre-flight predicted at submit (None with preflight='off')."
+    )
 
 
 class RunResult(BaseModel):

@@ -8,7 +8,9 @@ from typing import Any
 from workers.models import (
     AgentResult,
     AgentStatus,
+    Execution,
     Pattern,
+    Prediction,
     RoiReport,
     RunResult,
     RunStatus,
@@ -122,8 +124,18 @@ def build_result(
         finished_at=finished_at,
         report=roi(
             results, created_at=created, finished_at=finished_at, merge_s=merge_s, winner=winner
+        ).model_copy(
+            update={
+                "execution": Execution(record.get("execution") or Execution.PARALLEL.value),
+                "prediction": _prediction(record.get("prediction")),
+            }
         ),
     )
+
+
+def _prediction(raw: str | None) -> Prediction | None:
+    # Stored by the client at submit; a record written without pre-flight has none.
+    return Prediction.model_validate_json(raw) if raw else None
 
 
 def _float(value: str | None) -> float | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from workers.models import (
 )
 from workers.outcome import failure_reasons
 from workers.registry import AgentSpec, Registry
+from workers.stats import MERGER, VALIDATOR, Sample, duration_sample, record_samples
 from workers.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -222,10 +223,16 @@ def execute_agent(
                 env.status = AgentStatus.ERROR
                 env.error = _error(exc)
         env.cancel_requested_at = item.cancel_at
+    timings: list[Sample] = []
     if env.status is AgentStatus.OK and meta.pattern is Pattern.RACE and meta.validate_with:
+        checked = time.perf_counter()
         _validate_candidate(services, env, meta.validate_with)
+        # Pre-flight warns about slow validators: their time is recorded with the envelope.
+        timings.append(
+            duration_sample(VALIDATOR, meta.validate_with, time.perf_counter() - checked)
+        )
     env.finished_at = time.time()
-    _record(services, env, run_id, meta)
+    _record(services, env, run_id, meta, timings)
     return env
 
 
@@ -250,11 +257,18 @@ def _validate_candidate(services: Services, env: AgentResult, name: str) -> None
         env.error = ErrorInfo(type="Rejected", message=f"validator {name!r} rejected the output")
 
 
-def _record(services: Services, env: AgentResult, run_id: str, meta: TaskMeta) -> None:
+def _record(
+    services: Services,
+    env: AgentResult,
+    run_id: str,
+    meta: TaskMeta,
+    timings: Sequence[Sample] = (),
+) -> None:
     store = services.store
     claim = meta.pattern is Pattern.RACE and env.status is AgentStatus.OK
-    outcome = store.finish_task(run_id, env, claim=claim)
+    outcome = store.finish_task(run_id, env, claim=claim, stats=timings)
     if outcome.won:
+        store.event(run_id, "won", index=str(env.index), worker=env.worker or "")
         store.request_cancel(run_id, f"race won by #{env.index}", keep=env.index)
         services.revoke([f"{run_id}.{i}" for i in range(meta.n) if i != env.index])
         store.finalize(run_id, RunStatus.SUCCEEDED, winner=env.index)
@@ -349,5 +363,7 @@ def execute_merge(
     if not error and partial:
         error = f"merged {len(ok)} of {meta.n} (quorum {quorum}); left out: {partial}"
     store.event(run_id, "merged", merger=spec.name, ok=str(not error or status.value))
+    if status is RunStatus.SUCCEEDED:
+        record_samples(store, [duration_sample(MERGER, spec.name, merge_s)])
     store.finalize(run_id, status, error=error, merged=merged, merge_s=merge_s)
     return {"run_id": run_id, "status": status.value, "merge_s": round(merge_s, 6)}

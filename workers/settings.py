@@ -32,6 +32,28 @@ class CancelSettings(BaseModel):
     )
 
 
+class AdvisorSettings(BaseModel):
+    """The pre-flight advisor and the duration statistics it learns from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    useful_width: int = Field(
+        64, ge=1, description="Fan-out beyond which pre-flight warns (more tasks rarely help)."
+    )
+    pays_speedup: float = Field(
+        1.5, gt=1.0, description="Predicted speedup from which a plan is judged 'pays'."
+    )
+    marginal_speedup: float = Field(
+        1.1, gt=0.0, description="Predicted speedup below which a plan is judged 'does-not-pay'."
+    )
+    stats_samples: int = Field(
+        200, ge=1, le=10_000, description="Recent duration samples kept per agent/merger/pattern."
+    )
+    stats_ttl_s: int = Field(
+        7 * 86_400, gt=0, description="Duration statistics expire after this long without use."
+    )
+
+
 class FlowerSettings(BaseModel):
     """Flower, the operators' web UI."""
 
@@ -82,12 +104,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest deadline accepted; the broker's visibility timeout is sized above it.",
     )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Largest orchestration request (JSON) accepted; big inputs belong in "
+        "storage, referenced from payloads.",
+    )
     run_ttl_s: int = Field(
         86_400, gt=0, description="How long run records, results and events are kept."
     )
     recent_runs: int = Field(1000, gt=0, description="How many run ids `status` can list.")
     events_maxlen: int = Field(10_000, gt=0, description="Approximate cap of each run's events.")
     cancel: CancelSettings = Field(default_factory=CancelSettings)
+    advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
 
     @field_validator("agent_modules", mode="before")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -17,6 +18,7 @@ from workers.errors import RunNotFound
 from workers.keys import Keys
 from workers.models import AgentResult, AgentStatus, Pattern, RunProgress, RunResult, RunStatus
 from workers.outcome import build_result, fill_missing
+from workers.stats import Sample, agent_sample
 
 
 def _script(name: str) -> str:
@@ -37,20 +39,33 @@ class RunStore:
     """Typed access to one Redis holding orchestration state."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, *, ttl_s: int, events_maxlen: int, recent: int
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        ttl_s: int,
+        events_maxlen: int,
+        recent: int,
+        stats_samples: int = 200,
+        stats_ttl_s: int = 7 * 86_400,
     ) -> None:
         self.r = client
         self.keys = keys
         self.ttl_s = ttl_s
         self.maxlen = events_maxlen
         self.recent = recent
+        self.stats_samples = stats_samples
+        self.stats_ttl_s = stats_ttl_s
         self._start = client.register_script(_script("start.lua"))
         self._finish = client.register_script(_script("finish.lua"))
         self._finalize = client.register_script(_script("finalize.lua"))
 
     # -- records ---------------------------------------------------------------------------
-    def create_run(self, record: dict[str, Any]) -> None:
-        """Write a new run record (status submitted) and index it as recent."""
+    def create_run(self, record: dict[str, Any], events: Sequence[dict[str, str]] = ()) -> None:
+        """Write a new run record (status submitted) and index it as recent.
+
+        ``events`` (e.g. the pre-flight verdict) follow 'submitted' in the same round trip.
+        """
         run_id = record["run_id"]
         flat: dict[Any, Any] = {
             k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()
@@ -65,8 +80,17 @@ class RunStore:
             maxlen=self.maxlen,
             approximate=True,
         )
+        for extra in events:
+            entry: dict[Any, Any] = {**extra, "ts": str(record["created_at"])}
+            pipe.xadd(
+                self.keys.events(run_id),
+                entry,
+                maxlen=self.maxlen,
+                approximate=True,
+            )
         pipe.expire(self.keys.events(run_id), self.ttl_s)
         pipe.zadd(self.keys.runs, {run_id: float(record["created_at"])})
+        pipe.zadd(self.keys.deadlines, {run_id: float(record["deadline_at"])})
         pipe.zremrangebyrank(self.keys.runs, 0, -self.recent - 1)
         pipe.execute()
 
@@ -111,11 +135,26 @@ class RunStore:
         )
         return int(attempt), str(reason)
 
-    def finish_task(self, run_id: str, env: AgentResult, *, claim: bool) -> FinishOutcome:
-        """Record the envelope once; with claim, try to win the race."""
+    def finish_task(
+        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+    ) -> FinishOutcome:
+        """Record the envelope once; with claim, try to win the race.
+
+        The agent's duration sample (and any extra ``stats``, e.g. its validator's time) is
+        appended in the same script, so statistics cost no extra round trip.
+        """
         k = self.keys
+        own = agent_sample(env)
+        samples = [own, *stats] if own is not None else list(stats)
         new, done, n, won = self._finish(
-            keys=[k.results(run_id), k.run(run_id), k.events(run_id), k.winner(run_id)],
+            keys=[
+                k.results(run_id),
+                k.run(run_id),
+                k.events(run_id),
+                k.winner(run_id),
+                k.stats_counts,
+                *[k.stats(name) for name, _ in samples],
+            ],
             args=[
                 env.index,
                 env.model_dump_json(),
@@ -124,6 +163,9 @@ class RunStore:
                 "1" if claim else "0",
                 repr(time.time()),
                 self.maxlen,
+                self.stats_samples,
+                self.stats_ttl_s,
+                *[text for _, text in samples],
             ],
         )
         return FinishOutcome(new=bool(new), done=int(done), n=int(n), won=bool(won))
@@ -235,8 +277,21 @@ class RunStore:
             winner=winner,
         )
         ended = self._finalize(
-            keys=[k.result(run_id), k.run(run_id), k.done(run_id), k.events(run_id)],
-            args=[result.model_dump_json(), status.value, repr(now), self.ttl_s, self.maxlen],
+            keys=[
+                k.result(run_id),
+                k.run(run_id),
+                k.done(run_id),
+                k.events(run_id),
+                k.deadlines,
+            ],
+            args=[
+                result.model_dump_json(),
+                status.value,
+                repr(now),
+                self.ttl_s,
+                self.maxlen,
+                run_id,
+            ],
         )
         if not int(ended):
             return None

@@ -3,6 +3,14 @@
 from orchestrator.patterns.common import Expansion, agent_signature
 from orchestrator.patterns.gather import build_gather
 from orchestrator.patterns.race import build_race
+from orchestrator.patterns.sequential import build_sequential
 from orchestrator.patterns.spawn import build_spawn
 
-__all__ = ["Expansion", "agent_signature", "build_gather", "build_race", "build_spawn"]
+__all__ = [
+    "Expansion",
+    "agent_signature",
+    "build_gather",
+    "build_race",
+    "build_sequential",
+    "build_spawn",
+]

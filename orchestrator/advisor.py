@@ -1,0 +1,118 @@
+"""The pre-flight advisor: does this plan pay in parallel? A pure function of the request, the
+catalog entries, the measured duration statistics and the live worker capacity.
+
+Reading those from Redis lives in :mod:`orchestrator.preflight`; this module only computes, so
+every verdict can be reproduced in a unit test. The checks are in :mod:`orchestrator.checks`,
+the timing model in :mod:`orchestrator.costmodel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, Field
+
+from orchestrator import checks
+from orchestrator.checks import Capacity, Check, CheckStatus, QueueCapacity
+from orchestrator.costmodel import Estimate, estimate
+from orchestrator.request import OrchestrationRequest
+from workers.models import AgentKind, CatalogEntry, Execution, Pattern, Prediction, Verdict
+from workers.settings import AdvisorSettings
+from workers.stats import StatsSnapshot
+
+__all__ = ["Capacity", "Check", "CheckStatus", "Preflight", "QueueCapacity", "advise"]
+
+
+class Preflight(BaseModel):
+    """The answer to "should I spawn this?": a verdict, predicted numbers and the checks."""
+
+    pattern: Pattern
+    n: int
+    verdict: Verdict
+    sequential_s: float | None = Field(None, description="Doing the work one task at a time.")
+    parallel_s: float | None = Field(None, description="Predicted wall time, submit to finish.")
+    spawn_overhead_s: float | None = Field(None, description="Coordinator, dispatch, start.")
+    merge_s: float | None = Field(None, description="Merge and its dispatch (gather only).")
+    speedup: float | None = None
+    cost_s: float | None = Field(None, description="Predicted worker-seconds spent.")
+    slots: dict[str, int] = Field(default_factory=dict, description="Live slots per queue.")
+    waves: int = Field(0, description="Rounds the busiest queue needs for its tasks.")
+    checks: list[Check]
+
+    def failed(self) -> list[Check]:
+        """The checks that failed."""
+        return [c for c in self.checks if c.status is CheckStatus.FAIL]
+
+    def reasons(self) -> list[str]:
+        """One line per check that warned or failed."""
+        return [f"{c.name} {c.status.value}: {c.reason}" for c in self.checks if c.status != "pass"]
+
+    def prediction(self, policy: str, execution: Execution = Execution.PARALLEL) -> Prediction:
+        """The summary stored on the run record (and later shown beside the actual values)."""
+        return Prediction(
+            verdict=self.verdict,
+            policy=policy,
+            execution=execution,
+            sequential_s=self.sequential_s,
+            parallel_s=self.parallel_s,
+            speedup=self.speedup,
+            cost_s=self.cost_s,
+            reasons=self.reasons(),
+        )
+
+
+def advise(
+    req: OrchestrationRequest,
+    entries: Sequence[CatalogEntry],
+    stats: StatsSnapshot,
+    capacity: Capacity,
+    config: AdvisorSettings | None = None,
+) -> Preflight:
+    """Judge a request before anything runs.
+
+    ``entries`` must hold the catalog entry of every agent in the request, and of its merger or
+    validator when it names one (missing ones are reported as structure failures).
+    """
+    config = config or AdvisorSettings()
+    catalog = {(e.kind, e.name): e for e in entries}
+    queues = [_queue(catalog, t.agent) for t in req.tasks]
+    est = estimate(req, stats, {q: capacity.slots(q) for q in set(queues)}, queues)
+    lines = [
+        checks.independence(req),
+        checks.structure(req, catalog),
+        checks.cost(req, est, config),
+        checks.width(req, capacity, queues, est, config),
+        checks.race(req, stats, capacity, queues, est),
+    ]
+    verdict = _verdict(lines, est, config)
+    return Preflight(
+        pattern=req.pattern,
+        n=len(req.tasks),
+        verdict=verdict,
+        sequential_s=est.sequential_s,
+        parallel_s=est.parallel_s,
+        spawn_overhead_s=est.spawn_overhead_s,
+        merge_s=est.merge_s,
+        speedup=est.speedup,
+        cost_s=est.cost_s,
+        slots={q: capacity.slots(q) for q in sorted(set(queues))},
+        waves=est.waves,
+        checks=lines,
+    )
+
+
+def _queue(catalog: Mapping[tuple[AgentKind, str], CatalogEntry], agent: str) -> str:
+    entry = catalog.get((AgentKind.AGENT, agent))
+    return entry.queue if entry else "?"
+
+
+def _verdict(checks: list[Check], est: Estimate, config: AdvisorSettings) -> Verdict:
+    if any(c.status is CheckStatus.FAIL for c in checks):
+        return Verdict.DOES_NOT_PAY
+    if est.speedup is None:
+        return Verdict.UNKNOWN
+    if est.speedup >= config.pays_speedup:
+        return Verdict.PAYS
+    if est.speedup >= config.marginal_speedup:
+        return Verdict.MARGINAL
+    return Verdict.DOES_NOT_PAY

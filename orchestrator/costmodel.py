@@ -1,0 +1,169 @@
+"""The advisor's timing model: predicted sequential and parallel time of a plan (pure).
+
+Each task takes its agent's mean measured run time. Tasks leave the coordinator one after another
+(its measured dispatch time per task) and each queue's live slots take them in order as they free
+up, so more tasks than slots run in waves. A gather adds its merger; a race ends at the expected
+moment of the first *valid* result (each agent's measured share of valid outputs). The
+sequential alternative is doing the same work one task at a time in one process (a race: trying
+the racers in order until one is valid), which is what ``RoiReport.sequential_estimate_s``
+measures for spawn and gather.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.request import OrchestrationRequest
+from workers.models import Pattern
+from workers.stats import StatsSnapshot
+
+#: Used until the first run of any pattern has been measured.
+DEFAULT_COORDINATOR_S = 0.02
+DEFAULT_DISPATCH_S = 0.001
+DEFAULT_LATENCY_S = 0.005
+#: The last finisher builds and stores the result.
+FINALIZE_S = 0.003
+
+
+@dataclass
+class Estimate:
+    """Predicted numbers of one plan; the timings are None when some agent has no history."""
+
+    waves: int
+    missing: list[str] = field(default_factory=list)
+    assumed: list[str] = field(default_factory=list)
+    sequential_s: float | None = None
+    parallel_s: float | None = None
+    spawn_overhead_s: float | None = None
+    merge_s: float | None = None
+    speedup: float | None = None
+    cost_s: float | None = None
+    saved_s: float = 0.0
+    mean_task_s: float = 0.0
+    fastest_task_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """What orchestration adds around the work."""
+
+    coordinator_s: float
+    dispatch_s: float
+    latency_s: float
+
+
+def overheads(stats: StatsSnapshot, pattern: Pattern, agents: Sequence[str]) -> Overheads:
+    """Measured overheads, falling back to other patterns' and then to defaults."""
+    own = stats.patterns.get(pattern.value)
+    others = list(stats.patterns.values())
+    if own is not None:
+        coordinator, dispatch = own.overhead.p50_s, own.dispatch_per_task_s
+    elif others:
+        coordinator = statistics.median(p.overhead.p50_s for p in others)
+        dispatch = statistics.median(p.dispatch_per_task_s for p in others)
+    else:
+        coordinator, dispatch = DEFAULT_COORDINATOR_S, DEFAULT_DISPATCH_S
+    # The low end of the queue waits is the start latency when a slot is free; the rest of the
+    # distribution is waiting for slots, which the schedule below models itself.
+    waits = [stats.agents[a].wait.p10_s for a in agents if a in stats.agents]
+    latency = min(waits) if waits else DEFAULT_LATENCY_S
+    return Overheads(coordinator, dispatch or DEFAULT_DISPATCH_S, latency)
+
+
+def schedule(
+    durations: Sequence[float],
+    queues: Sequence[str],
+    slots: Mapping[str, int],
+    ov: Overheads,
+) -> list[tuple[float, float]]:
+    """(start, end) of each task, seconds after submit, when slots take tasks in order."""
+    free: dict[str, list[float]] = {}
+    out: list[tuple[float, float]] = []
+    for i, (d, q) in enumerate(zip(durations, queues, strict=True)):
+        heap = free.setdefault(q, [-math.inf] * max(1, slots.get(q, 0)))
+        slot_free = heapq.heappop(heap)
+        released = ov.coordinator_s + (i + 1) * ov.dispatch_s + ov.latency_s
+        start = max(released, slot_free + ov.latency_s)
+        end = start + d
+        heapq.heappush(heap, end)
+        out.append((start, end))
+    return out
+
+
+def waves(queues: Sequence[str], slots: Mapping[str, int]) -> int:
+    """Rounds the busiest queue needs for its tasks."""
+    counts = Counter(queues)
+    return max((math.ceil(k / max(1, slots.get(q, 0))) for q, k in counts.items()), default=0)
+
+
+def first_valid(ends: Sequence[float], ok_rates: Sequence[float]) -> float:
+    """Expected moment of the first valid result, given one arrives (else the last end)."""
+    p_none, weighted = 1.0, 0.0
+    for end, ok in sorted(zip(ends, ok_rates, strict=True)):
+        weighted += end * ok * p_none
+        p_none *= 1.0 - ok
+    p_any = 1.0 - p_none
+    return weighted / p_any if p_any > 0 else max(ends)
+
+
+def in_order(durations: Sequence[float], ok_rates: Sequence[float]) -> float:
+    """Expected time of trying racers one by one until one is valid."""
+    total, p_reach = 0.0, 1.0
+    for d, ok in zip(durations, ok_rates, strict=True):
+        total += d * p_reach
+        p_reach *= 1.0 - ok
+    return total
+
+
+def estimate(
+    req: OrchestrationRequest,
+    stats: StatsSnapshot,
+    slots: Mapping[str, int],
+    queues: Sequence[str],
+) -> Estimate:
+    """Predict the plan's sequential and parallel time, overheads and cost."""
+    agents = [t.agent for t in req.tasks]
+    est = Estimate(waves=waves(queues, slots))
+    est.missing = sorted({a for a in agents if a not in stats.agents})
+    if est.missing:
+        return est
+    durations = [stats.agents[a].run.mean_s for a in agents]
+    ov = overheads(stats, req.pattern, agents)
+    times = schedule(durations, queues, slots, ov)
+    ends = [e for _, e in times]
+    first_start = min(s for s, _ in times)
+    members_s = max(ends) - first_start
+    est.spawn_overhead_s = ov.coordinator_s + len(agents) * ov.dispatch_s + ov.latency_s
+    est.mean_task_s = statistics.fmean(durations)
+    est.fastest_task_s = min(durations)
+    est.saved_s = max(0.0, sum(durations) - members_s)
+    merge_mean = 0.0
+    if req.pattern is Pattern.GATHER and req.merge:
+        took = stats.mergers.get(req.merge)
+        if took is None:
+            est.assumed.append(f"merger {req.merge!r}")
+        merge_mean = took.took.mean_s if took else 0.0
+        est.merge_s = ov.latency_s + merge_mean
+    if req.pattern is Pattern.RACE:
+        if req.validate_with and req.validate_with not in stats.validators:
+            est.assumed.append(f"validator {req.validate_with!r}")
+        ok_rates = [stats.agents[a].ok_rate for a in agents]
+        if not any(ok_rates):
+            ok_rates = [1.0] * len(agents)  # history says nothing valid; time it as if all were
+        won = first_valid(ends, ok_rates)
+        est.parallel_s = won + FINALIZE_S
+        est.sequential_s = in_order(durations, ok_rates)
+        est.cost_s = sum(
+            min(d, max(0.0, won - s)) for d, (s, _) in zip(durations, times, strict=True)
+        )
+    else:
+        est.parallel_s = max(ends) + (est.merge_s or 0.0) + FINALIZE_S
+        est.sequential_s = sum(durations) + merge_mean
+        est.cost_s = sum(durations) + merge_mean
+    est.speedup = est.sequential_s / max(est.parallel_s, 1e-9)
+    return est

@@ -1,0 +1,164 @@
+"""A run's event stream as typed models, and a blocking follower for the terminal (``watch``).
+
+Every run has a capped, expiring Redis stream (``Keys.events``). Writers: the client and the
+coordinator (submitted, preflight, queued, expanded), the workers' runtime and Lua scripts
+(started, progress, finished, won, cancel_requested, merged) and whoever ends the run
+(run_finished). A subtask that was cancelled or skipped shows as ``finished`` with that status.
+Types this version does not know are kept, not refused: ``RunEvent.kind`` is then None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from workers.store import RunStore
+
+
+class EventType(StrEnum):
+    """The event types written today (others may appear; see ``RunEvent.kind``)."""
+
+    SUBMITTED = "submitted"  # the run record was created (n)
+    PREFLIGHT = "preflight"  # the advisor's verdict (verdict, reasons)
+    QUEUED = "queued"  # every subtask message was sent (n)
+    EXPANDED = "expanded"  # the coordinator built and applied the canvas (n)
+    STARTED = "started"  # a subtask began (index, worker, attempt)
+    PROGRESS = "progress"  # an agent called ctx.progress (index, fraction, message)
+    FINISHED = "finished"  # a subtask's envelope was recorded (index, status, won)
+    WON = "won"  # a racer claimed the win (index, worker)
+    CANCEL_REQUESTED = "cancel_requested"  # the run or some subtasks were asked to stop (reason)
+    MERGED = "merged"  # the merger ran (merger, ok)
+    RUN_FINISHED = "run_finished"  # the run ended (status); always the last event
+
+    @property
+    def subtask(self) -> bool:
+        """True for events about one subtask (they carry ``index``)."""
+        return self in (EventType.STARTED, EventType.PROGRESS, EventType.FINISHED, EventType.WON)
+
+
+#: Statuses of a ``finished`` event that mean the subtask was stopped rather than done.
+STOPPED_STATUSES = frozenset({"cancelled", "skipped"})
+
+
+class RunEvent(BaseModel):
+    """One entry of a run's event stream."""
+
+    id: str = Field(description="Stream entry id ('<ms>-<seq>'); resume after it.")
+    run_id: str
+    type: str = Field(description="Event type; see EventType for the known ones.")
+    ts: float = Field(description="When it happened (Unix seconds, writer's clock).")
+    index: int | None = Field(None, description="Subtask index, for subtask events.")
+    status: str | None = Field(None, description="Subtask status (finished) or run status.")
+    worker: str | None = None
+    attempt: int | None = None
+    n: int | None = Field(None, description="Number of subtasks (submitted, queued, expanded).")
+    won: bool | None = Field(None, description="finished: this envelope claimed the race win.")
+    fraction: float | None = Field(None, description="progress: 0..1.")
+    message: str | None = None
+    reason: str | None = Field(None, description="cancel_requested: why.")
+    merger: str | None = None
+    verdict: str | None = Field(None, description="preflight: the advisor's verdict.")
+    data: dict[str, str] = Field(
+        default_factory=dict, description="Every raw field, including ones not modelled here."
+    )
+
+    @property
+    def kind(self) -> EventType | None:
+        """The type as an EventType, or None for a type this version does not know."""
+        try:
+            return EventType(self.type)
+        except ValueError:
+            return None
+
+    @property
+    def final(self) -> bool:
+        """True for the run's last event."""
+        return self.type == EventType.RUN_FINISHED
+
+    @property
+    def stopped(self) -> bool:
+        """True when a subtask finished cancelled or skipped (the 'subtask cancelled' event)."""
+        return self.type == EventType.FINISHED and self.status in STOPPED_STATUSES
+
+
+_INTS = ("index", "attempt", "n")
+_FLOATS = ("fraction",)
+_TEXTS = ("status", "worker", "message", "reason", "merger", "verdict")
+
+
+def parse_event(run_id: str, entry_id: str, fields: Mapping[str, Any]) -> RunEvent:
+    """Build a RunEvent from one raw stream entry; malformed numbers become None, not errors."""
+    raw = {str(k): _text(v) for k, v in fields.items()}
+    typed: dict[str, Any] = {
+        "id": entry_id,
+        "run_id": run_id,
+        "type": raw.get("type", "unknown"),
+        "ts": _number(raw.get("ts"), float) or 0.0,
+        "data": raw,
+    }
+    for name in _INTS:
+        typed[name] = _number(raw.get(name), int)
+    for name in _FLOATS:
+        typed[name] = _number(raw.get(name), float)
+    for name in _TEXTS:
+        typed[name] = raw.get(name)
+    if "won" in raw:
+        typed["won"] = raw["won"] in ("1", "true", "True")
+    return RunEvent.model_validate(typed)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: str | None, kind: type[int] | type[float]) -> Any:
+    if value is None:
+        return None
+    try:
+        return kind(value) if kind is float else int(float(value))
+    except ValueError:
+        return None
+
+
+def stream_entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """Normalise an XREAD reply (RESP2 list or RESP3 dict) to [(key, [(id, fields)])]."""
+    if not reply:
+        return []
+    items = reply.items() if isinstance(reply, dict) else reply
+    out: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []
+    for key, entries in items:
+        flat = entries[0] if entries and isinstance(entries[0], list) else entries
+        out.append((_text(key), [(_text(i), dict(f)) for i, f in flat]))
+    return out
+
+
+def read_events(store: RunStore, run_id: str, since: str = "0-0") -> list[RunEvent]:
+    """Every event after ``since`` that is in the stream now (no waiting)."""
+    low = f"({since}" if since != "0-0" else "-"
+    raw: list[tuple[str, dict[str, str]]] = store.r.xrange(store.keys.events(run_id), min=low)  # type: ignore[assignment]
+    return [parse_event(run_id, str(i), f) for i, f in raw]
+
+
+def follow_events(
+    store: RunStore, run_id: str, *, since: str = "0-0", block_s: float = 0.5
+) -> Iterator[list[RunEvent]]:
+    """Yield batches of new events, blocking on Redis up to ``block_s`` per batch.
+
+    An empty batch means nothing happened for ``block_s`` (a chance to redraw a clock). The
+    caller stops iterating when it has seen the final event or lost patience.
+    """
+    key = store.keys.events(run_id)
+    cursor = since
+    while True:
+        reply = store.r.xread({key: cursor}, count=500, block=max(1, int(block_s * 1000)))
+        batch = [
+            parse_event(run_id, entry_id, fields)
+            for _, entries in stream_entries(reply)
+            for entry_id, fields in entries
+        ]
+        if batch:
+            cursor = batch[-1].id
+        yield batch

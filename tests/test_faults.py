@@ -1,0 +1,130 @@
+"""Faults with nothing lost: every subtask accounted for, every run ends (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import AgentStatus, EmbeddedRedis, EmbeddedStack, Orchestrator, RunStatus, Task
+from tests.conftest import _stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_stack() -> Iterator[EmbeddedStack]:
+    """A stack of its own: these tests kill its processes."""
+    s = _stack(name="faults", workers=1, concurrency=2)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _client(s: EmbeddedStack) -> Orchestrator:
+    return Orchestrator(broker_url=s.url, key_prefix=s.key_prefix)
+
+
+def test_worker_process_killed_mid_task_is_redelivered_and_completes(
+    own_stack: EmbeddedStack, tmp_marker: Callable[[str], str]
+) -> None:
+    o = _client(own_stack)
+    marker = tmp_marker("killed")
+    run = o.spawn([Task("work", {"seconds": 1.5, "marker": marker}),
+                   Task("echo", {"text": "bystander"})], deadline_s=60)
+    pid = int(wait_for(lambda: Path(marker + ".pid").exists()
+                       and Path(marker + ".pid").read_text(), 15, "the task to start"))
+    Path(marker + ".pid").unlink()
+    os.kill(pid, signal.SIGKILL)  # the pool process dies mid-task, as in an OOM kill
+    res = run.wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    env = res.results[0]
+    assert env.status is AgentStatus.OK
+    assert env.attempt == 2  # ran again after the redelivery
+    assert int(Path(marker + ".pid").read_text()) != pid
+    assert Path(marker).exists()
+    assert len(o.store.envelopes(run.id)) == 2
+    o.close()
+
+
+@pytest.mark.parametrize("pattern", ["gather", "race"])
+def test_coordinator_killed_mid_run_does_not_stop_the_run(
+    own_stack: EmbeddedStack, tmp_marker: Callable[[str], str], pattern: str
+) -> None:
+    o = _client(own_stack)
+    if pattern == "gather":
+        run = o.gather([Task("echo", {"text": t, "spin_s": 0.5}) for t in "abc"], merge="join",
+                       deadline_s=60)
+    else:
+        run = o.race([Task("echo", {"text": "bad", "spin_s": 0.3}),
+                      Task("echo", {"text": "good", "spin_s": 0.6})], validate="starts_good",
+                     deadline_s=60)
+    wait_for(lambda: run.status().started >= 1, 15, "subtasks to start")
+    proc = own_stack.procs["coordinator"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    res = run.wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    if pattern == "gather":
+        assert res.merged == {"texts": ["a", "b", "c"]}
+    else:
+        assert res.winner is not None and res.winner.output["text"] == "good"
+    # A run submitted while no coordinator is up waits in the broker, nothing lost...
+    queued = o.spawn([Task("echo", {"text": "queued"})])
+    own_stack.procs.pop("coordinator")
+    own_stack.start_process("coordinator", ["coordinator", "--hostname", "coordinator@%h"])
+    own_stack.wait_ready(["coordinator"], 30)
+    # ...and the restarted coordinator serves it; wait() and status() work for both runs.
+    assert queued.wait(timeout_s=30).outputs()[0]["text"] == "queued"
+    assert o.get_run(run.id).status().status is RunStatus.SUCCEEDED
+    assert o.get_run(run.id).wait(timeout_s=5) == res
+    o.close()
+
+
+def test_redis_restart_mid_run_reconnects_and_completes(tmp_marker: Callable[[str], str]) -> None:
+    server = EmbeddedRedis(persist=True).start()
+    s = _stack(name="restart", workers=1, concurrency=2, broker_url=server.url)
+    o = _client(s)
+    try:
+        tasks = [Task("work", {"seconds": 1.0, "marker": tmp_marker(f"r{i}")}) for i in range(4)]
+        run = o.spawn(tasks, deadline_s=40)
+        wait_for(lambda: run.status().started >= 2, 15, "subtasks to start")
+        server.stop()
+        server.start()  # same port, same data directory, append-only file replayed
+        res = run.wait(timeout_s=60)
+        # Running subtasks finish and record their envelopes through the restart; subtasks
+        # whose messages were in flight come back or the deadline ends the run, saying so.
+        if res.status is RunStatus.TIMED_OUT:
+            assert res.error and "deadline of 40.0s passed" in res.error
+        else:
+            assert res.status is RunStatus.SUCCEEDED, res.error
+        assert len(res.results) == 4
+        # Workers and clients reconnected: a new run goes through.
+        after = o.spawn([Task("echo", {"text": "after restart"})]).wait(timeout_s=60)
+        assert after.status is RunStatus.SUCCEEDED, after.error
+    finally:
+        o.close()
+        s.stop()
+        server.persist = False
+        server.stop()
+
+
+def test_redelivered_after_reporting_is_merged_once_counted_once(orch: Orchestrator) -> None:
+    run = orch.gather([Task("echo", {"text": t}) for t in "xyz"], merge="join")
+    res = run.wait(timeout_s=30)
+    assert res.merged == {"texts": ["x", "y", "z"]}
+    before = orch.store.envelopes(run.id)
+    # Deliver subtask #1's message again, as the broker does after a visibility timeout.
+    meta = {"pattern": "gather-then-merge", "n": 3, "queued_at": 0, "deadline_at": 4e9}
+    orch.app.send_task("agents.echo", task_id=f"{run.id}.1", queue="agents",
+                       kwargs={"run_id": run.id, "index": 1, "payload": {"text": "y"},
+                               "meta": meta})
+    wait_for(lambda: orch.store.r.hget(orch.store.keys.attempts(run.id), "1") == "2", 15,
+             "the duplicate to be delivered")
+    assert orch.store.envelopes(run.id) == before
+    assert orch.store.record(run.id)["done"] == "3"
+    assert orch.get_run(run.id).wait(timeout_s=5).merged == res.merged
