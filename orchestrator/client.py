@@ -107,11 +107,20 @@ class Orchestrator:
         deadline_s: float | None = None,
         preflight: PreflightPolicy = "warn",
         run_id: str | None = None,
+        batch_size: int | None = None,
     ) -> Run:
-        """parallel-spawn: run every task independently and collect every output."""
+        """parallel-spawn: run every task independently and collect every output.
+
+        ``batch_size`` packs that many subagents per Celery message (for tiny subagents).
+        """
         return self.submit(
             self.request(
-                Pattern.SPAWN, tasks, deadline_s=deadline_s, preflight=preflight, run_id=run_id
+                Pattern.SPAWN,
+                tasks,
+                deadline_s=deadline_s,
+                preflight=preflight,
+                run_id=run_id,
+                batch_size=batch_size,
             )
         )
 
@@ -124,6 +133,7 @@ class Orchestrator:
         deadline_s: float | None = None,
         preflight: PreflightPolicy = "warn",
         run_id: str | None = None,
+        batch_size: int | None = None,
     ) -> Run:
         """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them)."""
         return self.submit(
@@ -135,6 +145,7 @@ class Orchestrator:
                 deadline_s=deadline_s,
                 preflight=preflight,
                 run_id=run_id,
+                batch_size=batch_size,
             )
         )
 
@@ -167,10 +178,16 @@ class Orchestrator:
         deadline_s: float | None = None,
         preflight: PreflightPolicy = "warn",
         run_id: str | None = None,
+        batch_size: int | None = None,
     ) -> Run:
         """``spawn`` for asyncio; ``await run.wait_async()`` for its result."""
         req = self.request(
-            Pattern.SPAWN, tasks, deadline_s=deadline_s, preflight=preflight, run_id=run_id
+            Pattern.SPAWN,
+            tasks,
+            deadline_s=deadline_s,
+            preflight=preflight,
+            run_id=run_id,
+            batch_size=batch_size,
         )
         return await aio.submit_async(self, req)
 
@@ -183,6 +200,7 @@ class Orchestrator:
         deadline_s: float | None = None,
         preflight: PreflightPolicy = "warn",
         run_id: str | None = None,
+        batch_size: int | None = None,
     ) -> Run:
         """``gather`` for asyncio; ``await run.wait_async()`` for its result."""
         req = self.request(
@@ -193,6 +211,7 @@ class Orchestrator:
             deadline_s=deadline_s,
             preflight=preflight,
             run_id=run_id,
+            batch_size=batch_size,
         )
         return await aio.submit_async(self, req)
 
@@ -232,6 +251,7 @@ class Orchestrator:
         deadline_s: float | None = None,
         preflight: PreflightPolicy = "warn",
         run_id: str | None = None,
+        batch_size: int | None = None,
     ) -> OrchestrationRequest:
         """Build and check a request (InvalidRequest on a malformed one)."""
         if isinstance(tasks, Task):
@@ -247,6 +267,7 @@ class Orchestrator:
             "validate": validate,
             "deadline_s": deadline_s,
             "preflight": preflight,
+            "batch_size": batch_size,
         }
         if run_id is not None:
             fields["run_id"] = run_id

@@ -88,6 +88,13 @@ class OrchestrationRequest(BaseModel):
     )
     deadline_s: float | None = Field(None, gt=0, description="Deadline of the whole run.")
     preflight: PreflightPolicy = "warn"
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Subagents per Celery message (spawn and gather; races never batch). "
+        "Tiny subagents lose to per-message overhead; each still gets its own envelope.",
+    )
     created_at: float = Field(default_factory=time.time)
 
     @model_validator(mode="after")

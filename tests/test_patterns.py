@@ -150,3 +150,45 @@ def test_running_loser_is_stopped_and_never_completes(
     report = run.report()
     assert report.work_wasted_s >= loser.ran_s  # type: ignore[attr-defined]
     assert report.cancel_latency_max_s is not None and report.cancel_latency_max_s < 5
+
+
+@pytest.mark.parametrize("pattern", ["spawn", "gather"])
+def test_batched_subagents_keep_their_own_envelopes(orch: Orchestrator, pattern: str) -> None:
+    tasks = [Task("echo", {"text": f"b{i}", "fail": i == 3}) for i in range(10)]
+    if pattern == "spawn":
+        run = orch.spawn(tasks, batch_size=4)
+    else:
+        run = orch.gather(tasks, merge="join", quorum=9, batch_size=4)
+    res = run.wait(timeout_s=60)
+    assert [r.index for r in res.results] == list(range(10))
+    assert [r.status for r in res.results] == [
+        AgentStatus.ERROR if i == 3 else AgentStatus.OK for i in range(10)
+    ]
+    assert {r.task_id for r in res.results} == {f"{run.id}.{i}" for i in range(10)}
+    assert res.results[3].error is not None and "asked to fail: b3" in res.results[3].error.message
+    if pattern == "gather":
+        assert res.status is RunStatus.SUCCEEDED, res.error
+        assert res.merged == {"texts": [f"b{i}" for i in range(10) if i != 3]}
+    else:
+        assert res.status is RunStatus.FAILED
+
+
+def test_batched_subagents_skip_once_cancelled(
+    orch: Orchestrator, tmp_marker: Callable[[str], str]
+) -> None:
+    marker = tmp_marker("batch")
+    tasks = [
+        Task("work", {"seconds": 30, "marker": f"{marker}-{i}", "mode": "sleep"}) for i in range(6)
+    ]
+    run = orch.spawn(tasks, batch_size=3, deadline_s=60)
+    wait_for(lambda: run.status().started >= 2, 15, "the first item of each batch to start")
+    res = run.cancel()
+    assert res.status is RunStatus.CANCELLED
+    envs = wait_for(
+        lambda: len(orch.store.envelopes(run.id)) == 6 and orch.store.envelopes(run.id),
+        20,
+        "every item to report",
+    )
+    statuses = sorted(e.status.value for e in envs.values())  # type: ignore[attr-defined]
+    assert statuses == ["cancelled"] * 2 + ["skipped"] * 4
+    assert not any(Path(f"{marker}-{i}").exists() for i in range(6))

@@ -20,7 +20,7 @@ from workers.cancel import CancelListener
 from workers.errors import ConfigError
 from workers.keys import Keys
 from workers.models import AgentKind, TaskMeta, WorkerInfo
-from workers.registry import REGISTRY, AgentSpec, Registry
+from workers.registry import BATCH_TASK_PREFIX, REGISTRY, AgentSpec, Registry
 from workers.runtime import Services, execute_agent, execute_merge
 from workers.settings import Settings
 from workers.store import RunStore
@@ -160,6 +160,26 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
         return env.model_dump(mode="json")
 
     app.task(name=spec.task_name, bind=True, queue=queue, typing=False)(run_agent)
+
+    def run_batch(self: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
+        svc = services.get()
+        task_meta = TaskMeta.model_validate(meta)
+        worker = self.request.hostname or socket.gethostname()
+        return [
+            execute_agent(
+                svc,
+                spec,
+                task_id=f"{run_id}.{index}",
+                worker=worker,
+                run_id=run_id,
+                index=int(index),
+                payload=payload,
+                meta=task_meta,
+            ).model_dump(mode="json")
+            for index, payload in items
+        ]
+
+    app.task(name=BATCH_TASK_PREFIX + spec.name, bind=True, queue=queue, typing=False)(run_batch)
 
 
 def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:

@@ -18,6 +18,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 AGENT_TASK_PREFIX = "agents."
 MERGER_TASK_PREFIX = "mergers."
+#: ``batch.<agent>`` runs several subagents of one agent in one message (tiny subagents lose to
+#: per-message overhead); each still gets its own envelope, validation and cancel check.
+BATCH_TASK_PREFIX = "batch."
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Pattern builders: one module per pattern, each turning a request into a Celery canvas."""
 
-from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.patterns.common import Expansion, agent_signature, member_signatures
 from orchestrator.patterns.gather import build_gather
 from orchestrator.patterns.race import build_race
 from orchestrator.patterns.sequential import build_sequential
@@ -13,4 +13,5 @@ __all__ = [
     "build_race",
     "build_sequential",
     "build_spawn",
+    "member_signatures",
 ]

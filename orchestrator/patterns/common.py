@@ -9,7 +9,8 @@ from celery import Celery
 from celery.canvas import Signature
 
 from orchestrator.request import OrchestrationRequest, TaskSpec
-from workers.models import CatalogEntry, TaskMeta
+from workers.models import CatalogEntry, Pattern, TaskMeta
+from workers.registry import BATCH_TASK_PREFIX
 
 _REPR_MAX = 200
 
@@ -58,3 +59,47 @@ def agent_signature(
         argsrepr=f"run={req.run_id} pattern={req.pattern.value} index={index}/{len(req.tasks)}",
         kwargsrepr=f"payload={payload_repr(task)}",
     )
+
+
+def batch_signature(
+    app: Celery,
+    req: OrchestrationRequest,
+    number: int,
+    indices: list[int],
+    entry: CatalogEntry,
+    meta: TaskMeta,
+) -> Signature:
+    """One message running several subagents of one agent, each with its own envelope."""
+    secret = any(req.tasks[i].secret for i in indices)
+    return app.signature(
+        BATCH_TASK_PREFIX + entry.name,
+        kwargs={
+            "run_id": req.run_id,
+            "items": [[i, req.tasks[i].payload] for i in indices],
+            "meta": meta.model_dump(mode="json"),
+        },
+        queue=entry.queue,
+        task_id=f"{req.run_id}.b{number}",
+        argsrepr=f"run={req.run_id} pattern={req.pattern.value} batch={number} "
+        f"indices={indices[0]}..{indices[-1]} ({len(indices)} of {len(req.tasks)})",
+        kwargsrepr="payloads=<secret>" if secret else f"payloads={len(indices)}",
+    )
+
+
+def member_signatures(
+    app: Celery, req: OrchestrationRequest, entries: list[CatalogEntry], meta: TaskMeta
+) -> list[Signature]:
+    """One signature per subagent, or per batch of one agent's subagents."""
+    n = len(req.tasks)
+    size = req.batch_size or 1
+    if size <= 1 or req.pattern is Pattern.RACE:
+        return [agent_signature(app, req, i, entries[i], meta) for i in range(n)]
+    by_agent: dict[str, list[int]] = {}
+    for i in range(n):
+        by_agent.setdefault(entries[i].name, []).append(i)
+    sigs: list[Signature] = []
+    for indices in by_agent.values():
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            sigs.append(batch_signature(app, req, len(sigs), chunk, entries[chunk[0]], meta))
+    return sigs

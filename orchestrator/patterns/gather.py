@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery, chord, group
 
-from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.patterns.common import Expansion, member_signatures
 from orchestrator.request import OrchestrationRequest
 from workers.models import CatalogEntry, TaskMeta
 
@@ -22,7 +22,7 @@ def build_gather(
 ) -> Expansion:
     """Header: every member; body: ``mergers.<name>`` with the run id and quorum."""
     n = len(req.tasks)
-    header = group([agent_signature(app, req, i, entries[i], meta) for i in range(n)], app=app)
+    header = group(member_signatures(app, req, entries, meta), app=app)
     body = app.signature(
         merger.task_name,
         kwargs={

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery, group
 
-from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.patterns.common import Expansion, member_signatures
 from orchestrator.request import OrchestrationRequest
 from workers.models import CatalogEntry, TaskMeta
 
@@ -13,5 +13,5 @@ def build_spawn(
     app: Celery, req: OrchestrationRequest, entries: list[CatalogEntry], meta: TaskMeta
 ) -> Expansion:
     """One group of every subagent."""
-    sigs = [agent_signature(app, req, i, entries[i], meta) for i in range(len(req.tasks))]
+    sigs = member_signatures(app, req, entries, meta)
     return Expansion(canvas=group(sigs, app=app), meta=meta)
