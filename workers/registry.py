@@ -108,6 +108,31 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _decorator(
+    kind: AgentKind,
+    name: str,
+    input: type[BaseModel],
+    output: type[BaseModel] | None,
+    queue: str | None,
+    description: str,
+) -> Callable[[F], F]:
+    def register(fn: F) -> F:
+        REGISTRY.add(
+            AgentSpec(
+                name=_check_name(name),
+                kind=kind,
+                fn=fn,
+                input=_check_model("input", input),
+                output=_check_model("output", output) if output is not None else None,
+                queue=queue,
+                description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
+        return fn
+
+    return register
+
+
 def agent(
     name: str,
     *,
@@ -117,22 +142,7 @@ def agent(
     description: str = "",
 ) -> Callable[[F], F]:
     """Register ``fn(input_model, ctx) -> output_model`` as Celery task ``agents.<name>``."""
-
-    def register(fn: F) -> F:
-        REGISTRY.add(
-            AgentSpec(
-                name=_check_name(name),
-                kind=AgentKind.AGENT,
-                fn=fn,
-                input=_check_model("input", input),
-                output=_check_model("output", output),
-                queue=queue,
-                description=description or (fn.__doc__ or "").strip().split("\n")[0],
-            )
-        )
-        return fn
-
-    return register
+    return _decorator(AgentKind.AGENT, name, input, output, queue, description)
 
 
 def merger(
@@ -144,38 +154,9 @@ def merger(
     description: str = "",
 ) -> Callable[[F], F]:
     """Register ``fn(list[input_model], ctx) -> output_model`` as the body of a gather."""
-
-    def register(fn: F) -> F:
-        REGISTRY.add(
-            AgentSpec(
-                name=_check_name(name),
-                kind=AgentKind.MERGER,
-                fn=fn,
-                input=_check_model("input", input),
-                output=_check_model("output", output),
-                queue=queue,
-                description=description or (fn.__doc__ or "").strip().split("\n")[0],
-            )
-        )
-        return fn
-
-    return register
+    return _decorator(AgentKind.MERGER, name, input, output, queue, description)
 
 
 def validator(name: str, *, input: type[BaseModel], description: str = "") -> Callable[[F], F]:
     """Register ``fn(output_model) -> bool``: a quick check of a race candidate."""
-
-    def register(fn: F) -> F:
-        REGISTRY.add(
-            AgentSpec(
-                name=_check_name(name),
-                kind=AgentKind.VALIDATOR,
-                fn=fn,
-                input=_check_model("input", input),
-                output=None,
-                description=description or (fn.__doc__ or "").strip().split("\n")[0],
-            )
-        )
-        return fn
-
-    return register
+    return _decorator(AgentKind.VALIDATOR, name, input, None, None, description)
