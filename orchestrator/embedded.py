@@ -325,9 +325,15 @@ class EmbeddedStack:
             _stop_process(proc, timeout_s)
 
     def stop(self) -> None:
-        """Stop every process, then the embedded server."""
-        for name in list(self.procs):
-            self.stop_process(name, 5.0)
+        """Stop every process (all asked at once, then waited for), then the embedded server."""
+        procs = list(self.procs.values())
+        self.procs.clear()
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            _stop_process(proc, 5.0)
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
