@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -44,11 +45,31 @@ def expire_run(store: RunStore, revoke: Revoke, run_id: str) -> RunResult | None
     deadline_s = float(rec["deadline_at"]) - float(rec["created_at"])
     error = (
         f"deadline of {deadline_s:.1f}s passed with {done} of {n} subagents finished; "
-        "the rest were cancelled (raise deadline_s, add workers, or shrink the tasks)"
+        f"unfinished: {_unfinished(store, run_id, rec)}; they were cancelled (raise "
+        "deadline_s, add workers, or shrink the tasks)"
     )
     store.request_cancel(run_id, error, ending=RunStatus.TIMED_OUT)
     revoke(subtask_ids(run_id, n))
     return store.finalize(run_id, RunStatus.TIMED_OUT, error=error)
+
+
+def _unfinished(store: RunStore, run_id: str, rec: dict[str, str], shown: int = 8) -> str:
+    """Which subagents had not reported, and where each was running."""
+    agents: list[str] = json.loads(rec["agents"])
+    pipe = store.r.pipeline(transaction=False)
+    pipe.hkeys(store.keys.results(run_id))
+    pipe.hgetall(store.keys.started_by(run_id))
+    reported, started = pipe.execute()
+    done = {int(i) for i in reported}
+    missing = [i for i in range(len(agents)) if i not in done]
+    parts = [
+        f"#{i} {agents[i]} "
+        + (f"running on {started[str(i)]}" if str(i) in started else "never started")
+        for i in missing[:shown]
+    ]
+    if len(missing) > shown:
+        parts.append(f"and {len(missing) - shown} more")
+    return ", ".join(parts) or "none"
 
 
 def cancel_run(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResult | None:
@@ -145,7 +166,8 @@ class Run:
         assert result is not None
         rec = store.record(self.id)
         envs = store.envelopes(self.id)
-        started = {int(i) for i in store.r.hkeys(store.keys.attempts(self.id))}
+        raw: dict[str, str] = store.r.hgetall(store.keys.started_by(self.id))  # type: ignore[assignment]
+        started = {int(i): w for i, w in raw.items()}
         results = fill_missing(rec, envs, started, [r.agent for r in result.results], None)
         winner = result.winner.index if result.winner else None
         fresh = build_result(

@@ -60,6 +60,8 @@ def test_deadline_ends_the_run_timed_out_keeping_what_arrived(
     assert res.results[0].status is AgentStatus.OK  # what arrived is kept
     assert res.results[1].status is AgentStatus.CANCELLED
     assert res.error is not None and "deadline of 1.5s passed with 1 of 2" in res.error
+    assert "unfinished: #1 work running on worker" in res.error
+    assert res.results[1].worker is not None and res.results[1].worker.startswith("worker")
     assert res.finished_at - res.created_at < 10
     envelope = wait_for(lambda: orch.store.envelope(run.id, 1), 15, "the stopped sleeper")
     assert envelope.status is AgentStatus.CANCELLED  # type: ignore[attr-defined]

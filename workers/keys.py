@@ -63,6 +63,10 @@ class Keys:
         """Hash: subtask index -> number of starts."""
         return f"{self.prefix}:run:{run_id}:attempts"
 
+    def started_by(self, run_id: str) -> str:
+        """Hash: subtask index -> worker that last started it."""
+        return f"{self.prefix}:run:{run_id}:started_by"
+
     def events(self, run_id: str) -> str:
         """Stream of the run's events (capped)."""
         return f"{self.prefix}:run:{run_id}:events"
@@ -93,6 +97,7 @@ class Keys:
             self.run(run_id),
             self.results(run_id),
             self.attempts(run_id),
+            self.started_by(run_id),
             self.events(run_id),
             self.winner(run_id),
             self.cancel(run_id),

@@ -8,6 +8,7 @@ from typing import Any
 from workers.models import (
     AgentResult,
     AgentStatus,
+    ErrorInfo,
     Execution,
     Pattern,
     Prediction,
@@ -20,7 +21,7 @@ from workers.models import (
 def fill_missing(
     record: dict[str, str],
     envelopes: dict[int, AgentResult],
-    started: set[int],
+    started: dict[int, str],
     agents: list[str],
     cancel_at: float | None,
 ) -> list[AgentResult]:
@@ -31,14 +32,22 @@ def fill_missing(
         env = envelopes.get(index)
         if env is None:
             # Started but silent: it is being stopped (or its worker died). Never started: skipped.
-            status = AgentStatus.CANCELLED if index in started else AgentStatus.SKIPPED
+            worker = started.get(index)
+            status = AgentStatus.CANCELLED if worker else AgentStatus.SKIPPED
             env = AgentResult(
                 index=index,
                 task_id=f"{run_id}.{index}",
                 agent=agent,
                 status=status,
                 queued_at=_float(record.get("queued_at")),
+                worker=worker,
                 cancel_requested_at=cancel_at,
+                error=ErrorInfo(
+                    type="NotReported",
+                    message=f"started on {worker}; no result when the run ended"
+                    if worker
+                    else "never started before the run ended",
+                ),
             )
         out.append(env)
     return out

@@ -130,6 +130,7 @@ class RunStore:
                 k.task_cancel(run_id),
                 k.events(run_id),
                 k.results(run_id),
+                k.started_by(run_id),
             ],
             args=[index, repr(time.time()), worker, self.ttl_s, self.maxlen],
         )
@@ -249,7 +250,7 @@ class RunStore:
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(k.run(run_id))
         pipe.hgetall(k.results(run_id))
-        pipe.hkeys(k.attempts(run_id))
+        pipe.hgetall(k.started_by(run_id))
         rec, raw, started = pipe.execute()
         if not rec:
             return None
@@ -261,7 +262,7 @@ class RunStore:
         results = fill_missing(
             rec,
             envs,
-            {int(i) for i in started},
+            {int(i): w for i, w in started.items()},
             json.loads(rec["agents"]),
             float(cancel_at) if cancel_at else None,
         )
