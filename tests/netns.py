@@ -47,12 +47,20 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def unavailable_reason() -> str | None:
-    """Why namespaces cannot be used here (None when they can)."""
+def missing_requirement() -> str | None:
+    """Why namespaces cannot be used here, judged without side effects (None: maybe they can)."""
     if os.geteuid() != 0:
-        return "network namespaces need root (ip netns add); run the multi-host tests as root"
+        return f"network namespaces need root (running as uid {os.geteuid()})"
     if shutil.which("ip") is None:
         return "the 'ip' command (iproute2) is not installed"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why namespaces cannot be used here (None when they can): also tries to make one."""
+    reason = missing_requirement()
+    if reason:
+        return reason
     probe = f"{PREFIX}-probe{os.getpid() % 100000}"
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
@@ -126,7 +134,7 @@ class Network:
 
     subnet: str = SUBNET
     prefix: str = PREFIX
-    lock_timeout_s: float = 120.0
+    lock_timeout_s: float = 60.0
     machines: dict[str, Machine] = field(default_factory=dict)
     stale_removed: list[str] = field(default_factory=list)
     _lock: IO[str] | None = None

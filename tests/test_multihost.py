@@ -11,9 +11,7 @@ which is sized above every deadline, so they can never rescue the run they belon
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -33,14 +31,14 @@ from orchestrator import (
     Task,
 )
 from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, wait_for
-from tests.netns import Machine, Network, unavailable_reason
+from tests.netns import Machine, Network, missing_requirement, unavailable_reason
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.multihost,
     pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("ip") is None,
-        reason="multi-host tests build network namespaces: they need root and iproute2's 'ip'",
+        missing_requirement() is not None,
+        reason=f"multi-host tests build network namespaces: {missing_requirement()}",
     ),
 ]
 
@@ -124,9 +122,9 @@ def cluster() -> Iterator[Cluster]:
 
 def _started_on(orch: Orchestrator, run_id: str) -> dict[int, str]:
     """Which worker started each subtask, from the run's event stream (first start wins)."""
-    events = orch.store.r.xrange(orch.store.keys.events(run_id))
+    events: list[tuple[str, dict[str, str]]] = orch.store.r.xrange(orch.store.keys.events(run_id))  # type: ignore[assignment]
     started: dict[int, str] = {}
-    for _id, fields in events:  # type: ignore[union-attr]
+    for _id, fields in events:
         if fields.get("type") == "started":
             started.setdefault(int(fields["index"]), fields["worker"])
     return started
