@@ -18,6 +18,7 @@ from orchestrator.errors import (
     TaskCancelled,
     UnknownAgent,
 )
+from orchestrator.events import EventType, RunEvent
 from orchestrator.request import OrchestrationRequest, Task, TaskSpec
 from orchestrator.runs import Run
 from workers.models import (
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigError",
     "EmbeddedRedis",
     "EmbeddedStack",
+    "EventType",
     "Execution",
     "InvalidPayload",
     "InvalidRequest",
@@ -57,6 +59,7 @@ __all__ = [
     "Preflight",
     "RoiReport",
     "Run",
+    "RunEvent",
     "RunFailed",
     "RunNotFound",
     "RunProgress",

@@ -1,36 +1,29 @@
 """The asyncio API: submit orchestrations and await hundreds of them from one event loop.
 
-Celery has no awaitable result; this one is real and cheap. Per event loop and state Redis, one
-:class:`Multiplexer` keeps **one** ``XREAD BLOCK`` in flight over the ``done`` stream of every
-awaited run and the ``events`` stream of every followed run, and hands each entry to the
-coroutines waiting for it. A waiting run costs a future, not a thread or a connection: the
-multiplexer holds one reader connection plus a small bounded pool for short commands.
-
-When a coroutine starts waiting on a stream that the XREAD in flight does not cover, the
-multiplexer appends to a private one-entry "wake" stream that the same XREAD does cover, so the
-read returns at once and is reissued with the new stream (no polling, no reconnect).
-
-Submitting reuses the synchronous validation; only the send (kombu is synchronous) and the
-writes of the run record run in the loop's default thread executor. Connections are closed when
-a multiplexer has been idle for ``IDLE_S``, when its loop shuts down (``asyncio.run`` cancels
-its task), or by :func:`close_async`.
+Celery has no awaitable result; this one is real and cheap: waiting goes through the loop's
+:class:`~orchestrator.multiplexer.Multiplexer` (one blocked XREAD for every awaited run; no
+thread and no connection per run). Submitting reuses the synchronous validation; only the
+catalog check, the run record and the send (kombu is synchronous) run in the loop's default
+thread executor. ``Orchestrator.*_async``, ``Run.wait_async`` and ``Run.events`` delegate here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
-import uuid
-import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
-import redis.asyncio as aioredis
-
-from orchestrator.events import RunEvent, parse_event, stream_entries
+from orchestrator.events import RunEvent, parse_event
+from orchestrator.multiplexer import (
+    ERRORS,
+    Multiplexer,
+    Subscription,
+    close_async,
+    multiplexer,
+    unavailable,
+)
 from workers.errors import BrokerUnavailable, RunNotFound, RunTimedOut
 from workers.keys import Keys
 from workers.models import RunResult
@@ -40,251 +33,16 @@ if TYPE_CHECKING:
     from orchestrator.request import OrchestrationRequest
     from orchestrator.runs import Run
 
-#: Longest single XREAD BLOCK: how long a silently dead connection can go unnoticed.
-BLOCK_MS = 5_000
-#: A multiplexer nobody used for this long closes its connections (reopened on demand).
-IDLE_S = 30.0
-#: Connections for short commands (GET result, HGET record), shared by every waiter.
-COMMAND_CONNECTIONS = 8
-#: Entries read per stream per XREAD.
-BATCH = 500
+__all__ = [
+    "Multiplexer",
+    "close_async",
+    "multiplexer",
+    "run_events",
+    "submit_async",
+    "wait_async",
+]
 
-Entry = tuple[str, dict[str, Any]]
 T = TypeVar("T")
-_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
-def _sid(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-class Subscription:
-    """One coroutine's interest in one stream, from ``cursor`` on (exclusive)."""
-
-    __slots__ = ("cursor", "key", "queue")
-
-    def __init__(self, key: str, cursor: str) -> None:
-        self.key = key
-        self.cursor = cursor
-        self.queue: asyncio.Queue[list[Entry] | BaseException] = asyncio.Queue()
-
-
-class Multiplexer:
-    """One blocked XREAD for every run this event loop waits on (see the module docstring)."""
-
-    def __init__(self, url: str, keys: Keys) -> None:
-        self.url = url
-        self.keys = keys
-        self.reads = 0  # XREAD calls issued: lets tests see the many waiters share one read
-        self._subs: dict[str, set[Subscription]] = {}
-        self._reading: dict[str, tuple[int, int]] = {}  # stream -> cursor of the read in flight
-        self._wake_pending = False
-        self._wake_key = keys.waker(uuid.uuid4().hex[:16])
-        self._wake_cursor = "0-0"
-        self._changed = asyncio.Event()
-        self._busy = 0
-        self._task: asyncio.Task[None] | None = None
-        self._cmd: aioredis.Redis | None = None
-        self._reader: aioredis.Redis | None = None
-
-    # -- short commands --------------------------------------------------------------------
-    def _command_client(self) -> aioredis.Redis:
-        self._ensure_task()
-        if self._cmd is None:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=COMMAND_CONNECTIONS,
-                timeout=30,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                client_name="orch-aio",
-            )
-            self._cmd = aioredis.Redis.from_pool(pool)
-        return self._cmd
-
-    async def _command(self, call: Callable[[aioredis.Redis], Any]) -> Any:
-        self._busy += 1
-        try:
-            return await call(self._command_client())
-        except _ERRORS as exc:
-            raise _unavailable(self.url, exc) from exc
-        finally:
-            self._busy -= 1
-            self._changed.set()
-
-    async def get(self, key: str) -> str | None:
-        """GET a string key."""
-        return await self._command(lambda r: r.get(key))  # type: ignore[no-any-return]
-
-    async def hget(self, key: str, field: str) -> str | None:
-        """HGET one field of a hash."""
-        return await self._command(lambda r: r.hget(key, field))  # type: ignore[no-any-return]
-
-    async def xrange_after(self, key: str, cursor: str) -> list[Entry]:
-        """Stream entries after ``cursor`` (exclusive), no waiting."""
-        low = "-" if cursor == "0-0" else f"({cursor}"
-        raw = await self._command(lambda r: r.xrange(key, min=low))
-        return [(str(i), dict(f)) for i, f in raw]
-
-    # -- subscriptions ---------------------------------------------------------------------
-    async def subscribe(self, key: str, cursor: str = "0-0") -> Subscription:
-        """Start receiving entries of ``key`` after ``cursor``; pair with :meth:`unsubscribe`."""
-        sub = Subscription(key, cursor)
-        self._subs.setdefault(key, set()).add(sub)
-        self._ensure_task()
-        self._changed.set()
-        in_flight = self._reading.get(key)
-        stale = in_flight is None or _sid(cursor) < in_flight
-        if self._reading and stale and not self._wake_pending:
-            # The read in flight does not cover this stream from this cursor: make it return.
-            self._wake_pending = True
-            try:
-                await self._command(self._wake)
-            except BaseException:
-                self.unsubscribe(sub)
-                raise
-        return sub
-
-    async def _wake(self, r: aioredis.Redis) -> None:
-        pipe = r.pipeline(transaction=False)
-        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
-        pipe.expire(self._wake_key, int(IDLE_S * 4))
-        await pipe.execute()
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        """Stop receiving; safe to call twice."""
-        subs = self._subs.get(sub.key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.key]
-        self._changed.set()
-
-    async def next_entries(self, sub: Subscription, timeout_s: float) -> list[Entry] | None:
-        """The next entries of the subscription, or None when ``timeout_s`` passes first."""
-        try:
-            item = await asyncio.wait_for(sub.queue.get(), max(timeout_s, 0.0))
-        except TimeoutError:
-            return None
-        if isinstance(item, BaseException):
-            raise _unavailable(self.url, item) from item
-        return item
-
-    @property
-    def waiting(self) -> int:
-        """How many subscriptions are open."""
-        return sum(len(s) for s in self._subs.values())
-
-    # -- the reader task -------------------------------------------------------------------
-    def _ensure_task(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"orchestrator-aio-reader:{self.keys.prefix}"
-            )
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                if not self._subs:
-                    self._changed.clear()
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), IDLE_S)
-                    except TimeoutError:
-                        if not self._subs and not self._busy:
-                            return
-                    continue
-                await self._read_once()
-        finally:
-            # Detach first (synchronously), so a newcomer starts fresh clients and a new task.
-            cmd, reader = self._cmd, self._reader
-            self._cmd = self._reader = None
-            if self._task is asyncio.current_task():
-                self._task = None
-            self._reading = {}
-            for client in (reader, cmd):
-                if client is not None:
-                    await client.aclose()
-
-    async def _read_once(self) -> None:
-        if self._reader is None:
-            self._reader = aioredis.Redis.from_url(
-                self.url,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                socket_timeout=BLOCK_MS / 1000 + 10,  # the server answers a BLOCK when it ends
-                client_name="orch-aio-reader",
-            )
-        streams: dict[Any, Any] = {
-            key: min((s.cursor for s in subs), key=_sid) for key, subs in self._subs.items()
-        }
-        streams[self._wake_key] = self._wake_cursor
-        self._reading = {key: _sid(cursor) for key, cursor in streams.items()}
-        self._wake_pending = False
-        try:
-            reply = await self._reader.xread(streams, count=BATCH, block=BLOCK_MS)
-        except _ERRORS as exc:
-            self._reading = {}
-            for subs in self._subs.values():
-                for sub in subs:
-                    sub.queue.put_nowait(exc)
-            await asyncio.sleep(0.5)  # the failed waiters unsubscribe; do not spin meanwhile
-            return
-        self._reading = {}
-        self.reads += 1
-        for key, entries in stream_entries(reply):
-            if key == self._wake_key:
-                self._wake_cursor = entries[-1][0]
-                continue
-            for sub in list(self._subs.get(key, ())):
-                low = _sid(sub.cursor)
-                fresh = [e for e in entries if _sid(e[0]) > low]
-                if fresh:
-                    sub.cursor = fresh[-1][0]
-                    sub.queue.put_nowait(fresh)
-
-    async def aclose(self) -> None:
-        """Stop the reader and close every connection (reopened if used again)."""
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
-
-
-def _unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
-    from orchestrator.client import _safe
-
-    return BrokerUnavailable(
-        f"lost the state Redis at {_safe(url)} while waiting: {exc}. The runs go on; "
-        "wait again once it is back (check ORCH_STATE_URL / ORCH_BROKER_URL)",
-        url=_safe(url),
-    )
-
-
-_MUXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Multiplexer]]
-_MUXES = weakref.WeakKeyDictionary()
-_MUXES_LOCK = threading.Lock()
-
-
-def multiplexer(orch: Orchestrator) -> Multiplexer:
-    """The running loop's multiplexer for this client's state Redis (created on first use)."""
-    loop = asyncio.get_running_loop()
-    url = orch.settings.redis_url()
-    prefix = orch.store.keys.prefix
-    with _MUXES_LOCK:
-        per_loop = _MUXES.setdefault(loop, {})
-        mux = per_loop.get((url, prefix))
-        if mux is None:
-            mux = per_loop[(url, prefix)] = Multiplexer(url, Keys(prefix))
-    return mux
-
-
-async def close_async() -> None:
-    """Close the running loop's multiplexers (``asyncio.run`` does this by itself at exit)."""
-    with _MUXES_LOCK:
-        muxes = list(_MUXES.pop(asyncio.get_running_loop(), {}).values())
-    for mux in muxes:
-        await mux.aclose()
 
 
 # -- the API behind Orchestrator.*_async and Run.wait_async / Run.events ----------------------
@@ -315,11 +73,18 @@ async def _deadline_at(mux: Multiplexer, keys: Keys, run_id: str) -> float:
 async def _expire(run: Run) -> None:
     from orchestrator.runs import expire_run
 
-    await _in_thread(expire_run, run.orch.store, run.orch.revoke, run.id)
+    try:
+        await _in_thread(expire_run, run.orch.store, run.orch.revoke, run.id)
+    except ERRORS as exc:
+        raise unavailable(run.orch.settings.redis_url(), exc) from exc
 
 
 async def wait_async(run: Run, timeout_s: float | None = None) -> RunResult:
-    """Await the run's result; RunTimedOut if ``timeout_s`` passes first (the run goes on)."""
+    """Await the run's result; RunTimedOut if ``timeout_s`` passes first (the run goes on).
+
+    Like ``Run.wait``, a state Redis that restarts or fails over is waited out within
+    ``timeout_s``; BrokerUnavailable once that has passed.
+    """
     from orchestrator.runs import DEADLINE_GRACE_S
 
     keys = run.orch.store.keys
@@ -330,25 +95,31 @@ async def wait_async(run: Run, timeout_s: float | None = None) -> RunResult:
     sub: Subscription | None = None
     try:
         while True:
-            raw = await mux.get(keys.result(run.id))
-            if raw is not None:
-                return RunResult.model_validate_json(raw)
-            now = time.time()
-            if now > deadline_at + DEADLINE_GRACE_S:
-                # The coordinator should have ended it; it may be gone. End it from here.
-                await _expire(run)
-                continue
-            remaining = limit - loop.time()
-            if remaining <= 0:
-                status = await mux.hget(keys.run(run.id), "status")
-                raise RunTimedOut(
-                    f"run {run.id} still {status} after {timeout_s}s of waiting; it goes on: "
-                    "wait again, or run.cancel()",
-                    run_id=run.id,
-                )
-            if sub is None:
-                sub = await mux.subscribe(keys.done(run.id))
-            await mux.next_entries(sub, min(remaining, deadline_at + DEADLINE_GRACE_S - now + 0.05))
+            try:
+                raw = await mux.get(keys.result(run.id))
+                if raw is not None:
+                    return RunResult.model_validate_json(raw)
+                now = time.time()
+                if now > deadline_at + DEADLINE_GRACE_S:
+                    # The coordinator should have ended it; it may be gone. End it from here.
+                    await _expire(run)
+                    continue
+                remaining = limit - loop.time()
+                if remaining <= 0:
+                    status = await mux.hget(keys.run(run.id), "status")
+                    raise RunTimedOut(
+                        f"run {run.id} still {status} after {timeout_s}s of waiting; it goes "
+                        "on: wait again, or run.cancel()",
+                        run_id=run.id,
+                    )
+                if sub is None:
+                    sub = await mux.subscribe(keys.done(run.id))
+                step = min(remaining, deadline_at + DEADLINE_GRACE_S - now + 0.05)
+                await mux.next_entries(sub, step)
+            except BrokerUnavailable:
+                if loop.time() >= limit:
+                    raise
+                await asyncio.sleep(min(0.2, max(0.0, limit - loop.time())))
     finally:
         if sub is not None:
             mux.unsubscribe(sub)

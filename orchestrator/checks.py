@@ -184,24 +184,34 @@ def cost(req: OrchestrationRequest, est: Estimate, config: AdvisorSettings) -> C
         f"predicted x{est.speedup:.2f}: {_ms(est.sequential_s)} one by one vs "
         f"{_ms(est.parallel_s)} in parallel"
     )
-    if req.pattern is Pattern.GATHER and est.merge_s and est.merge_s >= est.saved_s:
+    small = est.mean_task_s < est.spawn_overhead_s
+    merge_s = est.merge_s or 0.0
+    if req.pattern is Pattern.GATHER and merge_s and merge_s >= est.saved_s and not small:
         return Check(
             name="cost",
             status=CheckStatus.FAIL,
-            reason=f"the merge ({_ms(est.merge_s)}) is slower than the time parallelism saves "
-            f"({_ms(est.saved_s)}); {summary}",
+            reason=f"the merge ({_ms(merge_s)}) is slower than the time parallelism "
+            f"saves ({_ms(est.saved_s)}); {summary}: merge less, or split the work differently",
+        )
+    if est.speedup < config.marginal_speedup and req.pattern is Pattern.RACE and not small:
+        return Check(
+            name="cost",
+            status=CheckStatus.FAIL,
+            reason="the first racer alone would usually do: racers take similar times and "
+            f"mostly succeed, so racing buys nothing; {summary}: race approaches that differ",
         )
     if est.speedup < config.marginal_speedup:
         why = (
             f"each task runs ~{_ms(est.mean_task_s)}, spawning costs {_ms(est.spawn_overhead_s)}"
-            if est.mean_task_s < est.spawn_overhead_s
+            if small
             else "too little parallel work for the overhead"
         )
         return Check(
             name="cost",
             status=CheckStatus.FAIL,
             reason=f"tasks too small to beat the spawn overhead ({why}); {summary}: "
-            "batch them into fewer, larger tasks or run them in one process",
+            "send several per message (batch_size=...), fold them into fewer, larger tasks, "
+            "or run them in one process",
         )
     status = CheckStatus.WARN if est.speedup < config.pays_speedup or notes else CheckStatus.PASS
     return Check(name="cost", status=status, reason="; ".join([summary, *notes]))

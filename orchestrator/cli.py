@@ -19,7 +19,8 @@ from orchestrator.embedded import EmbeddedStack
 from orchestrator.processes import run_coordinator, run_flower, run_worker
 from orchestrator.report import preflight_lines, report_lines, timeline_lines, timeline_svg
 from orchestrator.request import OrchestrationRequest
-from workers.errors import OrchestratorError
+from orchestrator.watch import result_lines, watch_run
+from workers.errors import OrchestratorError, RunNotFound, RunTimedOut
 from workers.models import RunResult, Verdict
 from workers.settings import Settings
 
@@ -224,13 +225,57 @@ def status(run_id: str | None, limit: int) -> None:
     """Show one run's progress, or list recent runs."""
     orch = _orch()
     ids = [run_id] if run_id else _call(lambda: orch.recent_runs(limit))
+    if not ids:
+        click.echo("no runs yet (or they expired: ORCH_RUN_TTL_S)")
     for rid in ids:
-        p = _call(lambda r=rid: orch.get_run(r).status())
+        try:
+            p = orch.get_run(rid).status()
+        except RunNotFound as exc:
+            if run_id:
+                raise click.ClickException(str(exc)) from exc
+            continue  # listed but expired since
+        except OrchestratorError as exc:
+            raise click.ClickException(str(exc)) from exc
         counts = " ".join(f"{k}={v}" for k, v in sorted(p.counts.items()))
         click.echo(
             f"{p.run_id}  {p.pattern.value:<18} {p.status.value:<10} "
-            f"{p.finished}/{p.n} done  {counts}"
+            f"{p.finished}/{p.n} done  {_ago(p.created_at):>8}  {counts}"
         )
+
+
+def _ago(ts: float) -> str:
+    s = max(0.0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    return f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--timeout", "timeout_s", default=None, type=float, help="Stop watching after.")
+@click.option("--json", "as_json", is_flag=True, help="End with the result as JSON.")
+def watch(run_id: str, timeout_s: float | None, as_json: bool) -> None:
+    """Follow a run live (progress bar, subtasks' states, elapsed time), then its result.
+
+    Exit code 0 when the run succeeded, 1 when it did not, 2 when watching timed out.
+    """
+    orch = _orch()
+    try:
+        res = watch_run(
+            orch.store,
+            orch.revoke,
+            run_id,
+            click.echo,
+            tty=sys.stdout.isatty(),
+            timeout_s=timeout_s,
+        )
+    except RunTimedOut as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(res.model_dump_json(indent=2) if as_json else "\n".join(result_lines(res)))
+    sys.exit(0 if res.ok else 1)
 
 
 @main.command()

@@ -26,6 +26,10 @@ from workers.stats import StatsSnapshot
 DEFAULT_COORDINATOR_S = 0.02
 DEFAULT_DISPATCH_S = 0.001
 DEFAULT_LATENCY_S = 0.005
+#: Samples a pattern needs before its own coordinator overhead is trusted.
+MIN_OWN_SAMPLES = 3
+#: A slot's next task starts this soon after its last one (ack, then the prefetched message).
+GAP_S = 0.004
 #: The last finisher builds and stores the result.
 FINALIZE_S = 0.003
 
@@ -61,7 +65,9 @@ def overheads(stats: StatsSnapshot, pattern: Pattern, agents: Sequence[str]) -> 
     """Measured overheads, falling back to other patterns' and then to defaults."""
     own = stats.patterns.get(pattern.value)
     others = list(stats.patterns.values())
-    if own is not None:
+    # A pattern's first runs include the coordinator's cold start (imports, connections); until
+    # it has a few samples, the overhead common to all patterns is the better forecast.
+    if own is not None and own.overhead.samples >= MIN_OWN_SAMPLES:
         coordinator, dispatch = own.overhead.p50_s, own.dispatch_per_task_s
     elif others:
         coordinator = statistics.median(p.overhead.p50_s for p in others)
@@ -88,11 +94,32 @@ def schedule(
         heap = free.setdefault(q, [-math.inf] * max(1, slots.get(q, 0)))
         slot_free = heapq.heappop(heap)
         released = ov.coordinator_s + (i + 1) * ov.dispatch_s + ov.latency_s
-        start = max(released, slot_free + ov.latency_s)
+        start = max(released, slot_free + GAP_S)
         end = start + d
         heapq.heappush(heap, end)
         out.append((start, end))
     return out
+
+
+def batches(
+    req: OrchestrationRequest, durations: Sequence[float], queues: Sequence[str]
+) -> tuple[list[float], list[str]]:
+    """Durations and queues of the messages actually sent: with ``batch_size`` (spawn and
+    gather), each agent's tasks go in chunks that run one after another in one slot."""
+    size = getattr(req, "batch_size", None) or 1
+    if size <= 1 or req.pattern is Pattern.RACE:
+        return list(durations), list(queues)
+    by_agent: dict[str, list[int]] = {}
+    for i, t in enumerate(req.tasks):
+        by_agent.setdefault(t.agent, []).append(i)
+    unit_s: list[float] = []
+    unit_queues: list[str] = []
+    for indices in by_agent.values():
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            unit_s.append(sum(durations[i] for i in chunk))
+            unit_queues.append(queues[chunk[0]])
+    return unit_s, unit_queues
 
 
 def waves(queues: Sequence[str], slots: Mapping[str, int]) -> int:
@@ -128,17 +155,18 @@ def estimate(
 ) -> Estimate:
     """Predict the plan's sequential and parallel time, overheads and cost."""
     agents = [t.agent for t in req.tasks]
-    est = Estimate(waves=waves(queues, slots))
+    est = Estimate(waves=waves(batches(req, [0.0] * len(agents), queues)[1], slots))
     est.missing = sorted({a for a in agents if a not in stats.agents})
     if est.missing:
         return est
     durations = [stats.agents[a].run.mean_s for a in agents]
     ov = overheads(stats, req.pattern, agents)
-    times = schedule(durations, queues, slots, ov)
+    unit_s, unit_queues = batches(req, durations, queues)
+    times = schedule(unit_s, unit_queues, slots, ov)
     ends = [e for _, e in times]
     first_start = min(s for s, _ in times)
     members_s = max(ends) - first_start
-    est.spawn_overhead_s = ov.coordinator_s + len(agents) * ov.dispatch_s + ov.latency_s
+    est.spawn_overhead_s = ov.coordinator_s + len(unit_s) * ov.dispatch_s + ov.latency_s
     est.mean_task_s = statistics.fmean(durations)
     est.fastest_task_s = min(durations)
     est.saved_s = max(0.0, sum(durations) - members_s)

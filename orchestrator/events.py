@@ -91,7 +91,7 @@ _TEXTS = ("status", "worker", "message", "reason", "merger", "verdict")
 
 def parse_event(run_id: str, entry_id: str, fields: Mapping[str, Any]) -> RunEvent:
     """Build a RunEvent from one raw stream entry; malformed numbers become None, not errors."""
-    raw = {str(k): _text(v) for k, v in fields.items()}
+    raw = {_text(k): _text(v) for k, v in fields.items()}
     typed: dict[str, Any] = {
         "id": entry_id,
         "run_id": run_id,

@@ -68,9 +68,15 @@ def report_lines(result: RunResult) -> list[str]:
     lines = [
         f"run {result.run_id}  {result.pattern.value}  {result.status.value}  "
         f"{r.n} subagents, executed {r.execution.value}",
-        f"  {'':<24}{'actual':>12}  {'predicted':>12}",
+        f"  {'':<24}{'actual':>14}  {'predicted':>12}",
     ]
-    lines += [f"  {name:<24}{actual:>12}  {pred:>12}" for name, actual, pred in rows]
+    lines += [f"  {name:<24}{actual:>14}  {pred:>12}".rstrip() for name, actual, pred in rows]
+    if r.execution.value == "sequential":
+        lines.append(
+            "  (run sequentially by preflight='auto': compare its wall time with the predicted "
+            f"sequential time, {_ms(p.sequential_s if p else None)} of work plus one dispatch "
+            "per task)"
+        )
     if p is None:
         lines.append("  pre-flight: off (no prediction recorded)")
     else:
@@ -195,7 +201,7 @@ def timeline_lines(result: RunResult, *, width: int = 60, colour: bool = True) -
             cells[col(row.cancel_at)], codes[col(row.cancel_at)] = CANCEL, "1;31"
         if row.won and row.finished is not None:
             cells[col(row.finished)], codes[col(row.finished)] = WON, "1;32"
-        bar = "".join(paint(c, code) if code else c for c, code in zip(cells, codes, strict=True))
+        bar = _ansi(cells, codes) if colour else "".join(cells)
         status = paint(f"{row.status:<16}", row.colour[0])
         lines.append(f"{row.label:<{label_w}} {bar} {status}{row.detail}")
     lines.append(
@@ -203,6 +209,23 @@ def timeline_lines(result: RunResult, *, width: int = 60, colour: bool = True) -
         f"invalid, yellow cancelled, grey skipped/lost)  {WON} won  {CANCEL} asked to stop"
     )
     return lines
+
+
+def _ansi(cells: list[str], codes: list[str | None]) -> str:
+    """Cells with one escape sequence per run of equal colour (not one per cell)."""
+    out: list[str] = []
+    current: str | None = None
+    for cell, code in zip(cells, codes, strict=True):
+        if code != current:
+            if current is not None:
+                out.append("\x1b[0m")
+            if code is not None:
+                out.append(f"\x1b[{code}m")
+            current = code
+        out.append(cell)
+    if current is not None:
+        out.append("\x1b[0m")
+    return "".join(out)
 
 
 def _ticks(span: float) -> list[float]:

@@ -75,7 +75,7 @@ def test_hundreds_of_runs_awaited_from_one_loop_share_one_read(
         # Four sleepers fill the four worker slots first, so the quick runs queue behind them
         # and every waiter is waiting at the same time.
         slow = [
-            Task("work", {"seconds": 2.0, "marker": tmp_marker(f"slow{i}"), "mode": "sleep"})
+            Task("work", {"seconds": 3.0, "marker": tmp_marker(f"slow{i}"), "mode": "sleep"})
             for i in range(n_slow)
         ]
         runs = [await orch.spawn_async([t], deadline_s=60) for t in slow]
@@ -112,18 +112,35 @@ def test_hundreds_of_runs_awaited_from_one_loop_share_one_read(
     assert 1 <= observed["names"].count("orch-aio") <= 8, observed["names"]
     # No thread per waiting run (the default executor holds at most min(32, cpus + 4)).
     assert observed["threads"] <= 32, observed["threads"]
-    # The sleepers ran 2 s: a wait that blocked the loop would have stalled it that long.
+    # The sleepers ran 3 s: a wait that blocked the loop would have stalled it that long.
     assert observed["max_gap_s"] < 0.5, observed["max_gap_s"]
     # Runs ended in bursts: far fewer reads than runs would mean a read per run.
     assert 1 <= observed["reads"] < 3 * (n_fast + n_slow)
 
 
-def test_connections_close_when_the_loop_ends(orch: Orchestrator) -> None:
+def test_loop_shutdown_is_prompt_and_closes_connections(
+    orch: Orchestrator, tmp_marker: Callable[[str], str]
+) -> None:
+    long = orch.spawn(
+        [Task("work", {"seconds": 30, "marker": tmp_marker("long"), "mode": "cooperative"})],
+        deadline_s=60,
+    )
+
     async def main() -> RunResult:
         run = await orch.spawn_async([Task("echo", {"text": "bye"})])
-        return await run.wait_async(timeout_s=30)
+        res = await run.wait_async(timeout_s=30)
+        # Leave a waiter behind, blocked in the shared read, as an application may.
+        asyncio.create_task(long.wait_async())  # noqa: RUF006
+        mux = multiplexer(orch)
+        await until(lambda: long.orch.store.keys.done(long.id) in mux._reading, 10, "the read")
+        return res
 
+    started = time.monotonic()
     assert asyncio.run(main()).ok
+    took = time.monotonic() - started
+    long.cancel()
+    # asyncio.run cancels the reader mid-BLOCK (5 s) and the clients close at once.
+    assert took < 3.0, took
     r = orch.store.r
 
     def aio_clients() -> list[str]:
@@ -235,27 +252,33 @@ def test_wait_async_timeout_goes_on_and_unknown_run(
 
 @pytest.fixture
 def orphan_orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
-    """A client whose coordinator queue nobody consumes: its runs have no coordinator."""
-    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    """A client under a key prefix no coordinator serves (so none sweeps its deadlines), with
+    the workers' catalog copied there so that submits validate."""
+    prefix = f"orphan-{uuid.uuid4().hex[:8]}"
     o = Orchestrator(
-        Settings(broker_url=stack.url, key_prefix=stack.key_prefix, coordinator_queue=queue)
+        Settings(broker_url=stack.url, key_prefix=prefix, coordinator_queue=f"{prefix}-queue")
     )
+    main_catalog = o.store.r.hgetall(f"{stack.key_prefix}:catalog")
+    o.store.r.hset(o.store.keys.catalog, mapping=main_catalog)  # type: ignore[arg-type]
     yield o
-    o.store.r.delete(queue)
+    o.store.r.delete(o.settings.coordinator_queue, o.store.keys.catalog)
     o.close()
 
 
 def test_wait_async_ends_a_run_nobody_else_ends(orphan_orch: Orchestrator) -> None:
-    async def main() -> tuple[RunResult, list[str]]:
+    async def main() -> tuple[RunResult, list[str], float]:
         run = await orphan_orch.spawn_async([Task("echo", {"text": "x"})], deadline_s=0.5)
         events = asyncio.create_task(_types(run.events()))
         res = await run.wait_async(timeout_s=20)
-        return res, await asyncio.wait_for(events, 10)
+        took = time.time() - res.created_at
+        return res, await asyncio.wait_for(events, 10), took
 
-    res, types = asyncio.run(main())
+    res, types, took = asyncio.run(main())
     assert res.status is RunStatus.TIMED_OUT
-    assert res.error is not None and "deadline of 0.5s passed" in res.error
+    assert res.error is not None and "deadline of 0.5s passed with 0 of 1" in res.error
     assert types[0] == "submitted" and types[-1] == "run_finished"
+    # Ended by the waiting client itself: after the deadline plus the grace it leaves others.
+    assert 2.5 <= took < 10, took
 
 
 async def _types(events: Any) -> list[str]:
@@ -281,15 +304,18 @@ def test_broker_down_while_waiting_is_a_clear_error(orch: Orchestrator) -> None:
             }
         )
 
-        async def main() -> None:
-            waiting = asyncio.create_task(Run(other, "r1").wait_async(timeout_s=30))
+        async def main() -> float:
+            waiting = asyncio.create_task(Run(other, "r1").wait_async(timeout_s=1.5))
             mux = multiplexer(other)
             await until(lambda: mux._reading, 10, "the shared read to be in flight")
+            started = time.monotonic()
             await asyncio.to_thread(server.stop)
             with pytest.raises(BrokerUnavailable, match="while waiting"):
                 await asyncio.wait_for(waiting, 20)
+            return time.monotonic() - started
 
-        asyncio.run(main())
+        # A restart would be waited out: the error comes once the caller's limit has passed.
+        assert 0.9 < asyncio.run(main()) < 15
     finally:
         other.close()
         server.stop()

@@ -82,7 +82,7 @@ def test_cli_agents_status_check(
     out = runner.invoke(main, ["check", "--role", "worker", "--hostname", "ghost@nowhere"])
     assert out.exit_code == 3
 
-    out = runner.invoke(main, ["report", run.id])
+    out = runner.invoke(main, ["report", run.id, "--no-svg"])
     assert out.exit_code == 0 and "speedup" in out.output
 
 

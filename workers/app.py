@@ -16,6 +16,7 @@ from celery import Celery, bootsteps
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from workers import redact  # noqa: F401 - registers inspect commands that hide arguments
 from workers.cancel import CancelListener
 from workers.errors import ConfigError
 from workers.keys import Keys
@@ -87,7 +88,9 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_track_started=True,
-        result_extended=True,
+        # Not extended: it would store every task's raw args/kwargs (secret payloads too) in
+        # the result backend. Flower shows argsrepr/kwargsrepr from the task events instead.
+        result_extended=False,
         result_expires=settings.run_ttl_s,
         result_chord_join_timeout=30.0,
         task_default_queue=settings.agent_queue,

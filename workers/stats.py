@@ -178,7 +178,8 @@ def snapshot(names: Sequence[str], replies: Sequence[Any]) -> StatsSnapshot:
                 pattern=what,
                 count=count,
                 overhead=overhead,
-                dispatch_per_task_s=statistics.fmean(per_task) if per_task else 0.0,
+                # The median: a cold first run (imports, connections) is no forecast.
+                dispatch_per_task_s=statistics.median(per_task) if per_task else 0.0,
             )
     return snap
 

@@ -1,0 +1,292 @@
+"""Flower on the embedded stack: started by ``orchestrator flower`` with basic auth, one run of
+each pattern, its REST API, secrets, and (when Chromium is installed) the pages in a browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
+from orchestrator.cli import main
+from orchestrator.embedded import free_port
+from tests.conftest import ARTIFACTS, wait_for
+from workers.models import AgentKind
+
+USER, PASSWORD = "admin", f"pw-{uuid.uuid4().hex[:8]}"
+SECRET = f"sekrit-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Flower:
+    url: str
+    log: Path
+
+    def get(self, path: str, *, auth: bool = True) -> tuple[int, str]:
+        headers = {}
+        if auth:
+            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        req = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def json(self, path: str) -> Any:
+        status, body = self.get(path)
+        assert status == 200, f"{path}: {status} {body[:300]}"
+        return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def flower(stack: EmbeddedStack) -> Iterator[Flower]:
+    """``python -m orchestrator flower`` against the session's stack, as an operator runs it."""
+    port = free_port()
+    log = ARTIFACTS / "logs" / f"flower-{uuid.uuid4().hex[:6]}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**stack.env(), "ORCH_FLOWER__BASIC_AUTH": f"{USER}:{PASSWORD}"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    fl = Flower(f"http://127.0.0.1:{port}", log)
+    try:
+
+        def serving() -> bool:
+            assert proc.poll() is None, f"flower exited: {log.read_text(errors='replace')}"
+            try:
+                return fl.get("/healthcheck", auth=False)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(serving, 20, "Flower to serve")
+        yield fl
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@dataclass
+class Runs:
+    spawn: RunResult
+    gather: RunResult
+    race: RunResult
+    eta_task: str  # an agent message with a secret payload, held by a worker until its ETA
+
+
+def _seen_by(fl: Flower, task_id: str) -> bool:
+    return fl.get(f"/api/task/info/{task_id}")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def runs(flower: Flower, orch: Orchestrator) -> Iterator[Runs]:
+    # Flower serves before its event receiver listens; events sent before that are lost, so
+    # probe with tiny runs until one shows up.
+    for _ in range(10):
+        probe = orch.spawn([Task("echo", {"text": "probe"})])
+        probe.wait(timeout_s=30)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not _seen_by(flower, f"{probe.id}.coordinator"):
+            time.sleep(0.05)
+        if _seen_by(flower, f"{probe.id}.coordinator"):
+            break
+    else:
+        pytest.fail(f"Flower saw no task events; log: {flower.log.read_text(errors='replace')}")
+    spawn = orch.spawn(
+        [
+            Task("echo", {"text": "public"}),
+            Task("echo", {"text": "hidden", "api_key": SECRET}, secret=True),
+        ]
+    ).wait(timeout_s=30)
+    gather = orch.gather([Task("echo", {"text": t}) for t in "ab"], merge="join").wait(30)
+    race = orch.race(
+        [Task("echo", {"text": "bad"}), Task("echo", {"text": "good", "spin_s": 0.2})],
+        validate="starts_good",
+    ).wait(timeout_s=30)
+    eta_task = f"eta-{uuid.uuid4().hex[:8]}.0"
+    entry = orch.catalog.get(AgentKind.AGENT, "echo")
+    orch.app.send_task(
+        entry.task_name,
+        kwargs={"run_id": "no-such-run", "index": 0, "payload": {"api_key": SECRET}, "meta": {}},
+        queue=entry.queue,
+        task_id=eta_task,
+        countdown=600,
+        argsrepr="run=no-such-run index=0/1",
+        kwargsrepr="payload=<secret>",
+    )
+    for res in (spawn, gather, race):
+        ids = [r.task_id for r in res.results] + [f"{res.run_id}.coordinator"]
+        wait_for(lambda ids=ids: all(_seen_by(flower, i) for i in ids), 10, "Flower's view")
+    yield Runs(spawn, gather, race, eta_task)
+    orch.revoke([eta_task])
+
+
+def test_flower_refuses_to_start_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.delenv("ORCH_FLOWER__BASIC_AUTH", raising=False)
+    monkeypatch.delenv("ORCH_FLOWER__LOCAL_ONLY", raising=False)
+    out = CliRunner().invoke(main, ["flower"])
+    assert out.exit_code != 0 and "ORCH_FLOWER__BASIC_AUTH" in out.output
+    monkeypatch.setenv("ORCH_FLOWER__LOCAL_ONLY", "true")
+    out = CliRunner().invoke(main, ["flower", "--address", "0.0.0.0"])
+    assert out.exit_code != 0 and "loopback" in out.output
+
+
+@pytest.mark.integration
+def test_flower_asks_for_credentials(flower: Flower) -> None:
+    assert flower.get("/api/tasks", auth=False)[0] == 401
+    assert flower.get("/tasks", auth=False)[0] == 401
+    assert flower.get("/api/tasks")[0] == 200
+
+
+@pytest.mark.integration
+def test_rest_api_shows_each_run_rooted_at_its_coordinator(flower: Flower, runs: Runs) -> None:
+    tasks = flower.json("/api/tasks")
+    for res, width in ((runs.spawn, 2), (runs.gather, 2), (runs.race, 2)):
+        coord_id = f"{res.run_id}.coordinator"
+        coord = flower.json(f"/api/task/info/{coord_id}")
+        assert coord["name"] == "orchestrator.run" and coord["state"] == "SUCCESS"
+        assert coord["args"] == f"run={res.run_id} pattern={res.pattern.value} width={width}"
+        assert coord["worker"].startswith("coordinator@")
+        assert f"'run_id': '{res.run_id}'" in coord["result"]
+        members = [r.task_id for r in res.results]
+        assert sorted(coord["children"]) == sorted(members)
+        for i, task_id in enumerate(members):
+            info = tasks[task_id]
+            assert info["name"] == "agents.echo"  # each agent under its own task name
+            assert info["root_id"] == coord_id and info["parent_id"] == coord_id
+            assert info["args"].startswith(f"run={res.run_id} pattern={res.pattern.value} ")
+            assert info["args"].endswith(f"index={i}/{width}")
+            assert info["state"] in ("SUCCESS", "REVOKED")
+    merge = tasks[f"{runs.gather.run_id}.merge"]
+    assert merge["name"] == "mergers.join" and merge["state"] == "SUCCESS"
+    assert merge["root_id"] == f"{runs.gather.run_id}.coordinator"
+    assert "'status': 'succeeded'" in merge["result"]
+
+
+@pytest.mark.integration
+def test_secret_payloads_never_show(flower: Flower, runs: Runs, orch: Orchestrator) -> None:
+    secret_task = runs.spawn.results[1].task_id
+    info = flower.json(f"/api/task/info/{secret_task}")
+    assert info["kwargs"] == "payload=<secret>" and info["state"] == "SUCCESS"
+    assert flower.json(f"/api/task/info/{runs.spawn.results[0].task_id}")["kwargs"] == (
+        "payload={'text': 'public'}"
+    )
+    bodies = {
+        "/api/tasks": flower.get("/api/tasks")[1],
+        "task info": flower.get(f"/api/task/info/{secret_task}")[1],
+        "coordinator info": flower.get(f"/api/task/info/{runs.spawn.run_id}.coordinator")[1],
+        "task result": flower.get(f"/api/task/result/{secret_task}")[1],
+        "task page": flower.get(f"/task/{secret_task}")[1],
+    }
+    # The worker page lists reserved and scheduled tasks from `inspect`: the held ETA message
+    # carries the secret in its kwargs.
+    workers = [w.hostname for w in orch.live_processes() if w.role == "worker"]
+    scheduled: list[Any] = []
+    for name in workers:
+        status, body = flower.get(f"/api/workers?refresh=1&workername={name}")
+        assert status == 200, body
+        bodies[f"workers api {name}"] = body
+        bodies[f"worker page {name}"] = flower.get(f"/worker/{name}")[1]
+        scheduled += json.loads(body).get(name, {}).get("scheduled", [])
+    held = [s["request"] for s in scheduled if s["request"]["id"] == runs.eta_task]
+    assert held and held[0]["kwargs"] == "payload=<secret>", scheduled  # it was listed
+    leaks = [where for where, body in bodies.items() if SECRET in body]
+    assert leaks == []
+    # Nor in the result backend (result_extended would store the raw kwargs there).
+    raw = orch.store.r.get(f"celery-task-meta-{secret_task}")
+    assert raw is not None and "hidden" in raw and SECRET not in raw
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _browser(url: str, tmp: Path, *args: str, height: int = 1000) -> str:
+    chromium = _chromium()
+    assert chromium is not None
+    profile = tmp / f"profile-{uuid.uuid4().hex[:6]}"
+    out = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--window-size=1400,{height}",
+            # Flower's tasks table fills from an XHR after load: give its scripts time.
+            "--virtual-time-budget=5000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does)",
+)
+def test_flower_pages_in_headless_chromium(flower: Flower, runs: Runs, tmp_path: Path) -> None:
+    base = flower.url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    ARTIFACTS.mkdir(exist_ok=True)
+    tasks_html = _browser(f"{base}/tasks", tmp_path, "--dump-dom")
+    for res in (runs.spawn, runs.gather, runs.race):
+        assert f"{res.run_id}.coordinator" in tasks_html
+        for env in res.results:
+            assert env.task_id in tasks_html
+    assert tasks_html.count("agents.echo") >= 6 and "orchestrator.run" in tasks_html
+    assert "mergers.join" in tasks_html and "SUCCESS" in tasks_html
+    assert SECRET not in tasks_html
+
+    coord = f"{runs.gather.run_id}.coordinator"
+    page = _browser(f"{base}/task/{coord}", tmp_path, "--dump-dom")
+    assert f"run={runs.gather.run_id} pattern=gather-then-merge width=2" in page
+    assert "SUCCESS" in page and "coordinator@" in page
+    assert all(env.task_id in page for env in runs.gather.results)  # its children
+
+    for name, path, height in (("tasks", "/tasks", 1000), ("coordinator", f"/task/{coord}", 1900)):
+        shot = ARTIFACTS / f"flower-{name}.png"
+        shot.unlink(missing_ok=True)
+        _browser(f"{base}{path}", tmp_path, f"--screenshot={shot}", height=height)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
