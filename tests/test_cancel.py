@@ -32,9 +32,12 @@ def threads_orch() -> Iterator[Orchestrator]:
 
 def _race_with_loser(o: Orchestrator, marker: str, mode: str, seconds: float = 30) -> str:
     run = o.race(
-        [Task("work", {"seconds": seconds, "marker": marker, "mode": mode}),
-         Task("echo", {"text": "good", "spin_s": 0.4})],
-        validate="starts_good", deadline_s=60,
+        [
+            Task("work", {"seconds": seconds, "marker": marker, "mode": mode}),
+            Task("echo", {"text": "good", "spin_s": 0.4}),
+        ],
+        validate="starts_good",
+        deadline_s=60,
     )
     res = run.wait(timeout_s=30)
     assert res.status is RunStatus.SUCCEEDED, res.error
@@ -63,9 +66,9 @@ def test_the_process_that_ran_a_loser_runs_the_next_task_unharmed(
         loser_pid = int(Path(marker + ".pid").read_text())
         wait_for(lambda rid=run_id: orch.store.envelope(rid, 0), 15, "loser's envelope")
         # Right away, many short tasks: each must complete; a stray interrupt would cancel one.
-        res = orch.spawn(
-            [Task("echo", {"text": f"n{i}", "spin_s": 0.02}) for i in range(16)]
-        ).wait(timeout_s=60)
+        res = orch.spawn([Task("echo", {"text": f"n{i}", "spin_s": 0.02}) for i in range(16)]).wait(
+            timeout_s=60
+        )
         assert res.status is RunStatus.SUCCEEDED, res.error
         assert all(r.status is AgentStatus.OK for r in res.results)
         pids = {r.output["pid"] for r in res.results}
@@ -76,8 +79,7 @@ def test_the_process_that_ran_a_loser_runs_the_next_task_unharmed(
 def test_task_stuck_in_c_is_killed_after_grace_and_the_pool_recovers(
     tmp_marker: Callable[[str], str],
 ) -> None:
-    s = _stack(name="grace", workers=1, concurrency=2,
-               extra_env={"ORCH_CANCEL__GRACE_S": "1"})
+    s = _stack(name="grace", workers=1, concurrency=2, extra_env={"ORCH_CANCEL__GRACE_S": "1"})
     o = _client(s)
     try:
         marker = tmp_marker("stuck")
@@ -91,8 +93,10 @@ def test_task_stuck_in_c_is_killed_after_grace_and_the_pool_recovers(
         # The redelivered message is dropped (Celery still knows the revoke) or, on a worker
         # that missed the revoke, starts and skips (its envelope exists): never runs again.
         wait_for(
-            lambda: f"Discarding revoked task: agents.work[{run_id}.0]" in s.log("worker1")
-            or o.store.r.hget(o.store.keys.attempts(run_id), "0") == "2",
+            lambda: (
+                f"Discarding revoked task: agents.work[{run_id}.0]" in s.log("worker1")
+                or o.store.r.hget(o.store.keys.attempts(run_id), "0") == "2"
+            ),
             20,
             "the killed task's message to be redelivered and dropped or skipped",
         )
@@ -121,8 +125,11 @@ def test_cancel_sent_while_no_worker_is_online_still_skips_later(
         # Celery's revoke broadcast reached no one; our flag still stops the work later.
         s.start_worker("late")
         s.wait_ready(["late"], 30)
-        wait_for(lambda: o.store.r.hlen(o.store.keys.attempts(run.id)) == 3, 30,
-                 "the late worker to take all three messages")
+        wait_for(
+            lambda: o.store.r.hlen(o.store.keys.attempts(run.id)) == 3,
+            30,
+            "the late worker to take all three messages",
+        )
         assert {e.status for e in o.store.envelopes(run.id).values()} == {AgentStatus.SKIPPED}
         assert not any(Path(f"{marker}-{i}.pid").exists() for i in range(3))
     finally:
@@ -135,8 +142,9 @@ def test_deadline_holds_when_the_coordinator_is_gone(tmp_marker: Callable[[str],
     o = _client(s)
     try:
         marker = tmp_marker("orphan")
-        run = o.spawn([Task("work", {"seconds": 60, "marker": marker, "mode": "sleep"})],
-                      deadline_s=2)
+        run = o.spawn(
+            [Task("work", {"seconds": 60, "marker": marker, "mode": "sleep"})], deadline_s=2
+        )
         wait_for(lambda: run.status().started == 1, 15, "the subtask to start")
         s.stop_process("coordinator", timeout_s=1)  # its deadline task dies with it
         res = run.wait(timeout_s=30)
@@ -150,10 +158,17 @@ def test_deadline_holds_when_the_coordinator_is_gone(tmp_marker: Callable[[str],
         s.stop()
 
 
-def test_cancel_of_one_subtask_by_index(orch: Orchestrator, tmp_marker: Callable[[str], str]) -> None:
+def test_cancel_of_one_subtask_by_index(
+    orch: Orchestrator, tmp_marker: Callable[[str], str]
+) -> None:
     marker = tmp_marker(f"one-{uuid.uuid4().hex[:4]}")
-    run = orch.spawn([Task("work", {"seconds": 30, "marker": marker, "mode": "sleep"}),
-                      Task("echo", {"text": "stays", "spin_s": 0.5})], deadline_s=60)
+    run = orch.spawn(
+        [
+            Task("work", {"seconds": 30, "marker": marker, "mode": "sleep"}),
+            Task("echo", {"text": "stays", "spin_s": 0.5}),
+        ],
+        deadline_s=60,
+    )
     wait_for(lambda: run.status().started == 2, 15, "both to start")
     orch.store.request_cancel(run.id, "just this one", indices=[0])
     res = run.wait(timeout_s=30)

@@ -39,7 +39,11 @@ def _leftovers(url: str) -> list[str]:
 def test_demo_runs_the_three_patterns_and_stops_everything() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "orchestrator", "demo", "--difficulty", "4"],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
@@ -56,7 +60,11 @@ def test_demo_runs_the_three_patterns_and_stops_everything() -> None:
 def test_ctrl_c_stops_every_process_it_started() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "demo", "--difficulty", "8"],
-        env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     lines: list[str] = []

@@ -67,8 +67,10 @@ class Invocation:
         """Parse with the real click command: unknown subcommands, options or bad values fail."""
         command = main.commands.get(self.sub)
         if command is None:
-            pytest.fail(f"{self.where}: `orchestrator {self.sub}` is not a subcommand of the CLI "
-                        f"(it has {sorted(main.commands)})")
+            pytest.fail(
+                f"{self.where}: `orchestrator {self.sub}` is not a subcommand of the CLI "
+                f"(it has {sorted(main.commands)})"
+            )
         try:
             return command.make_context(self.sub, list(self.argv[1:]))
         except click.ClickException as exc:
@@ -93,7 +95,7 @@ def find_invocations(words: list[str], where: str) -> list[Invocation]:
         before = words[i - 1] if i else ""
         if i == 0 or before == "exec" or before in SHELL_SEPARATORS or "orchestrator:" in before:
             args = []
-            for arg in words[i + 1:]:
+            for arg in words[i + 1 :]:
                 if arg in SHELL_SEPARATORS:
                     break
                 args.append(arg)
@@ -172,8 +174,18 @@ def duration_s(text: str | int | float) -> float:
 
 def memory_bytes(text: str) -> int:
     """Bytes of a Kubernetes quantity ('1Gi') or a Redis memory size ('768mb')."""
-    units = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
-             "gb": 1024**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+    units = {
+        "": 1,
+        "k": 1000,
+        "kb": 1024,
+        "m": 1000**2,
+        "mb": 1024**2,
+        "g": 1000**3,
+        "gb": 1024**3,
+        "ki": 1024,
+        "mi": 1024**2,
+        "gi": 1024**3,
+    }
     match = re.fullmatch(r"(\d+)([a-z]*)", str(text).strip().lower())
     assert match and match.group(2) in units, f"unparsable memory size {text!r}"
     return int(match.group(1)) * units[match.group(2)]
@@ -258,8 +270,9 @@ def compose_healthcheck_words(service: dict[str, Any]) -> list[str]:
 def compose_invocations() -> Iterator[Invocation]:
     for name, service in compose_services().items():
         yield from find_invocations(compose_argv(service.get("command")), f"compose {name}.command")
-        yield from find_invocations(compose_healthcheck_words(service),
-                                    f"compose {name}.healthcheck")
+        yield from find_invocations(
+            compose_healthcheck_words(service), f"compose {name}.healthcheck"
+        )
 
 
 def compose_env(service: dict[str, Any]) -> dict[str, str]:
@@ -338,8 +351,10 @@ def secret_values() -> dict[tuple[str, str], str]:
 
 
 def configmap_values() -> dict[str, dict[str, str]]:
-    return {d.name: {k: str(v) for k, v in (d.body.get("data") or {}).items()}
-            for d in k8s_of_kind("ConfigMap")}
+    return {
+        d.name: {k: str(v) for k, v in (d.body.get("data") or {}).items()}
+        for d in k8s_of_kind("ConfigMap")
+    }
 
 
 _K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -420,8 +435,9 @@ def unit_files() -> list[Path]:
 
 
 def read_unit(path: Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",),
-                                       comment_prefixes=("#", ";"))
+    parser = configparser.ConfigParser(
+        strict=False, interpolation=None, delimiters=("=",), comment_prefixes=("#", ";")
+    )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string(path.read_text(), source=str(path))
     return parser
@@ -474,8 +490,9 @@ def expand_exec(line: str, env: Mapping[str, str]) -> list[str]:
         if plain:
             words += env.get(plain.group(1), "").split()
         else:
-            words.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}",
-                                lambda m: env.get(m.group(1), ""), word))
+            words.append(
+                re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: env.get(m.group(1), ""), word)
+            )
     return words
 
 
@@ -483,8 +500,9 @@ def systemd_invocations() -> Iterator[Invocation]:
     for path in unit_files():
         for exec_start in unit_values(path, "Service", "ExecStart"):
             for i, env in enumerate(unit_environments(path)):
-                yield from find_invocations(expand_exec(exec_start, env),
-                                            f"{path.name} ExecStart (environment {i})")
+                yield from find_invocations(
+                    expand_exec(exec_start, env), f"{path.name} ExecStart (environment {i})"
+                )
 
 
 # -- helpers: README --------------------------------------------------------------------------
@@ -501,8 +519,12 @@ def readme_invocations() -> Iterator[Invocation]:
 
 
 def all_invocations() -> list[Invocation]:
-    return [*compose_invocations(), *k8s_invocations(), *systemd_invocations(),
-            *readme_invocations()]
+    return [
+        *compose_invocations(),
+        *k8s_invocations(),
+        *systemd_invocations(),
+        *readme_invocations(),
+    ]
 
 
 # -- the checkers can fail --------------------------------------------------------------------
@@ -515,13 +537,19 @@ def test_the_checkers_reject_bad_names_and_values() -> None:
     assert not setting_exists("ORCH_FLOWER__BASICAUTH")
     assert not setting_exists("ORCH_BROKER_URL__X")  # a plain field has no sections
     assert not setting_exists("BROKER_URL")
-    for bad in (("wrker",), ("worker", "--concurency", "2"), ("worker", "--pool", "gevent"),
-                ("check", "--role", "flower"), ("worker", "--concurrency", "two")):
+    for bad in (
+        ("wrker",),
+        ("worker", "--concurency", "2"),
+        ("worker", "--pool", "gevent"),
+        ("check", "--role", "flower"),
+        ("worker", "--concurrency", "two"),
+    ):
         with pytest.raises(pytest.fail.Exception):
             Invocation("self-test", bad).parse()
     assert find_invocations(["sh", "-c", "exec orchestrator check"], "x") == []  # needs splitting
-    assert [i.argv for i in find_invocations(shell_words(["sh", "-c", "exec orchestrator check"]),
-                                             "x")] == [("check",)]
+    assert [
+        i.argv for i in find_invocations(shell_words(["sh", "-c", "exec orchestrator check"]), "x")
+    ] == [("check",)]
     with pytest.raises(MissingVariable):
         interpolate("${FLOWER_BASIC_AUTH:?set it}", {})
     assert interpolate("a$$b ${X:-d} ${Y}", {"Y": "y"}) == "a$b d y"
@@ -539,8 +567,12 @@ def test_configs_contain_the_expected_orchestrator_commands() -> None:
 
 @pytest.mark.parametrize("source", ["compose", "k8s", "systemd", "readme"])
 def test_every_orchestrator_command_parses_with_the_real_cli(source: str) -> None:
-    found = {"compose": compose_invocations, "k8s": k8s_invocations,
-             "systemd": systemd_invocations, "readme": readme_invocations}[source]()
+    found = {
+        "compose": compose_invocations,
+        "k8s": k8s_invocations,
+        "systemd": systemd_invocations,
+        "readme": readme_invocations,
+    }[source]()
     invocations = list(found)
     assert invocations, f"no orchestrator commands found in {source}"
     for inv in invocations:
@@ -566,8 +598,12 @@ def test_every_orch_variable_named_anywhere_in_deploy_is_a_settings_field() -> N
     for path in DEPLOY.rglob("*"):
         if path.is_file():
             names |= set(re.findall(r"\bORCH_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
-    assert {"ORCH_BROKER_URL", "ORCH_AGENT_MODULES", "ORCH_FLOWER__BASIC_AUTH",
-            "ORCH_MAX_DEADLINE_S"} <= names
+    assert {
+        "ORCH_BROKER_URL",
+        "ORCH_AGENT_MODULES",
+        "ORCH_FLOWER__BASIC_AUTH",
+        "ORCH_MAX_DEADLINE_S",
+    } <= names
     unknown = sorted(n for n in names if not setting_exists(n))
     assert not unknown, f"not settings fields: {unknown}"
 
@@ -616,7 +652,10 @@ def test_compose_has_the_four_services_built_from_the_dockerfile() -> None:
         dockerfile = (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve()
         assert dockerfile == DOCKERFILE.resolve(), f"{name}: builds {dockerfile}"
     assert [compose_main_invocation(n).sub for n in ("coordinator", "worker", "flower")] == [
-        "coordinator", "worker", "flower"]
+        "coordinator",
+        "worker",
+        "flower",
+    ]
 
 
 def test_compose_worker_can_be_scaled() -> None:
@@ -663,8 +702,9 @@ def test_compose_flower_requires_basic_auth_and_stays_private() -> None:
         compose({k: v for k, v in COMPOSE_ENV.items() if k != "FLOWER_BASIC_AUTH"})
     ctx = compose_main_invocation("flower").parse()
     assert ctx.params["address"] == "0.0.0.0"
-    argv = flower_argv(load_settings(env, "compose flower"), port=ctx.params["port"],
-                       address=ctx.params["address"])
+    argv = flower_argv(
+        load_settings(env, "compose flower"), port=ctx.params["port"], address=ctx.params["address"]
+    )
     assert f"--basic-auth={COMPOSE_ENV['FLOWER_BASIC_AUTH']}" in argv
     # /metrics and /healthcheck are unauthenticated: publish on the host's loopback only.
     for port in flower.get("ports", []):
@@ -679,8 +719,7 @@ def test_compose_healthchecks_probe_their_own_node(name: str) -> None:
     assert len(checks) == 1 and checks[0].sub == "check"
     check = checks[0].parse()
     assert check.params["role"] == name  # `check --role` names roles like the subcommands
-    assert node_pattern(check.params["hostname"]) == node_pattern(
-        process.params["hostname"])
+    assert node_pattern(check.params["hostname"]) == node_pattern(process.params["hostname"])
 
 
 def test_compose_worker_stop_grace_covers_the_longest_task() -> None:
@@ -706,8 +745,11 @@ def test_every_k8s_document_is_named_and_namespace_less() -> None:
 
 def test_k8s_workloads_select_their_own_pods_and_run_images_with_commands() -> None:
     assert {d.name for d in k8s_of_kind("Deployment")} >= {
-        "orchestrator-coordinator", "orchestrator-worker", "orchestrator-worker-gpu",
-        "orchestrator-flower"}
+        "orchestrator-coordinator",
+        "orchestrator-worker",
+        "orchestrator-worker-gpu",
+        "orchestrator-flower",
+    }
     for doc in workloads():
         selector = doc.body["spec"]["selector"]["matchLabels"]
         labels = pod_template(doc)["metadata"]["labels"]
@@ -716,7 +758,8 @@ def test_k8s_workloads_select_their_own_pods_and_run_images_with_commands() -> N
             assert c.get("image"), f"{doc.where}: container {c['name']} has no image"
             assert c.get("command"), f"{doc.where}: container {c['name']} has no command"
             assert c.get("resources", {}).get("limits", {}).get("memory"), (
-                f"{doc.where}: container {c['name']} has no memory limit")
+                f"{doc.where}: container {c['name']} has no memory limit"
+            )
 
 
 def test_k8s_services_route_to_a_workload_port() -> None:
@@ -724,16 +767,21 @@ def test_k8s_services_route_to_a_workload_port() -> None:
     assert {s.name for s in services} >= {"redis", "orchestrator-flower"}
     for svc in services:
         selector = svc.body["spec"]["selector"]
-        targets = [d for d in workloads()
-                   if selector.items() <= pod_template(d)["metadata"]["labels"].items()]
+        targets = [
+            d
+            for d in workloads()
+            if selector.items() <= pod_template(d)["metadata"]["labels"].items()
+        ]
         assert len(targets) == 1, f"{svc.where}: selects {[t.name for t in targets]}"
         ports = [p for c in containers(targets[0]) for p in c.get("ports", [])]
         for port in svc.body["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             assert any(target in (p.get("name"), p["containerPort"]) for p in ports), (
-                f"{svc.where}: targetPort {target} is not a container port")
+                f"{svc.where}: targetPort {target} is not a container port"
+            )
         assert svc.body["spec"].get("type", "ClusterIP") == "ClusterIP", (
-            f"{svc.where}: exposed outside the cluster")
+            f"{svc.where}: exposed outside the cluster"
+        )
 
 
 def test_k8s_secret_is_an_example_and_every_reference_exists() -> None:
@@ -792,7 +840,8 @@ def test_k8s_probes_check_the_pods_own_node(sub: str) -> None:
             check = checks[0].parse()
             assert check.params["role"] == sub  # roles are named like the subcommands
             assert node_pattern(check.params["hostname"]) == node_pattern(
-                process.params["hostname"]), f"{doc.where} {probe}: checks another node"
+                process.params["hostname"]
+            ), f"{doc.where} {probe}: checks another node"
             # Probes start Python and ask Redis: a 1 s default timeout would flap.
             assert c[probe].get("timeoutSeconds", 1) >= 5, f"{doc.where} {probe}: timeout"
 
@@ -819,23 +868,29 @@ def test_k8s_dedicated_gpu_pool_and_general_pool_do_not_share_queues() -> None:
 
 
 def redis_password_k8s() -> str:
-    redis = [d for d in workloads()
-             if any(str(c["image"]).split(":")[0] in {"redis", "valkey/valkey"}
-                    for c in containers(d))]
+    redis = [
+        d
+        for d in workloads()
+        if any(str(c["image"]).split(":")[0] in {"redis", "valkey/valkey"} for c in containers(d))
+    ]
     assert len(redis) == 1, "expected one Redis workload"
     c = containers(redis[0])[0]
     env = container_env(c, redis[0].where)
-    words = [_K8S_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), str(w))
-             for w in [*c.get("command", []), *c.get("args", [])]]
+    words = [
+        _K8S_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), str(w))
+        for w in [*c.get("command", []), *c.get("args", [])]
+    ]
     pairs = dict(zip(words[1::2], words[2::2], strict=False))
     assert "--requirepass" in pairs, "Redis runs without a password"
     return pairs["--requirepass"]
 
 
 def test_k8s_redis_is_persistent_noeviction_and_password_protected() -> None:
-    redis = [d for d in workloads()
-             if any(str(c["image"]).split(":")[0] in {"redis", "valkey/valkey"}
-                    for c in containers(d))]
+    redis = [
+        d
+        for d in workloads()
+        if any(str(c["image"]).split(":")[0] in {"redis", "valkey/valkey"} for c in containers(d))
+    ]
     assert len(redis) == 1
     doc = redis[0]
     c = containers(doc)[0]
@@ -853,8 +908,11 @@ def test_k8s_redis_is_persistent_noeviction_and_password_protected() -> None:
     assert memory_bytes(pairs["--maxmemory"]) < memory_bytes(c["resources"]["limits"]["memory"])
     mounts = {m["name"] for m in c.get("volumeMounts", []) if m["mountPath"] == pairs["--dir"]}
     claims = {t["metadata"]["name"] for t in doc.body["spec"].get("volumeClaimTemplates", [])}
-    claims |= {v["name"] for v in pod_template(doc)["spec"].get("volumes", [])
-               if "persistentVolumeClaim" in v}
+    claims |= {
+        v["name"]
+        for v in pod_template(doc)["spec"].get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
     assert mounts & claims, "Redis data directory is not on a PersistentVolumeClaim"
 
 
@@ -866,8 +924,7 @@ def test_k8s_flower_uses_basic_auth_from_the_secret() -> None:
     assert "secretKeyRef" in item["valueFrom"], "Flower credentials must come from a Secret"
     ctx = inv.parse()
     settings = load_settings(container_env(c, doc.where), doc.where)
-    argv = flower_argv(settings, port=ctx.params["port"],
-                       address=ctx.params["address"])
+    argv = flower_argv(settings, port=ctx.params["port"], address=ctx.params["address"])
     assert any(a.startswith("--basic-auth=") for a in argv)
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["path"] == "/healthcheck"  # the one path without auth
@@ -898,13 +955,21 @@ def test_k8s_keda_scales_the_worker_on_its_own_queue() -> None:
 
 def test_systemd_units_exist() -> None:
     assert [p.name for p in unit_files()] == [
-        "orchestrator-coordinator.service", "orchestrator-flower.service",
-        "orchestrator-worker@.service"]
+        "orchestrator-coordinator.service",
+        "orchestrator-flower.service",
+        "orchestrator-worker@.service",
+    ]
     assert (SYSTEMD / "env.example").is_file()
 
 
-@pytest.mark.parametrize("name", ["orchestrator-coordinator.service",
-                                  "orchestrator-flower.service", "orchestrator-worker@.service"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "orchestrator-coordinator.service",
+        "orchestrator-flower.service",
+        "orchestrator-worker@.service",
+    ],
+)
 def test_systemd_unit_runs_orchestrator_as_a_dedicated_user(name: str) -> None:
     path = SYSTEMD / name
     unit = read_unit(path)
@@ -927,13 +992,15 @@ def test_systemd_worker_template_names_its_node_after_the_instance() -> None:
     envs = unit_environments(path)
     assert len(envs) >= 2, "the per-instance example environment was not found"
     for i, env in enumerate(envs):
-        found = find_invocations(expand_exec(unit_values(path, "Service", "ExecStart")[0], env),
-                                 f"{path.name} ({i})")
+        found = find_invocations(
+            expand_exec(unit_values(path, "Service", "ExecStart")[0], env), f"{path.name} ({i})"
+        )
         assert [inv.sub for inv in found] == ["worker"]
         ctx = found[0].parse()
         assert "%i" in ctx.params["hostname"]
-    example = find_invocations(expand_exec(unit_values(path, "Service", "ExecStart")[0], envs[1]),
-                               "example")[0].parse()
+    example = find_invocations(
+        expand_exec(unit_values(path, "Service", "ExecStart")[0], envs[1]), "example"
+    )[0].parse()
     assert queues_of(example) == {"gpu"}
 
 
@@ -946,10 +1013,12 @@ def test_systemd_environment_loads_and_workers_have_time_to_stop() -> None:
     assert duration_s(unit["TimeoutStopSec"]) >= shutdown_budget_s(settings)
     assert unit.get("KillMode") == "mixed", "SIGTERM must reach Celery's main process only"
     flower = find_invocations(
-        expand_exec(unit_values(SYSTEMD / "orchestrator-flower.service", "Service",
-                                "ExecStart")[0], env), "flower")[0].parse()
-    argv = flower_argv(settings, port=flower.params["port"],
-                       address=flower.params["address"])
+        expand_exec(
+            unit_values(SYSTEMD / "orchestrator-flower.service", "Service", "ExecStart")[0], env
+        ),
+        "flower",
+    )[0].parse()
+    argv = flower_argv(settings, port=flower.params["port"], address=flower.params["address"])
     assert any(a.startswith("--basic-auth=") for a in argv)
     assert flower.params["address"] == "127.0.0.1"
 

@@ -34,10 +34,17 @@ def test_worker_process_killed_mid_task_is_redelivered_and_completes(
 ) -> None:
     o = _client(own_stack)
     marker = tmp_marker("killed")
-    run = o.spawn([Task("work", {"seconds": 1.5, "marker": marker}),
-                   Task("echo", {"text": "bystander"})], deadline_s=60)
-    pid = int(wait_for(lambda: Path(marker + ".pid").exists()
-                       and Path(marker + ".pid").read_text(), 15, "the task to start"))
+    run = o.spawn(
+        [Task("work", {"seconds": 1.5, "marker": marker}), Task("echo", {"text": "bystander"})],
+        deadline_s=60,
+    )
+    pid = int(
+        wait_for(
+            lambda: Path(marker + ".pid").exists() and Path(marker + ".pid").read_text(),
+            15,
+            "the task to start",
+        )
+    )
     Path(marker + ".pid").unlink()
     os.kill(pid, signal.SIGKILL)  # the pool process dies mid-task, as in an OOM kill
     res = run.wait(timeout_s=60)
@@ -57,12 +64,18 @@ def test_coordinator_killed_mid_run_does_not_stop_the_run(
 ) -> None:
     o = _client(own_stack)
     if pattern == "gather":
-        run = o.gather([Task("echo", {"text": t, "spin_s": 0.5}) for t in "abc"], merge="join",
-                       deadline_s=60)
+        run = o.gather(
+            [Task("echo", {"text": t, "spin_s": 0.5}) for t in "abc"], merge="join", deadline_s=60
+        )
     else:
-        run = o.race([Task("echo", {"text": "bad", "spin_s": 0.3}),
-                      Task("echo", {"text": "good", "spin_s": 0.6})], validate="starts_good",
-                     deadline_s=60)
+        run = o.race(
+            [
+                Task("echo", {"text": "bad", "spin_s": 0.3}),
+                Task("echo", {"text": "good", "spin_s": 0.6}),
+            ],
+            validate="starts_good",
+            deadline_s=60,
+        )
     wait_for(lambda: run.status().started >= 1, 15, "subtasks to start")
     proc = own_stack.procs["coordinator"]
     os.killpg(proc.pid, signal.SIGKILL)
@@ -120,11 +133,17 @@ def test_redelivered_after_reporting_is_merged_once_counted_once(orch: Orchestra
     before = orch.store.envelopes(run.id)
     # Deliver subtask #1's message again, as the broker does after a visibility timeout.
     meta = {"pattern": "gather-then-merge", "n": 3, "queued_at": 0, "deadline_at": 4e9}
-    orch.app.send_task("agents.echo", task_id=f"{run.id}.1", queue="agents",
-                       kwargs={"run_id": run.id, "index": 1, "payload": {"text": "y"},
-                               "meta": meta})
-    wait_for(lambda: orch.store.r.hget(orch.store.keys.attempts(run.id), "1") == "2", 15,
-             "the duplicate to be delivered")
+    orch.app.send_task(
+        "agents.echo",
+        task_id=f"{run.id}.1",
+        queue="agents",
+        kwargs={"run_id": run.id, "index": 1, "payload": {"text": "y"}, "meta": meta},
+    )
+    wait_for(
+        lambda: orch.store.r.hget(orch.store.keys.attempts(run.id), "1") == "2",
+        15,
+        "the duplicate to be delivered",
+    )
     assert orch.store.envelopes(run.id) == before
     assert orch.store.record(run.id)["done"] == "3"
     assert orch.get_run(run.id).wait(timeout_s=5).merged == res.merged

@@ -26,8 +26,9 @@ def _healthy(orch: Orchestrator) -> None:
 
 
 def test_oversized_request_is_refused_at_submit(stack: EmbeddedStack) -> None:
-    o = Orchestrator(Settings(broker_url=stack.url, key_prefix=stack.key_prefix,
-                              max_request_bytes=10_000))
+    o = Orchestrator(
+        Settings(broker_url=stack.url, key_prefix=stack.key_prefix, max_request_bytes=10_000)
+    )
     with pytest.raises(InvalidRequest, match="ORCH_MAX_REQUEST_BYTES"):
         o.spawn([Task("echo", {"text": "x" * 20_000})])
     o.close()
@@ -46,8 +47,10 @@ def test_malformed_requests_sent_to_the_coordinator_are_rejected(
     for body in garbage:
         orch.app.send_task("orchestrator.run", args=[body], queue="orchestrator")
     wait_for(
-        lambda: stack.log("coordinator").count("malformed orchestration request")
-        >= before + len(garbage),
+        lambda: (
+            stack.log("coordinator").count("malformed orchestration request")
+            >= before + len(garbage)
+        ),
         15,
         "the coordinator to reject every malformed request",
     )
@@ -59,8 +62,13 @@ def test_invalid_payload_sent_past_the_client_fails_the_run_clearly(orch: Orches
     run_id = uuid.uuid4().hex[:12]
     orch.app.send_task(
         "orchestrator.run",
-        args=[{"run_id": run_id, "pattern": "parallel-spawn",
-               "tasks": [{"agent": "echo", "payload": {"text": 5}}]}],
+        args=[
+            {
+                "run_id": run_id,
+                "pattern": "parallel-spawn",
+                "tasks": [{"agent": "echo", "payload": {"text": 5}}],
+            }
+        ],
         queue="orchestrator",
     )
     res = wait_for(lambda: orch.store.result(run_id), 15, "the run to be failed")
@@ -91,10 +99,14 @@ def test_race_validator_that_raises_marks_that_racer_invalid(orch: Orchestrator)
 
 def test_message_for_an_unknown_run_does_no_work(orch: Orchestrator) -> None:
     result = orch.app.send_task(
-        "agents.echo", queue="agents",
-        kwargs={"run_id": "ghost", "index": 0, "payload": {"text": "x"},
-                "meta": {"pattern": "parallel-spawn", "n": 1, "queued_at": 0,
-                         "deadline_at": 4e9}},
+        "agents.echo",
+        queue="agents",
+        kwargs={
+            "run_id": "ghost",
+            "index": 0,
+            "payload": {"text": "x"},
+            "meta": {"pattern": "parallel-spawn", "n": 1, "queued_at": 0, "deadline_at": 4e9},
+        },
     )
     env = wait_for(lambda: result.ready() and result.result, 15, "the worker's answer")
     assert env["status"] == "error" and env["error"]["type"] == "RunNotFound"  # type: ignore[index]

@@ -89,10 +89,14 @@ def test_cli_agents_status_check(
 @pytest.mark.integration
 def test_cli_submit_json_and_wait(stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_BROKER_URL", stack.url)
-    request = {"pattern": "gather-then-merge", "merge": "join",
-               "tasks": [{"agent": "echo", "payload": {"text": t}} for t in "xy"]}
-    out = CliRunner().invoke(main, ["submit", "--wait", "--timeout", "30"],
-                             input=json.dumps(request))
+    request = {
+        "pattern": "gather-then-merge",
+        "merge": "join",
+        "tasks": [{"agent": "echo", "payload": {"text": t}} for t in "xy"],
+    }
+    out = CliRunner().invoke(
+        main, ["submit", "--wait", "--timeout", "30"], input=json.dumps(request)
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["merged"] == {"texts": ["x", "y"]}
     bad = CliRunner().invoke(main, ["submit"], input='{"pattern": "nope"}')
