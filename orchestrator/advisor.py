@@ -8,6 +8,7 @@ the timing model in :mod:`orchestrator.costmodel`.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, Field
@@ -37,6 +38,9 @@ class Preflight(BaseModel):
     cost_s: float | None = Field(None, description="Predicted worker-seconds spent.")
     slots: dict[str, int] = Field(default_factory=dict, description="Live slots per queue.")
     waves: int = Field(0, description="Rounds the busiest queue needs for its tasks.")
+    batch_size: int | None = Field(
+        None, description="Subagents per message chosen by adaptive batching, if any."
+    )
     checks: list[Check]
 
     def failed(self) -> list[Check]:
@@ -76,7 +80,12 @@ def advise(
     config = config or AdvisorSettings()
     catalog = {(e.kind, e.name): e for e in entries}
     queues = [_queue(catalog, t.agent) for t in req.tasks]
-    est = estimate(req, stats, {q: capacity.slots(q) for q in set(queues)}, queues)
+    slots = {q: capacity.slots(q) for q in set(queues)}
+    size = suggest_batch(req, stats, slots, config)
+    if size is not None:
+        est = estimate(req.model_copy(update={"batch_size": size}), stats, slots, queues)
+    else:
+        est = estimate(req, stats, slots, queues)
     lines = [
         checks.independence(req),
         checks.structure(req, catalog),
@@ -84,6 +93,16 @@ def advise(
         checks.width(req, capacity, queues, est, config),
         checks.race(req, stats, capacity, queues, est),
     ]
+    if size is not None:
+        mean_ms = 1000 * statistics.fmean(stats.agents[t.agent].run.mean_s for t in req.tasks)
+        lines.append(
+            Check(
+                name="batching",
+                status=CheckStatus.PASS,
+                reason=f"subagents are tiny (~{mean_ms:.2f} ms each): packed {size} per message "
+                f"({-(-len(req.tasks) // size)} messages), each keeping its own envelope",
+            )
+        )
     verdict = _verdict(lines, est, config)
     return Preflight(
         pattern=req.pattern,
@@ -98,7 +117,33 @@ def advise(
         slots={q: capacity.slots(q) for q in sorted(set(queues))},
         waves=est.waves,
         checks=lines,
+        batch_size=size,
     )
+
+
+def suggest_batch(
+    req: OrchestrationRequest,
+    stats: StatsSnapshot,
+    slots: Mapping[str, int],
+    config: AdvisorSettings,
+) -> int | None:
+    """Subagents per message when measured durations say they are tiny, else None.
+
+    Enough work per message to hide the per-message cost (``batch_target_s``), but never so
+    few messages that live slots sit idle.
+    """
+    if req.batch_size is not None or req.pattern is Pattern.RACE or config.batch_below_s <= 0:
+        return None
+    agents = {t.agent for t in req.tasks}
+    if any(a not in stats.agents for a in agents):
+        return None
+    mean_s = statistics.fmean(stats.agents[t.agent].run.mean_s for t in req.tasks)
+    if mean_s >= config.batch_below_s:
+        return None
+    n = len(req.tasks)
+    per_slot = -(-n // max(1, sum(slots.values())))
+    size = min(per_slot, max(2, -(-config.batch_target_s // max(mean_s, 1e-5))))
+    return int(size) if size >= 2 else None
 
 
 def _queue(catalog: Mapping[tuple[AgentKind, str], CatalogEntry], agent: str) -> str:

@@ -45,6 +45,8 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
         "preflight": req.preflight,
         "agents": [t.agent for t in req.tasks],
         "done": 0,
+        # Subagents per message: set by the caller, or by adaptive batching at pre-flight.
+        "batching": str(req.batch_size) if req.batch_size and req.batch_size > 1 else "",
     }
 
 

@@ -114,6 +114,10 @@ def apply_policy(
         "prediction": prediction.model_dump_json(),
         "execution": execution.value,
     }
+    if pf.batch_size and req.batch_size is None and execution is Execution.PARALLEL:
+        # Adaptive batching: the request goes to the coordinator with the chosen size.
+        req.batch_size = pf.batch_size
+        fields["batching"] = str(pf.batch_size)
     event = {
         "type": "preflight",
         "verdict": pf.verdict.value,

@@ -308,3 +308,27 @@ def test_cli_preflight_and_report(
     ran = [r for r in root.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "ran"]
     assert len(ran) == sum(1 for r in res.results if r.started_at is not None) >= 1
     assert f"timeline written to {svg}" in out.output
+
+
+def test_adaptive_batching_packs_tiny_subagents(orch: Orchestrator) -> None:
+    """Measured tiny durations make pre-flight pack subagents per message; results unchanged."""
+    warm = orch.spawn([Task("echo", {"text": f"warm{i}"}) for i in range(8)], preflight="off")
+    assert warm.wait(timeout_s=60).ok
+    tasks = [Task("echo", {"text": f"tiny{i}"}) for i in range(200)]
+    pf = orch.preflight("parallel-spawn", tasks)
+    assert pf.batch_size is not None and pf.batch_size >= 2
+    assert any(c.name == "batching" and "packed" in c.reason for c in pf.checks)
+    run = orch.spawn(tasks)
+    res = run.wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert [r.output["text"] for r in res.results] == [f"tiny{i}" for i in range(200)]
+    record = orch.store.record(run.id)
+    assert int(record["batching"]) >= 2
+    # Several subagents really shared a message: batch k's Celery result lists its envelopes.
+    first = orch.app.AsyncResult(f"{run.id}.b0")
+    assert first.ready() and isinstance(first.result, list)
+    assert len(first.result) == int(record["batching"])
+    assert {r.task_id for r in res.results} == {f"{run.id}.{i}" for i in range(200)}
+    explicit = orch.spawn(tasks[:10], batch_size=1)
+    assert explicit.wait(timeout_s=60).ok
+    assert orch.store.record(explicit.id)["batching"] == ""

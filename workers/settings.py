@@ -37,6 +37,15 @@ class AdvisorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    batch_below_s: float = Field(
+        0.005,
+        ge=0,
+        description="Subagents whose mean run time is below this are packed several per "
+        "message (adaptive batching; 0 turns it off). Spawn and gather only.",
+    )
+    batch_target_s: float = Field(
+        0.05, gt=0, description="Work per message that adaptive batching aims for."
+    )
     useful_width: int = Field(
         64, ge=1, description="Fan-out beyond which pre-flight warns (more tasks rarely help)."
     )
