@@ -153,7 +153,7 @@ class Coordinator:
             queued_at=repr(expansion.meta.queued_at),
             coordinator=socket.gethostname(),
         )
-        expansion.canvas.apply_async()
+        expansion.send(self.app, group_id=f"{req.run_id}.group")
         store.event(req.run_id, "queued", n=str(len(req.tasks)))  # every subtask message sent
         expanded_at = time.time()
         store.update_run(req.run_id, expanded_at=repr(expanded_at))

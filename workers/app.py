@@ -20,7 +20,7 @@ from workers import redact  # noqa: F401 - registers inspect commands that hide 
 from workers.cancel import CancelListener
 from workers.errors import ConfigError
 from workers.keys import Keys
-from workers.models import AgentKind, TaskMeta, WorkerInfo
+from workers.models import AgentKind, AgentResult, TaskMeta, WorkerInfo
 from workers.registry import BATCH_TASK_PREFIX, REGISTRY, AgentSpec, Registry
 from workers.runtime import Services, execute_agent, execute_merge
 from workers.settings import Settings
@@ -160,15 +160,15 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
             payload=payload,
             meta=TaskMeta.model_validate(meta),
         )
-        return env.model_dump(mode="json")
+        return _summary(run_id, env)
 
-    app.task(name=spec.task_name, bind=True, queue=queue, typing=False)(run_agent)
+    app.task(name=spec.task_name, **_agent_task_options(queue))(run_agent)
 
     def run_batch(self: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
         svc = services.get()
         task_meta = TaskMeta.model_validate(meta)
         worker = self.request.hostname or socket.gethostname()
-        return [
+        envs = [
             execute_agent(
                 svc,
                 spec,
@@ -178,11 +178,39 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
                 index=int(index),
                 payload=payload,
                 meta=task_meta,
-            ).model_dump(mode="json")
+            )
             for index, payload in items
         ]
+        return [_summary(run_id, env) for env in envs]
 
-    app.task(name=BATCH_TASK_PREFIX + spec.name, bind=True, queue=queue, typing=False)(run_batch)
+    app.task(name=BATCH_TASK_PREFIX + spec.name, **_agent_task_options(queue))(run_batch)
+
+
+def _agent_task_options(queue: str) -> dict[str, Any]:
+    return {
+        "bind": True,
+        "queue": queue,
+        "typing": False,
+        # start.lua records the start; Celery's STARTED write would cost two more round trips.
+        "track_started": False,
+        # State Redis away for longer than the client's own retries: try the message again
+        # later rather than lose it (envelopes are recorded once per index, so it is safe).
+        "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+        "retry_backoff": 1,
+        "retry_backoff_max": 30,
+        "max_retries": 10,
+    }
+
+
+def _summary(run_id: str, env: AgentResult) -> dict[str, Any]:
+    """The Celery result of a subagent: the envelope itself lives in the run's results hash,
+    so the backend (and Flower, and the worker's log line) gets only what identifies it."""
+    return {
+        "run_id": run_id,
+        "index": env.index,
+        "status": env.status.value,
+        "error": env.error.model_dump(mode="json") if env.error else None,
+    }
 
 
 def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:

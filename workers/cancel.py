@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from workers.keys import Keys
 log = logging.getLogger(__name__)
 
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 5
+SWITCH_INTERVAL_S = 0.001
 
 
 def _raise_in_thread(ident: int) -> None:
@@ -98,6 +100,10 @@ class CancelListener:
             return
         if threading.current_thread() is threading.main_thread():
             signal.signal(INTERRUPT_SIGNAL, self._on_signal)
+        # A CPU-bound agent holds the GIL; the listener waits one switch interval to get it,
+        # and the signal handler another to get it back. 1 ms instead of 5 ms cuts the cancel
+        # latency of such agents; the listener is idle otherwise, so nothing else changes.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="orch-cancel", daemon=True)
         self._thread.start()
 

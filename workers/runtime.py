@@ -278,10 +278,12 @@ def _record(
     if meta.pattern is Pattern.SPAWN:
         _finalize_all(store, run_id)
     elif meta.pattern is Pattern.RACE and store.r.get(store.keys.winner(run_id)) is None:
-        results = list(store.envelopes(run_id).values())
+        envs = store.envelopes(run_id)
+        results = list(envs.values())
         store.finalize(
             run_id,
             RunStatus.FAILED,
+            envelopes=envs,
             error="no racer produced a valid result: " + failure_reasons(sorted(results, key=_idx)),
         )
 
@@ -291,11 +293,13 @@ def _idx(env: AgentResult) -> int:
 
 
 def _finalize_all(store: RunStore, run_id: str) -> None:
-    results = sorted(store.envelopes(run_id).values(), key=_idx)
+    envs = store.envelopes(run_id)
+    results = sorted(envs.values(), key=_idx)
     bad = failure_reasons(results)
     store.finalize(
         run_id,
         RunStatus.FAILED if bad else RunStatus.SUCCEEDED,
+        envelopes=envs,
         error=f"{sum(1 for r in results if r.status is not AgentStatus.OK)} of "
         f"{len(results)} subagents failed: {bad}"
         if bad

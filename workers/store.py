@@ -237,8 +237,11 @@ class RunStore:
         merged: Any = None,
         merge_s: float = 0.0,
         winner: int | None = None,
+        envelopes: dict[int, AgentResult] | None = None,
     ) -> RunResult | None:
         """Build and store the RunResult unless another finaliser was first (then None).
+
+        ``envelopes``: every envelope, already read by a caller that had to look at them.
 
         A run being cancelled or timed out has its 'ending' recorded first; any finaliser but a
         race winner honours it, so the subtask whose interruption completes the run cannot
@@ -249,15 +252,20 @@ class RunStore:
             return None
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(k.run(run_id))
-        pipe.hgetall(k.results(run_id))
         pipe.hgetall(k.started_by(run_id))
-        rec, raw, started = pipe.execute()
+        if envelopes is None:
+            pipe.hgetall(k.results(run_id))
+        rec, started, *raw = pipe.execute()
         if not rec:
             return None
         if rec.get("ending") and winner is None:
             status = RunStatus(rec["ending"])
             error = rec.get("ending_error") or error
-        envs = {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
+        envs = (
+            envelopes
+            if envelopes is not None
+            else {int(i): AgentResult.model_validate_json(v) for i, v in raw[0].items()}
+        )
         cancel_at = rec.get("cancel_requested_at")
         results = fill_missing(
             rec,

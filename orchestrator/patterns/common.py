@@ -17,10 +17,37 @@ _REPR_MAX = 200
 
 @dataclass(frozen=True)
 class Expansion:
-    """A request ready to run: its canvas and the meta every subtask gets."""
+    """A request ready to run: its canvas and the meta every subtask gets.
 
-    canvas: Signature
+    ``members`` set: a group sent message by message with one producer and no result
+    subscriptions (spawn, race); otherwise ``canvas`` is applied (chord, chain).
+    """
+
+    canvas: Signature | None
     meta: TaskMeta
+    members: list[Signature] | None = None
+
+    def send(self, app: Celery, group_id: str) -> None:
+        """Publish the expansion."""
+        if self.members is None:
+            assert self.canvas is not None
+            self.canvas.apply_async()
+            return
+        # A Celery group applied as a canvas subscribes to every member's result channel
+        # (two Redis commands each) and stores every result; nothing here reads them: the
+        # envelopes go to the run's results hash. Same group id and index in each message.
+        with app.producer_or_acquire() as producer:
+            for index, sig in enumerate(self.members):
+                app.send_task(
+                    sig.task,
+                    kwargs=sig.kwargs,
+                    producer=producer,
+                    ignore_result=True,
+                    add_to_parent=False,
+                    group_id=group_id,
+                    group_index=index,
+                    **sig.options,
+                )
 
 
 def task_id(run_id: str, index: int) -> str:

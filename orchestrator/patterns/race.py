@@ -3,7 +3,7 @@ worker, then cancels and revokes its siblings. The last failure ends an all-fail
 
 from __future__ import annotations
 
-from celery import Celery, group
+from celery import Celery
 
 from orchestrator.patterns.common import Expansion, agent_signature
 from orchestrator.request import OrchestrationRequest
@@ -15,4 +15,4 @@ def build_race(
 ) -> Expansion:
     """One group of every racer; validation and the claim happen inside each racer."""
     sigs = [agent_signature(app, req, i, entries[i], meta) for i in range(len(req.tasks))]
-    return Expansion(canvas=group(sigs, app=app), meta=meta)
+    return Expansion(canvas=None, meta=meta, members=sigs)

@@ -1,8 +1,9 @@
-"""parallel-spawn: N independent subagents as a Celery ``group``; the last finisher ends the run."""
+"""parallel-spawn: N independent subagents as a Celery group (one group id, sent message by
+message); the last finisher ends the run."""
 
 from __future__ import annotations
 
-from celery import Celery, group
+from celery import Celery
 
 from orchestrator.patterns.common import Expansion, member_signatures
 from orchestrator.request import OrchestrationRequest
@@ -14,4 +15,4 @@ def build_spawn(
 ) -> Expansion:
     """One group of every subagent."""
     sigs = member_signatures(app, req, entries, meta)
-    return Expansion(canvas=group(sigs, app=app), meta=meta)
+    return Expansion(canvas=None, meta=meta, members=sigs)
