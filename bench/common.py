@@ -138,9 +138,7 @@ class RawCelery:
         self.r = redis_client(settings.celery_backend())
 
     def close(self) -> None:
-        # Group results subscribe to their members on the app's backend and unsubscribe when
-        # collected: collect them while the backend is still open.
-        gc.collect()
+        quiet_results(self.app)
         self.app.close()
         self.r.close()
 
@@ -163,6 +161,19 @@ class RawCelery:
             with contextlib.suppress(Exception):
                 ps.punsubscribe()
             ps.close()
+
+
+def quiet_results(app: Celery) -> None:
+    """Stop result objects from talking to a server that is going away.
+
+    Celery's results unsubscribe from their channel when collected; one collected after the
+    server stopped retries for about 20 s at exit. Collect what can be collected now, and make
+    the rest forget quietly.
+    """
+    gc.collect()
+    backend = app.backend
+    if hasattr(backend, "remove_pending_result"):
+        backend.remove_pending_result = lambda result: result
 
 
 class ResultStream:
@@ -239,7 +250,7 @@ class Target:
 
     def commandstats(self) -> dict[str, int]:
         """Calls per command since the server started."""
-        info: dict[str, Any] = self.redis.info("commandstats")  # type: ignore[assignment]
+        info: dict[str, Any] = self.redis.info("commandstats")
         return {
             k.removeprefix("cmdstat_"): int(v["calls"])
             for k, v in info.items()
@@ -248,6 +259,7 @@ class Target:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            quiet_results(self.orch.app)
             self.orch.close()
         with contextlib.suppress(Exception):
             self.raw.close()
@@ -357,19 +369,23 @@ def warm_up(target: Target, width: int) -> None:
                 [raw.sig("bench.raw_noop", i, task_id=t) for i, t in enumerate(ids)]
             ).apply_async()
             stream.collect(set(ids), 60)
-    run = target.orch.spawn([Task("bench_noop", {"i": i}) for i in range(max(2, width * 2))])
+    tasks = [Task("bench_noop", {"i": i}) for i in range(max(2, width * 2))]
+    run = target.orch.spawn(tasks, preflight="off", deadline_s=50)
     run.wait(timeout_s=60)
 
 
 @contextlib.contextmanager
 def interrupt_as_exit() -> Iterator[None]:
-    """Let SIGTERM stop a benchmark like Ctrl-C does, so every process is cleaned up."""
+    """Let SIGTERM (and SIGINT, even if inherited ignored) stop a benchmark like Ctrl-C does,
+    so every process it started is cleaned up."""
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,20 +92,24 @@ def _race_stops(
 def ray_session(processes: int) -> Iterator[Any]:
     import ray
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
-    )
+    old = os.environ.get("PYTHONPATH")
+    # Ray's worker processes inherit this: they import the task functions from bench.others.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), old) if p)
     ray.init(
         num_cpus=processes,
         include_dashboard=False,
         log_to_driver=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         configure_logging=True,
     )
     try:
         yield ray
     finally:
         ray.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 def run_ray(
@@ -162,8 +166,7 @@ def run_dask(
     from dask.distributed import Client, LocalCluster, wait
 
     figs = Figures()
-    old_path = sys.path[:]
-    cluster = LocalCluster(
+    cluster = LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=processes,
         threads_per_worker=1,
         processes=True,
@@ -171,7 +174,7 @@ def run_dask(
         silence_logs=50,
     )
     try:
-        with Client(cluster) as client:
+        with Client(cluster) as client:  # type: ignore[no-untyped-call]
             client.gather(client.map(noop, range(processes * 4), pure=False))
             for n in ns:
                 sample = figs.fanout.setdefault(n, Sample())
@@ -197,7 +200,7 @@ def run_dask(
                         )
                         for i in range(race.width)
                     ]
-                    done = wait(futs, return_when="FIRST_COMPLETED").done
+                    done = wait(futs, return_when="FIRST_COMPLETED").done  # type: ignore[no-untyped-call]
                     first = next(iter(done))
                     win_at = first.result()
                     figs.race_result.add(time.perf_counter() - started)
@@ -212,9 +215,8 @@ def run_dask(
                 r.close()
     finally:
         cluster.close()
-        sys.path[:] = old_path
     figs.note = (
-        f"dask {dask.__version__}, {processes} worker processes; cancel: client.cancel "
-        "(does not stop running tasks)"
+        f"dask {getattr(dask, '__version__', '?')}, {processes} worker processes; "
+        "cancel: client.cancel (does not stop running tasks)"
     )
     return figs

@@ -34,7 +34,8 @@ def svg(series: dict[str, list[tuple[int, float]]], title: str) -> str:
         )
     ns = [n for n, _ in points]
     ys = [s * 1000 for _, s in points]
-    x_lo, x_hi = min(ns), max(ns)
+    x_lo: float = min(ns)
+    x_hi: float = max(ns)
     if x_lo == x_hi:
         x_lo, x_hi = x_lo / 2, x_hi * 2
     y_lo, y_hi = min(ys) / 1.5, max(ys) * 1.5

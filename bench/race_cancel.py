@@ -52,6 +52,7 @@ class RaceTrial:
     after_win_s: float = 0.0  # run time of the losers after the win
     completed: int = 0  # losers that finished their work despite the win
     skipped: int = 0  # losers that never started
+    disturbed: bool = False  # the quick racer did not win (a slot was busy): not counted
 
 
 @dataclass
@@ -74,7 +75,9 @@ def ours_race(target: Target, spec: RaceSpec, winner: int) -> RaceTrial:
         for i in range(spec.width)
     ]
     started = time.perf_counter()
-    run = target.orch.race(tasks, validate="bench_any", deadline_s=spec.lose_s * 4 + 30)
+    run = target.orch.race(
+        tasks, validate="bench_any", deadline_s=spec.lose_s * 4 + 30, preflight="off"
+    )
     result = run.wait(timeout_s=spec.lose_s * 4 + 30)
     trial = RaceTrial(to_result_s=time.perf_counter() - started)
     if result.winner is None:
@@ -86,6 +89,7 @@ def ours_race(target: Target, spec: RaceSpec, winner: int) -> RaceTrial:
         f"every racer of {run.id} to report",
     )
     win = result.winner.index
+    trial.disturbed = win != winner
     win_at = min(
         (e.cancel_requested_at for i, e in envs.items() if i != win and e.cancel_requested_at),
         default=None,
@@ -126,8 +130,9 @@ def raw_race(
             ]
         ).apply_async()
         first = stream.next(time.monotonic() + spec.lose_s * 4 + 30)
-        to_result = time.perf_counter() - started
+        trial = RaceTrial(to_result_s=time.perf_counter() - started)
         win = int(first["task_id"].rsplit("-", 1)[1])
+        trial.disturbed = win != winner
         losers = [t for i, t in enumerate(ids) if i != win]
         revoked_at = time.time()
         if pool == "prefork":
@@ -137,7 +142,6 @@ def raw_race(
                 losers, terminate=True, reply=True, timeout=2.0, limit=len(target.workers)
             )
             refused = _refusal(replies)
-    trial = RaceTrial(to_result_s=to_result)
     result: dict[str, Any] = first.get("result") or {}
     win_at = float(result.get("finished_at", revoked_at))
     loser_ix = [i for i in range(spec.width) if i != win]
@@ -191,8 +195,12 @@ class Row:
     completed: int = 0
     skipped: int = 0
     refused: str | None = None
+    disturbed: int = 0
 
     def add(self, trial: RaceTrial) -> None:
+        if trial.disturbed:
+            self.disturbed += 1
+            return
         for lat in trial.latencies_s:
             self.latency.add(lat)
         for lat in trial.revoke_to_stop_s:
@@ -219,6 +227,7 @@ class Row:
                 f"{self.completed}",
                 f"{self.skipped}",
                 f"{len(self.to_result)} ({len(self.latency)})",
+                f"{self.disturbed}",
             ]
         rts = ms(self.revoke_to_stop.median) if len(self.revoke_to_stop) else "-"
         return [
@@ -234,6 +243,7 @@ class Row:
             f"{self.completed}",
             f"{self.skipped}",
             f"{len(self.to_result)} ({len(self.latency)})",
+            f"{self.disturbed}",
         ]
 
 
@@ -250,11 +260,36 @@ HEADERS = [
     "losers completed",
     "losers skipped",
     "races (losers)",
+    "not counted",
 ]
 
 
-def settle(target: Target, slots: int) -> None:
-    """Let killed pool processes be replaced and every slot be free again."""
+def settle(target: Target, slots: int, pool: str = "prefork") -> None:
+    """Let killed pool processes be replaced and every slot be free again.
+
+    A prefork pool replaces a killed child within about a second (its supervisor polls); a race
+    started before that has a busy slot and its quick racer may not start first.
+    """
+    if pool == "prefork":
+        concurrency = max(1, slots // max(1, len(target.workers)))
+        try:
+            import psutil
+        except ImportError:
+            time.sleep(1.0)
+        else:
+
+            def full() -> bool:
+                for name in target.workers:
+                    try:
+                        parent = psutil.Process(target.stack.procs[name].pid)
+                        kids = [c for c in parent.children() if c.status() != psutil.STATUS_ZOMBIE]
+                    except psutil.NoSuchProcess:
+                        return False
+                    if len(kids) < concurrency:
+                        return False
+                return True
+
+            wait_until(full, 15, "every pool process to be replaced", 0.02)
     warm_up(target, slots)
 
 
@@ -281,7 +316,7 @@ def measure_pool(
                 got, refused = raw_race(target, spec, winner, pool)
                 raw.add(got)
                 raw.refused = raw.refused or refused
-                settle(target, spec.width)
+                settle(target, spec.width, pool)
             if progress:
                 print(f"  {pool}/{mode}: race {t + 1}/{trials}", flush=True)
         rows += [ours, raw]
@@ -299,6 +334,7 @@ def render(rows: list[Row], header: str) -> str:
                 f"({ms(p50)} ms over {len(r.latency)} losers)"
             )
     lines.append(
+        "not counted = races whose quick racer did not win (a slot was still busy); "
         "cancel = winning moment -> loser stopped (ours: the winner's cancel request; raw: the "
         "winner's return). wasted = run time of all losers of one race; after win = the part of "
         "it spent after the win. n/a: the pool refuses revoke(terminate=True) and raw losers "

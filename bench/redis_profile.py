@@ -44,7 +44,7 @@ def idle_rate(target: Target, window_s: float = IDLE_WINDOW_S) -> dict[str, floa
 
 
 def count_commands(
-    target: Target, n: int, op: Callable[[], None], idle: dict[str, float]
+    target: Target, n: int, op: Callable[[], object], idle: dict[str, float]
 ) -> CommandCount:
     """Commands the server executed during ``op`` minus the idle background (INFO itself too)."""
     before = target.commandstats()
@@ -133,7 +133,7 @@ def monitor(target: Target, n: int) -> Iterator[Trace]:
 
     def listen() -> None:
         try:
-            with conn.monitor() as m:
+            with conn.monitor() as m:  # type: ignore[no-untyped-call]
                 ready.set()
                 for item in m.listen():
                     if marker in item.get("command", ""):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import math
 import os
 import platform
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from celery import chord, group
 
@@ -38,12 +40,13 @@ from bench.common import (
     ratio,
     start_target,
     table,
-    warm_up,
 )
-from bench.race_cancel import RaceSpec, ours_race, raw_race
+from bench.race_cancel import RaceSpec, ours_race, raw_race, settle
 from bench.redis_profile import Trace, count_commands, idle_rate, monitor
-from orchestrator import RunResult, Task
+from orchestrator import Orchestrator, RunResult, Task
 
+#: Every run of ours ends by then (timed out if a subagent was lost), so a trial never hangs.
+RUN_DEADLINE_S = 120.0
 RATIO_NOTE = "ratios are ours / theirs: below 1.00 we are faster"
 
 
@@ -64,6 +67,8 @@ class Plan:
     ray: bool
     dask: bool
     quick: bool
+    batching: bool = False
+    out: Path = RESULTS
 
     @property
     def slots(self) -> int:
@@ -89,6 +94,7 @@ class TargetResults:
 
     name: str
     spawn: dict[int, Pair] = field(default_factory=dict)
+    batched: dict[int, Pair] = field(default_factory=dict)  # ours: batched spawn; raw: group
     gather: dict[int, Pair] = field(default_factory=dict)
     round_trip: Pair = field(default_factory=Pair)
     first_start: dict[int, Pair] = field(default_factory=dict)
@@ -104,22 +110,38 @@ class TargetResults:
     trace: Trace | None = None
     raw_trace: Trace | None = None
     shared: bool = False
+    errors: list[str] = field(default_factory=list)
 
 
 # -- one trial of each workload -----------------------------------------------------------------
 
 
-def ours_spawn(t: Target, n: int, res: TargetResults) -> float:
+def batch_size_for(n: int, slots: int) -> int:
+    """Subagents per message for the batched rows: about four messages per pool slot."""
+    return max(1, math.ceil(n / (4 * slots)))
+
+
+def can_batch() -> bool:
+    """Whether this version of the client takes ``batch_size``."""
+    return "batch_size" in inspect.signature(Orchestrator.spawn).parameters
+
+
+def ours_spawn(
+    t: Target, n: int, res: TargetResults | None = None, batch_size: int | None = None
+) -> float:
     """Submit -> wait() returns, plus where the time went."""
     tasks = [Task("bench_noop", {"i": i}) for i in range(n)]
+    extra: dict[str, Any] = {"batch_size": batch_size} if batch_size else {}
     t0_wall = time.time()
     t0 = time.perf_counter()
-    run = t.orch.spawn(tasks, preflight="off")
+    run = t.orch.spawn(tasks, preflight="off", deadline_s=RUN_DEADLINE_S, **extra)
     submitted = time.perf_counter()
-    result = run.wait(timeout_s=300)
+    result = run.wait(timeout_s=RUN_DEADLINE_S + 30)
     wall = time.perf_counter() - t0
     t_end_wall = t0_wall + wall
     _check(result, n)
+    if res is None:
+        return wall
     rec = t.orch.store.record(run.id)
     starts = [r.started_at for r in result.results if r.started_at]
     ends = [r.finished_at for r in result.results if r.finished_at]
@@ -160,8 +182,8 @@ def raw_group(t: Target, n: int, res: TargetResults | None = None) -> float:
 def ours_gather(t: Target, n: int) -> float:
     tasks = [Task("bench_noop", {"i": i}) for i in range(n)]
     t0 = time.perf_counter()
-    run = t.orch.gather(tasks, merge="bench_count", preflight="off")
-    result = run.wait(timeout_s=300)
+    run = t.orch.gather(tasks, merge="bench_count", preflight="off", deadline_s=RUN_DEADLINE_S)
+    result = run.wait(timeout_s=RUN_DEADLINE_S + 30)
     wall = time.perf_counter() - t0
     if not result.ok or (result.merged or {}).get("n") != n:
         raise BenchError(f"gather {run.id} ended {result.status.value}: {result.error}")
@@ -183,14 +205,21 @@ def raw_chord(t: Target, n: int) -> float:
     return wall
 
 
-def raw_round_trip(t: Target) -> float:
+def raw_round_trip(t: Target, res: TargetResults) -> float:
+    """One raw task: send -> its result in hand (the task returns when it ran)."""
     raw = t.raw
     tag = new_tag()
     with raw.results(tag) as stream:
+        t0_wall = time.time()
         t0 = time.perf_counter()
         raw.sig("bench.raw_noop", 0, task_id=f"{tag}-0").apply_async()
-        stream.collect({f"{tag}-0"}, 60)
-        return time.perf_counter() - t0
+        meta = stream.collect({f"{tag}-0"}, 60)[f"{tag}-0"]
+        wall = time.perf_counter() - t0
+    if meta["status"] == "SUCCESS":
+        ran = float(meta["result"])
+        res.first_start.setdefault(1, Pair()).raw.add(ran - t0_wall)
+        res.tail.setdefault(1, Pair()).raw.add(t0_wall + wall - ran)
+    return wall
 
 
 # -- phases ------------------------------------------------------------------------------------
@@ -204,22 +233,29 @@ def phase_fanout(t: Target, plan: Plan, res: TargetResults) -> None:
     for n in plan.ns:
         spawn = res.spawn.setdefault(n, Pair())
         gather = res.gather.setdefault(n, Pair())
+        batch = batch_size_for(n, plan.slots) if plan.batching else 0
+        batch = batch if batch > 1 else 0  # one per message is the plain spawn
         for _ in range(plan.trials[n]):
             # Alternate, so drift in machine load hits both sides alike.
             spawn.ours.add(ours_spawn(t, n, res))
             spawn.raw.add(raw_group(t, n, res))
+            if batch:
+                res.batched.setdefault(n, Pair()).ours.add(ours_spawn(t, n, batch_size=batch))
             gather.ours.add(ours_gather(t, n))
             gather.raw.add(raw_chord(t, n))
+        if batch:
+            res.batched[n].raw = spawn.raw
         say(
             f"  N={n}: spawn {ms(spawn.ours.median)} ms vs group {ms(spawn.raw.median)} ms; "
             f"gather {ms(gather.ours.median)} ms vs chord {ms(gather.raw.median)} ms"
+            + (f"; batched spawn {ms(res.batched[n].ours.median)} ms" if batch else "")
         )
 
 
 def phase_latency(t: Target, plan: Plan, res: TargetResults) -> None:
     for _ in range(plan.latency_trials):
         res.round_trip.ours.add(ours_spawn(t, 1, res))
-        res.round_trip.raw.add(raw_round_trip(t))
+        res.round_trip.raw.add(raw_round_trip(t, res))
     say(
         f"  round trip: {ms(res.round_trip.ours.median)} ms vs raw "
         f"{ms(res.round_trip.raw.median)} ms"
@@ -231,14 +267,16 @@ def phase_race(t: Target, plan: Plan, res: TargetResults) -> None:
     for trial in range(spec.trials):
         winner = trial % spec.width
         ours = ours_race(t, spec, winner)
+        raw, _ = raw_race(t, spec, winner, "prefork")
+        settle(t, spec.width)  # pool processes killed by SIGTERM are replaced
+        if ours.disturbed or raw.disturbed:
+            continue  # the quick racer did not win: a slot was busy
         res.race_result.ours.add(ours.to_result_s)
+        res.race_result.raw.add(raw.to_result_s)
         for lat in ours.latencies_s:
             res.race_cancel.ours.add(lat)
-        raw, _ = raw_race(t, spec, winner, "prefork")
-        res.race_result.raw.add(raw.to_result_s)
         for lat in raw.latencies_s:
             res.race_cancel.raw.add(lat)
-        warm_up(t, spec.width)  # pool processes killed by SIGTERM are replaced
     say(
         f"  race: winner {ms(res.race_result.ours.median)} ms vs {ms(res.race_result.raw.median)}"
         f" ms; cancel p50 {ms(res.race_cancel.ours.median)} ms vs "
@@ -249,7 +287,7 @@ def phase_race(t: Target, plan: Plan, res: TargetResults) -> None:
 def phase_commands(t: Target, plan: Plan, res: TargetResults) -> None:
     n = plan.commands_n
     idle = idle_rate(t)
-    ours = count_commands(t, n, lambda: ours_spawn(t, n, TargetResults("scratch")), idle)
+    ours = count_commands(t, n, lambda: ours_spawn(t, n), idle)
     raw = count_commands(t, n, lambda: raw_group(t, n), idle)
     res.commands = {"ours": ours.per_subagent(), "raw": raw.per_subagent()}
     names = sorted(
@@ -262,7 +300,7 @@ def phase_commands(t: Target, plan: Plan, res: TargetResults) -> None:
     if not t.shared:
         try:
             with monitor(t, n) as trace:
-                ours_spawn(t, n, TargetResults("scratch"))
+                ours_spawn(t, n)
             res.trace = trace
             with monitor(t, n) as raw_trace:
                 raw_group(t, n)
@@ -278,23 +316,34 @@ def phase_throughput(t: Target, plan: Plan, res: TargetResults) -> None:
         t.set_workers(procs, concurrency=1)
         pair = res.throughput.setdefault(procs, Pair())
         for _ in range(plan.throughput_trials):
-            pair.ours.add(n / ours_spawn(t, n, TargetResults("scratch")))
+            pair.ours.add(n / ours_spawn(t, n))
             pair.raw.add(n / raw_group(t, n))
         say(f"  {procs} worker processes: {pair.ours.median:.0f}/s vs raw {pair.raw.median:.0f}/s")
-    t.set_workers(plan.workers, concurrency=plan.concurrency)
 
 
 def run_target(name: str, url: str | None, plan: Plan) -> TargetResults:
     where = "embedded valkey-server" if url is None else "configured Redis"
     say(f"== {name}: {where}, {plan.workers} workers x{plan.concurrency} (prefork)")
-    t = start_target(name, url=url, workers=plan.workers, concurrency=plan.concurrency)
+    t = start_target(
+        name,
+        url=url,
+        workers=plan.workers,
+        concurrency=plan.concurrency,
+        log_dir=plan.out / "logs" / f"{name}-{new_tag()[:6]}",
+    )
     res = TargetResults(name, shared=t.shared)
     try:
-        phase_fanout(t, plan, res)
-        phase_latency(t, plan, res)
-        phase_race(t, plan, res)
-        phase_commands(t, plan, res)
-        phase_throughput(t, plan, res)
+        # Throughput replaces the worker processes: it goes last.
+        for phase in (phase_fanout, phase_latency, phase_race, phase_commands, phase_throughput):
+            label = phase.__name__.removeprefix("phase_")
+            started = time.monotonic()
+            try:
+                phase(t, plan, res)
+            except Exception as exc:  # one broken phase must not lose the others' figures
+                res.errors.append(f"{name}/{label}: {type(exc).__name__}: {str(exc)[:300]}")
+                say(f"  {label} FAILED: {type(exc).__name__}: {exc} (logs: {t.stack.log_dir})")
+                continue
+            say(f"  ({label} took {time.monotonic() - started:.1f}s)")
     finally:
         t.close()
     return res
@@ -335,6 +384,9 @@ def render(
     for res in results:
         for n, p in res.spawn.items():
             rows.append([res.name, "parallel-spawn vs group", str(n), *pair_cells(p)])
+        for n, p in res.batched.items():
+            label = f"batched spawn (x{batch_size_for(n, plan.slots)}) vs group"
+            rows.append([res.name, label, str(n), *pair_cells(p)])
         for n, p in res.gather.items():
             rows.append([res.name, "gather-then-merge vs chord", str(n), *pair_cells(p)])
         rows.append(
@@ -349,7 +401,7 @@ def render(
     rows = []
     for res in results:
         rows.append([res.name, "single-subagent round trip", "1", *pair_cells(res.round_trip)])
-        for n in plan.ns:
+        for n in sorted(res.first_start):
             if n in res.first_start:
                 rows.append(
                     [
@@ -359,7 +411,7 @@ def render(
                         *pair_cells(res.first_start[n]),
                     ]
                 )
-        for n in plan.ns:
+        for n in sorted(res.tail):
             if n in res.tail:
                 rows.append(
                     [
@@ -374,7 +426,7 @@ def render(
 
     rows = []
     for res in results:
-        for n in plan.ns:
+        for n in sorted(res.submit_call):
             cells = [res.name, str(n)]
             for sample in (res.submit_call.get(n), res.hop.get(n), res.finalize.get(n)):
                 cells.append(ms(sample.median) if sample else "n/a")
@@ -427,6 +479,10 @@ def render(
 
     out += _commands_section(results, plan)
     out += _others_section(results, ray, dask, plan)
+    errors = [e for res in results for e in res.errors]
+    if errors:
+        out += ["### Errors (figures of these phases are missing or partial)", ""]
+        out += [f"- {e}" for e in errors] + [""]
     return "\n".join(out)
 
 
@@ -521,6 +577,17 @@ def _others_section(
             else:
                 cells += ["n/a", "n/a"]
         rows.append(cells)
+        if n in base.batched:
+            ours_b = base.batched[n].ours.median
+            label = f"fan-out of {n}, ours batched x{batch_size_for(n, plan.slots)}"
+            cells = [label, ms(ours_b), ms(base.spawn[n].raw.median)]
+            for _, figs in frameworks:
+                if isinstance(figs, others.Figures) and n in figs.fanout:
+                    theirs = figs.fanout[n].median
+                    cells += [ms(theirs), ratio(ours_b, theirs)]
+                else:
+                    cells += ["n/a", "n/a"]
+            rows.append(cells)
     for label, ours_s, raw_s, attr in (
         ("race: submit -> winner", base.race_result.ours, base.race_result.raw, "race_result"),
         ("race: cancel latency p50", base.race_cancel.ours, base.race_cancel.raw, "race_cancel"),
@@ -588,6 +655,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             ray=args.ray == "yes",
             dask=args.dask == "yes",
             quick=True,
+            batching=can_batch(),
         )
     ns = [int(x) for x in (args.n or "10,100,1000").split(",")]
 
@@ -612,6 +680,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ray=args.ray != "no",
         dask=args.dask != "no",
         quick=False,
+        batching=can_batch(),
     )
 
 
@@ -655,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args(argv)
     plan = make_plan(args)
+    plan.out = args.out
     started = time.monotonic()
     results: list[TargetResults] = []
     ray: others.Figures | str | None = None
@@ -685,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; {RATIO_NOTE}. Suite took {time.monotonic() - started:.0f}s.",
         "",
     ]
-    text = "\n".join(header) + body
+    text = "\n".join(header) + "\n" + body
     print()
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -693,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     series = plot_series(results[0], ray, dask)
     written = plot.write(series, args.out / "latest", title="time vs N (p50), " + results[0].name)
     print(f"\nwritten: {args.out / 'latest.md'}, " + ", ".join(str(p) for p in written))
-    return 0
+    return 1 if any(res.errors for res in results) else 0
 
 
 def plot_series(
@@ -703,6 +773,8 @@ def plot_series(
         "ours (parallel-spawn)": [(n, p.ours.median) for n, p in sorted(res.spawn.items())],
         "raw Celery group": [(n, p.raw.median) for n, p in sorted(res.spawn.items())],
     }
+    if res.batched:
+        series["ours, batched"] = [(n, p.ours.median) for n, p in sorted(res.batched.items())]
     for name, figs in (("Ray", ray), ("Dask", dask)):
         if isinstance(figs, others.Figures):
             series[name] = [(n, s.median) for n, s in sorted(figs.fanout.items())]
