@@ -28,7 +28,7 @@ class Joined(BaseModel):
 class Work(BaseModel):
     seconds: float
     marker: str = Field(description="File written if (and only if) the work completes")
-    mode: str = Field(default="cpu", pattern="^(cpu|sleep|socket|cooperative|c_loop)$")
+    mode: str = Field(default="cpu", pattern="^(cpu|sleep|socket|cooperative|c_loop|ctx_sleep)$")
 
 
 class Done(BaseModel):
@@ -72,6 +72,8 @@ def work(w: Work, ctx: AgentContext) -> Done:
         finally:
             a.close()
             b.close()
+    elif w.mode == "ctx_sleep":
+        ctx.sleep(w.seconds)
     elif w.mode == "c_loop":
         # One long C call that never returns to the interpreter: signal handlers cannot run.
         sum(range(int(w.seconds * 5e7)))

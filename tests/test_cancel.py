@@ -45,7 +45,7 @@ def _race_with_loser(o: Orchestrator, marker: str, mode: str, seconds: float = 3
     return run.id
 
 
-@pytest.mark.parametrize("mode", ["cpu", "cooperative"])
+@pytest.mark.parametrize("mode", ["cpu", "cooperative", "ctx_sleep"])
 def test_threads_pool_loser_is_interrupted(
     threads_orch: Orchestrator, tmp_marker: Callable[[str], str], mode: str
 ) -> None:

@@ -64,12 +64,14 @@ class Running:
     cancel_at: float | None = None
     reason: str | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     def request(self, reason: str, at: float) -> bool:
-        """Mark the stop request; True the first time."""
+        """Mark the stop request (waking ``ctx.sleep``); True the first time."""
         if self.cancel_at is not None:
             return False
         self.cancel_at, self.reason = at, reason
+        self.cancelled.set()
         return True
 
 

@@ -87,6 +87,19 @@ class AgentContext:
             reason = self._running.reason if self._running else None
             raise TaskCancelled(reason or "deadline passed")
 
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once and raise TaskCancelled when asked to stop.
+
+        Prefer it to ``time.sleep`` in agents: in the threads pool a plain sleep cannot be
+        interrupted (an interrupt lands only between bytecodes).
+        """
+        limit = max(0.0, min(seconds, self.remaining_s()))
+        if self._running is not None:
+            self._running.cancelled.wait(limit)
+        else:
+            time.sleep(limit)
+        self.raise_if_cancelled()
+
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0..1) to the run's event stream; throttled."""
         now = time.monotonic()
