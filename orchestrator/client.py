@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import redis
 from celery import Celery
@@ -48,6 +48,30 @@ def _safe(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1) if "://" in url else ("", url)
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class SpawnOptions(TypedDict, total=False):
+    """Keyword options of ``spawn`` (see ``Orchestrator.request``)."""
+
+    deadline_s: float | None
+    preflight: PreflightPolicy
+    run_id: str | None
+    batch_size: int | None
+
+
+class GatherOptions(SpawnOptions, total=False):
+    """Keyword options of ``gather``: those of ``spawn`` plus the quorum."""
+
+    quorum: int | None
+
+
+class RaceOptions(TypedDict, total=False):
+    """Keyword options of ``race`` (races never batch)."""
+
+    validate: str | None
+    deadline_s: float | None
+    preflight: PreflightPolicy
+    run_id: str | None
 
 
 class Orchestrator:
@@ -99,141 +123,40 @@ class Orchestrator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the three patterns ---------------------------------------------------------------
-    def spawn(
-        self,
-        tasks: Sequence[Task],
-        *,
-        deadline_s: float | None = None,
-        preflight: PreflightPolicy = "warn",
-        run_id: str | None = None,
-        batch_size: int | None = None,
-    ) -> Run:
+    # -- the three patterns (and their asyncio twins: nothing blocks the loop) -------------
+    def spawn(self, tasks: Sequence[Task], **options: Unpack[SpawnOptions]) -> Run:
         """parallel-spawn: run every task independently and collect every output.
 
-        ``batch_size`` packs that many subagents per Celery message (for tiny subagents).
+        Options: ``deadline_s``, ``preflight`` (warn | refuse | auto | off), ``run_id``,
+        ``batch_size`` (subagents per Celery message, for tiny subagents).
         """
-        return self.submit(
-            self.request(
-                Pattern.SPAWN,
-                tasks,
-                deadline_s=deadline_s,
-                preflight=preflight,
-                run_id=run_id,
-                batch_size=batch_size,
-            )
-        )
+        return self.submit(self.request(Pattern.SPAWN, tasks, **options))
 
-    def gather(
-        self,
-        tasks: Sequence[Task],
-        *,
-        merge: str,
-        quorum: int | None = None,
-        deadline_s: float | None = None,
-        preflight: PreflightPolicy = "warn",
-        run_id: str | None = None,
-        batch_size: int | None = None,
-    ) -> Run:
-        """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them)."""
-        return self.submit(
-            self.request(
-                Pattern.GATHER,
-                tasks,
-                merge=merge,
-                quorum=quorum,
-                deadline_s=deadline_s,
-                preflight=preflight,
-                run_id=run_id,
-                batch_size=batch_size,
-            )
-        )
+    def gather(self, tasks: Sequence[Task], *, merge: str, **options: Unpack[GatherOptions]) -> Run:
+        """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them,
+        default all); options as for ``spawn`` plus ``quorum``."""
+        return self.submit(self.request(Pattern.GATHER, tasks, merge=merge, **options))
 
-    def race(
-        self,
-        tasks: Sequence[Task],
-        *,
-        validate: str | None = None,
-        deadline_s: float | None = None,
-        preflight: PreflightPolicy = "warn",
-        run_id: str | None = None,
-    ) -> Run:
-        """race-then-cancel: the first valid result wins; the other racers are stopped."""
-        return self.submit(
-            self.request(
-                Pattern.RACE,
-                tasks,
-                validate=validate,
-                deadline_s=deadline_s,
-                preflight=preflight,
-                run_id=run_id,
-            )
-        )
+    def race(self, tasks: Sequence[Task], **options: Unpack[RaceOptions]) -> Run:
+        """race-then-cancel: the first valid result (``validate``: a validator's name) wins; the
+        other racers are stopped. Options: ``validate``, ``deadline_s``, ``preflight``,
+        ``run_id``."""
+        return self.submit(self.request(Pattern.RACE, tasks, **options))
 
-    # -- the three patterns for asyncio (orchestrator/aio.py): nothing blocks the loop ------
-    async def spawn_async(
-        self,
-        tasks: Sequence[Task],
-        *,
-        deadline_s: float | None = None,
-        preflight: PreflightPolicy = "warn",
-        run_id: str | None = None,
-        batch_size: int | None = None,
-    ) -> Run:
+    async def spawn_async(self, tasks: Sequence[Task], **options: Unpack[SpawnOptions]) -> Run:
         """``spawn`` for asyncio; ``await run.wait_async()`` for its result."""
-        req = self.request(
-            Pattern.SPAWN,
-            tasks,
-            deadline_s=deadline_s,
-            preflight=preflight,
-            run_id=run_id,
-            batch_size=batch_size,
-        )
-        return await aio.submit_async(self, req)
+        return await aio.submit_async(self, self.request(Pattern.SPAWN, tasks, **options))
 
     async def gather_async(
-        self,
-        tasks: Sequence[Task],
-        *,
-        merge: str,
-        quorum: int | None = None,
-        deadline_s: float | None = None,
-        preflight: PreflightPolicy = "warn",
-        run_id: str | None = None,
-        batch_size: int | None = None,
+        self, tasks: Sequence[Task], *, merge: str, **options: Unpack[GatherOptions]
     ) -> Run:
         """``gather`` for asyncio; ``await run.wait_async()`` for its result."""
-        req = self.request(
-            Pattern.GATHER,
-            tasks,
-            merge=merge,
-            quorum=quorum,
-            deadline_s=deadline_s,
-            preflight=preflight,
-            run_id=run_id,
-            batch_size=batch_size,
-        )
+        req = self.request(Pattern.GATHER, tasks, merge=merge, **options)
         return await aio.submit_async(self, req)
 
-    async def race_async(
-        self,
-        tasks: Sequence[Task],
-        *,
-        validate: str | None = None,
-        deadline_s: float | None = None,
-        preflight: PreflightPolicy = "warn",
-        run_id: str | None = None,
-    ) -> Run:
+    async def race_async(self, tasks: Sequence[Task], **options: Unpack[RaceOptions]) -> Run:
         """``race`` for asyncio; ``await run.wait_async()`` for its result."""
-        req = self.request(
-            Pattern.RACE,
-            tasks,
-            validate=validate,
-            deadline_s=deadline_s,
-            preflight=preflight,
-            run_id=run_id,
-        )
-        return await aio.submit_async(self, req)
+        return await aio.submit_async(self, self.request(Pattern.RACE, tasks, **options))
 
     async def submit_async(self, req: OrchestrationRequest) -> Run:
         """``submit`` for asyncio (the send runs in the loop's default executor)."""

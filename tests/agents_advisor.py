@@ -54,6 +54,11 @@ def tiny(w: Words, ctx: AgentContext) -> Said:
     return Said(text=w.text)
 
 
+@agent("blink", input=Words, output=Said, description="Answers at once (adaptive batching).")
+def blink(w: Words, ctx: AgentContext) -> Said:
+    return Said(text=w.text)
+
+
 @merger("join_said", input=Said, output=Joined, description="Texts in task order.")
 def join_said(items: list[Said], ctx: AgentContext) -> Joined:
     return Joined(texts=[i.text for i in items])
