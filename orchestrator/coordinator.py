@@ -24,7 +24,7 @@ from workers.app import make_store
 from workers.errors import OrchestratorError, ParallelismDoesNotPay, RunNotFound
 from workers.models import AgentKind, Execution, Pattern, RunStatus, TaskMeta
 from workers.settings import Settings
-from workers.stats import pattern_sample, record_samples
+from workers.stats import Sample, pattern_sample, queue_samples
 from workers.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -126,15 +126,20 @@ class Coordinator:
             return self._reject(request, exc)
         deadline_s = req.deadline_s or self.settings.default_deadline_s
         deadline_at = req.created_at + deadline_s
-        if store.result(req.run_id) is not None:
+        # One round trip for everything the coordinator must know before expanding.
+        pipe = store.r.pipeline(transaction=False)
+        pipe.exists(store.keys.result(req.run_id))
+        pipe.hmget(store.keys.run(req.run_id), ["run_id", "expanded_at", "execution"])
+        ended, (known, expanded, execution) = pipe.execute()
+        if ended:
             return {"run_id": req.run_id, "skipped": "run already ended"}
-        if not store.r.exists(store.keys.run(req.run_id)):
+        if not known:
             refused = self._record_new(req, deadline_at)  # sent by a non-Python client
             if refused is not None:
                 return {"run_id": req.run_id, "error": refused}
-        elif store.r.hexists(store.keys.run(req.run_id), "expanded_at"):
+            execution = store.r.hget(store.keys.run(req.run_id), "execution")
+        elif expanded:
             return {"run_id": req.run_id, "skipped": "already expanded (redelivered message)"}
-        execution = store.r.hget(store.keys.run(req.run_id), "execution")
         sequential = execution == Execution.SEQUENTIAL.value
         try:
             if deadline_s > self.settings.max_deadline_s:
@@ -154,19 +159,31 @@ class Coordinator:
             coordinator=socket.gethostname(),
         )
         expansion.send(self.app, group_id=f"{req.run_id}.group")
-        store.event(req.run_id, "queued", n=str(len(req.tasks)))  # every subtask message sent
         expanded_at = time.time()
-        store.update_run(req.run_id, expanded_at=repr(expanded_at))
+        samples: list[Sample] = []
         if not sequential:  # a chain sends only its first link: no dispatch time to learn
             queued_at = expansion.meta.queued_at
-            sample = pattern_sample(
-                req.pattern.value,
-                queued_at - req.created_at,
-                expanded_at - queued_at,
-                len(req.tasks),
+            samples.append(
+                pattern_sample(
+                    req.pattern.value,
+                    queued_at - req.created_at,
+                    expanded_at - queued_at,
+                    len(req.tasks),
+                )
             )
-            record_samples(store, [sample])
-        store.event(req.run_id, "expanded", n=str(len(req.tasks)))
+        # Bookkeeping after the send, in one round trip.
+        n, events = str(len(req.tasks)), store.keys.events(req.run_id)
+        pipe = store.r.pipeline(transaction=False)
+        pipe.hset(store.keys.run(req.run_id), "expanded_at", repr(expanded_at))
+        for kind in ("queued", "expanded"):  # every subtask message sent
+            pipe.xadd(
+                events,
+                {"type": kind, "n": n, "ts": repr(expanded_at)},
+                maxlen=store.maxlen,
+                approximate=True,
+            )
+        queue_samples(pipe, store, samples)
+        pipe.execute()
         # The deadline is enforced by DeadlineSweeper (keys.deadlines), not by an ETA message:
         # an ETA task sits unacknowledged in one coordinator for the whole deadline, comes back
         # after the visibility timeout, and is what a broker connection loss trips over.
@@ -285,7 +302,14 @@ def register_coordinator(app: Celery, settings: Settings) -> Coordinator:
     def deadline(run_id: str) -> dict[str, Any]:
         return coord.deadline(run_id)
 
-    app.task(name="orchestrator.run", queue=settings.coordinator_queue)(run)
+    # Its summary reaches Flower in the task-succeeded event; nobody reads it from the backend,
+    # and the run record already says it started: skip both writes (four round trips).
+    app.task(
+        name="orchestrator.run",
+        queue=settings.coordinator_queue,
+        ignore_result=True,
+        track_started=False,
+    )(run)
     app.task(name="orchestrator.deadline", queue=settings.coordinator_queue)(deadline)
     app.steps["worker"].add(sweeper_step(coord))
 

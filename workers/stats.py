@@ -63,8 +63,14 @@ def record_samples(store: RunStore, samples: Sequence[Sample]) -> None:
     """Append samples outside the finish script (once-per-run measurements), one round trip."""
     if not samples:
         return
-    k = store.keys
     pipe = store.r.pipeline(transaction=False)
+    queue_samples(pipe, store, samples)
+    pipe.execute()
+
+
+def queue_samples(pipe: Any, store: RunStore, samples: Sequence[Sample]) -> None:
+    """Add the commands that append ``samples`` to a caller's pipeline."""
+    k = store.keys
     for name, text in samples:
         key = k.stats(name)
         pipe.lpush(key, text)
@@ -72,7 +78,6 @@ def record_samples(store: RunStore, samples: Sequence[Sample]) -> None:
         pipe.expire(key, store.stats_ttl_s)
         pipe.hincrby(k.stats_counts, key, 1)
     pipe.expire(k.stats_counts, store.stats_ttl_s)
-    pipe.execute()
 
 
 # -- reading --------------------------------------------------------------------------------
