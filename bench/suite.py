@@ -123,7 +123,7 @@ def batch_size_for(n: int, slots: int) -> int:
 
 def can_batch() -> bool:
     """Whether this version of the client takes ``batch_size``."""
-    return "batch_size" in inspect.signature(Orchestrator.spawn).parameters
+    return "batch_size" in inspect.signature(Orchestrator.request).parameters
 
 
 def ours_spawn(

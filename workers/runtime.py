@@ -332,10 +332,15 @@ def execute_merge(
 ) -> dict[str, Any]:
     """Body of a gather's chord: merge the valid outputs (by index, each once) or fail clearly."""
     store = services.store
-    if store.result(run_id) is not None:
+    k = store.keys
+    pipe = store.r.pipeline(transaction=False)
+    pipe.exists(k.result(run_id))
+    pipe.hset(k.run(run_id), "merge_started_at", repr(time.time()))
+    pipe.hgetall(k.results(run_id))
+    ended, _, raw = pipe.execute()
+    if ended:
         return {"run_id": run_id, "skipped": "run already ended"}
-    store.update_run(run_id, merge_started_at=repr(time.time()))
-    envs = store.envelopes(run_id)
+    envs = {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
     results = [envs[i] for i in sorted(envs)]
     ok = [r for r in results if r.status is AgentStatus.OK]
     if len(ok) < quorum:
@@ -345,6 +350,7 @@ def execute_merge(
             RunStatus.FAILED,
             error=f"quorum not met: {len(ok)} of {meta.n} subagents succeeded, {quorum} needed; "
             f"{reasons}",
+            envelopes=envs,
         )
         return {"run_id": run_id, "status": RunStatus.FAILED.value}
     started = time.time()
@@ -382,5 +388,5 @@ def execute_merge(
     store.event(run_id, "merged", merger=spec.name, ok=str(not error or status.value))
     if status is RunStatus.SUCCEEDED:
         record_samples(store, [duration_sample(MERGER, spec.name, merge_s)])
-    store.finalize(run_id, status, error=error, merged=merged, merge_s=merge_s)
+    store.finalize(run_id, status, error=error, merged=merged, merge_s=merge_s, envelopes=envs)
     return {"run_id": run_id, "status": status.value, "merge_s": round(merge_s, 6)}
