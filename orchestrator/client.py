@@ -227,6 +227,7 @@ class Orchestrator:
                 req.merge,
                 req.validate_with,
             )
+            req.payloads_checked = True
             if self.store.r.exists(self.store.keys.run(req.run_id)):
                 raise InvalidRequest(f"run id {req.run_id!r} is already in use")
             record = run_record(req, req.created_at + deadline_s)

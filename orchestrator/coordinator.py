@@ -58,13 +58,23 @@ def expand(
     *,
     sequential: bool = False,
 ) -> Expansion:
-    """Check the request against the catalog and build its canvas (a chain if sequential)."""
-    catalog.check_request(
-        req.pattern,
-        [(t.agent, t.payload) for t in req.tasks],
-        req.merge,
-        req.validate_with,
-    )
+    """Check the request against the catalog and build its canvas (a chain if sequential).
+
+    Payloads a Python client already validated (``payloads_checked``) are not validated again
+    here: it is the slowest step before the first message goes out, and every worker validates
+    its input against the model anyway (a bad one becomes an InvalidPayload envelope).
+    """
+    if not req.payloads_checked:
+        catalog.check_request(
+            req.pattern,
+            [(t.agent, t.payload) for t in req.tasks],
+            req.merge,
+            req.validate_with,
+        )
+    elif req.merge:
+        catalog.get(AgentKind.MERGER, req.merge)
+    if req.payloads_checked and req.validate_with:
+        catalog.get(AgentKind.VALIDATOR, req.validate_with)
     entries = [catalog.get(AgentKind.AGENT, t.agent) for t in req.tasks]
     meta = TaskMeta(
         pattern=req.pattern,

@@ -88,6 +88,11 @@ class OrchestrationRequest(BaseModel):
     )
     deadline_s: float | None = Field(None, gt=0, description="Deadline of the whole run.")
     preflight: PreflightPolicy = "warn"
+    payloads_checked: bool = Field(
+        False,
+        description="Set by the Python client after validating every payload against the "
+        "catalog; the coordinator then skips that step (workers validate inputs anyway).",
+    )
     batch_size: int | None = Field(
         None,
         ge=1,

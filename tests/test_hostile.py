@@ -111,3 +111,30 @@ def test_message_for_an_unknown_run_does_no_work(orch: Orchestrator) -> None:
     env = wait_for(lambda: result.ready() and result.result, 15, "the worker's answer")
     assert env["status"] == "error" and env["error"]["type"] == "RunNotFound"  # type: ignore[index]
     assert "ORCH_KEY_PREFIX" in env["error"]["hint"]  # type: ignore[index]
+
+
+def test_a_false_payloads_checked_claim_still_fails_clearly(orch: Orchestrator) -> None:
+    """The coordinator trusts payloads_checked to skip its own check; the worker still catches
+    the bad payload and says so in the envelope."""
+    run_id = uuid.uuid4().hex[:12]
+    orch.app.send_task(
+        "orchestrator.run",
+        args=[
+            {
+                "run_id": run_id,
+                "pattern": "parallel-spawn",
+                "payloads_checked": True,
+                "tasks": [
+                    {"agent": "echo", "payload": {"text": 5}},
+                    {"agent": "echo", "payload": {"text": "fine"}},
+                ],
+            }
+        ],
+        queue="orchestrator",
+    )
+    res = wait_for(lambda: orch.store.result(run_id), 15, "the run to end")
+    assert res.status is RunStatus.FAILED  # type: ignore[attr-defined]
+    bad, good = res.results  # type: ignore[attr-defined]
+    assert bad.status is AgentStatus.ERROR and bad.error.type == "InvalidPayload"
+    assert "text" in bad.error.message
+    assert good.status is AgentStatus.OK
