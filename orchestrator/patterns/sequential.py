@@ -12,6 +12,7 @@ from __future__ import annotations
 from celery import Celery, chain
 
 from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.patterns.gather import merge_signature
 from orchestrator.request import OrchestrationRequest
 from workers.models import CatalogEntry, Pattern, TaskMeta
 
@@ -30,23 +31,8 @@ def build_sequential(
     ]
     if req.pattern is Pattern.GATHER:
         assert merger is not None
-        n = len(req.tasks)
-        links.append(
-            app.signature(
-                merger.task_name,
-                # The merger's first argument is the chord's member results; it reads the
-                # envelopes from Redis instead, so a chain passes None.
-                args=(None,),
-                kwargs={
-                    "run_id": req.run_id,
-                    "meta": meta.model_dump(mode="json"),
-                    "quorum": req.quorum or n,
-                },
-                queue=merger.queue,
-                task_id=f"{req.run_id}.merge",
-                argsrepr=f"run={req.run_id} merge={merger.name} members={n} sequential",
-                kwargsrepr=f"quorum={req.quorum or n}",
-                immutable=True,
-            )
-        )
+        # In a chain nothing fills the merger's first argument (the chord's member results,
+        # which it ignores anyway): pass None.
+        body = merge_signature(app, req, merger, meta, note=" sequential")
+        links.append(body.clone(args=(None,)).set(immutable=True))
     return Expansion(canvas=chain(*links, app=app), meta=meta)
