@@ -112,7 +112,7 @@ def up(workers: int, concurrency: int, flower: bool) -> None:
         with _embedded(workers, concurrency, flower) as stack:
             click.echo(f"export ORCH_BROKER_URL={stack.url}   # for clients")
             if flower:
-                click.echo("Flower: http://127.0.0.1:5555 (local only)")
+                click.echo(f"Flower: http://127.0.0.1:{_settings().flower.port} (local only)")
             while all(p.poll() is None for p in stack.procs.values()):
                 time.sleep(0.5)
             click.echo("a process exited; see its log", err=True)

@@ -83,3 +83,52 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
     assert proc.returncode == 130, rest
     assert "stopped." in rest
     assert _leftovers(url.group(1)) == []
+
+
+def test_up_serves_until_ctrl_c() -> None:
+    """`orchestrator up`: embedded Redis, coordinator, workers and Flower until Ctrl-C."""
+    import urllib.request
+
+    from orchestrator import Orchestrator, Task
+    from orchestrator.embedded import free_port
+
+    env = _env()
+    port = free_port()
+    env["ORCH_FLOWER__PORT"] = str(port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "up", "--workers", "1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and url is None:
+        line = proc.stdout.readline()
+        found = re.search(r"export ORCH_BROKER_URL=(\S+)", line)
+        url = found.group(1) if found else None
+        if not line:
+            break
+    assert url, "no broker URL printed"
+    try:
+        with Orchestrator(broker_url=url) as orch:
+            res = orch.spawn([Task("module_stats", {"module": "bisect"})]).wait(timeout_s=60)
+            assert res.ok and res.results[0].output["functions"] > 0
+
+        def flower_up() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+            except OSError:
+                return False
+
+        from tests.conftest import wait_for
+
+        wait_for(flower_up, 30, "Flower to answer")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert "stopped." in rest
+    assert _leftovers(url) == []
