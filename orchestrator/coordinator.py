@@ -18,6 +18,7 @@ from orchestrator.patterns import build_gather, build_race, build_spawn
 from orchestrator.patterns.common import Expansion
 from orchestrator.patterns.sequential import build_sequential
 from orchestrator.preflight import PreflightSource, apply_policy
+from orchestrator.recovery import RECOVERABLE, recover, remember_payloads
 from orchestrator.request import OrchestrationRequest
 from orchestrator.runs import expire_run
 from workers.app import make_store
@@ -193,6 +194,8 @@ class Coordinator:
                 approximate=True,
             )
         queue_samples(pipe, store, samples)
+        if not sequential and req.pattern.value in RECOVERABLE and (req.batch_size or 1) <= 1:
+            remember_payloads(pipe, store, req.run_id, [t.payload for t in req.tasks])
         pipe.execute()
         # The deadline is enforced by DeadlineSweeper (keys.deadlines), not by an ETA message:
         # an ETA task sits unacknowledged in one coordinator for the whole deadline, comes back
@@ -262,6 +265,10 @@ class Coordinator:
         return ended
 
 
+#: Sweeper rounds between looks for lost workers (every second at the default interval).
+RECOVER_EVERY = 4
+
+
 class DeadlineSweeper:
     """A thread in each coordinator that ends overdue runs (any coordinator may do it)."""
 
@@ -278,9 +285,14 @@ class DeadlineSweeper:
         self._stop.set()
 
     def _loop(self) -> None:
+        rounds = 0
         while not self._stop.wait(self.interval_s):
+            rounds += 1
             try:
                 self.coord.sweep()
+                if rounds % RECOVER_EVERY == 0:
+                    coord = self.coord
+                    recover(coord.app, coord.store, coord.catalog, coord.settings.lost_worker_s)
             except Exception as exc:  # Redis away: the next round tries again
                 log.warning("deadline sweep failed: %s", exc)
 

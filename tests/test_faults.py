@@ -147,3 +147,40 @@ def test_redelivered_after_reporting_is_merged_once_counted_once(orch: Orchestra
     assert orch.store.envelopes(run.id) == before
     assert orch.store.record(run.id)["done"] == "3"
     assert orch.get_run(run.id).wait(timeout_s=5).merged == res.merged
+
+
+def test_lost_worker_machine_subtasks_are_sent_again(tmp_marker: Callable[[str], str]) -> None:
+    """A whole worker machine dies mid-task: after its heartbeat goes silent the coordinator
+    sends its started subtask again, another worker runs it, and the run succeeds."""
+    s = _stack(
+        name="lostworker",
+        workers=2,
+        concurrency=1,
+        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "2"},
+    )
+    o = _client(s)
+    try:
+        markers = [tmp_marker(f"lost{i}") for i in range(2)]
+        run = o.spawn([Task("work", {"seconds": 2, "marker": m}) for m in markers], deadline_s=60)
+        started = wait_for(
+            lambda: len(by := o.store.r.hgetall(o.store.keys.started_by(run.id))) == 2 and by,
+            20,
+            "both subtasks to start, one on each worker",
+        )
+        [victim] = [int(i) for i, w in started.items() if w.startswith("worker2@")]  # type: ignore[union-attr]
+        os.killpg(s.procs["worker2"].pid, signal.SIGKILL)  # main process and pool: the machine
+        s.procs.pop("worker2").wait(timeout=10)
+        res = run.wait(timeout_s=60)
+        assert res.status is RunStatus.SUCCEEDED, res.error
+        env = res.results[victim]
+        assert env.status is AgentStatus.OK
+        assert env.worker is not None and env.worker.startswith("worker1@")
+        assert env.attempt == 2
+        assert Path(markers[victim]).exists()
+        resent = o.store.r.hgetall(o.store.keys.resent(run.id))
+        assert list(resent) == [str(victim)] and resent[str(victim)].startswith("worker2@")
+        # Its payload copy is gone with the run.
+        assert not o.store.r.exists(o.store.keys.payloads(run.id))
+    finally:
+        o.close()
+        s.stop()

@@ -28,7 +28,6 @@ from workers.store import RunStore
 from workers.supervisor import GraceKiller
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 5.0
 RETRIES = 25
 
 
@@ -295,7 +294,7 @@ def presence_step(
                         store.r.hset(store.keys.workers, hostname, info.model_dump_json())
                     except Exception as exc:
                         log.warning("heartbeat failed: %s", exc)
-                    if self._stop.wait(HEARTBEAT_S):
+                    if self._stop.wait(settings.heartbeat_s):
                         break
                 try:
                     store.r.hdel(store.keys.workers, hostname)

@@ -67,6 +67,15 @@ class Keys:
         """Hash: subtask index -> worker that last started it."""
         return f"{self.prefix}:run:{run_id}:started_by"
 
+    def payloads(self, run_id: str) -> str:
+        """Hash: subtask index -> payload JSON, kept while the run is open to resend subtasks of
+        a lost worker."""
+        return f"{self.prefix}:run:{run_id}:payloads"
+
+    def resent(self, run_id: str) -> str:
+        """Hash: subtask index -> the lost worker it was resent for."""
+        return f"{self.prefix}:run:{run_id}:resent"
+
     def events(self, run_id: str) -> str:
         """Stream of the run's events (capped)."""
         return f"{self.prefix}:run:{run_id}:events"
@@ -98,6 +107,8 @@ class Keys:
             self.results(run_id),
             self.attempts(run_id),
             self.started_by(run_id),
+            self.payloads(run_id),
+            self.resent(run_id),
             self.events(run_id),
             self.winner(run_id),
             self.cancel(run_id),

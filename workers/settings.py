@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.errors import ConfigError
@@ -123,6 +123,16 @@ class Settings(BaseSettings):
         86_400, gt=0, description="How long run records, results and events are kept."
     )
     recent_runs: int = Field(1000, gt=0, description="How many run ids `status` can list.")
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often workers and coordinators refresh their heartbeat."
+    )
+    lost_worker_s: float = Field(
+        30.0,
+        ge=0,
+        description="A worker whose heartbeat is this old is presumed lost (machine dead or cut "
+        "off): coordinators send the spawn and race subtasks it had started again (0: never). "
+        "Must be well above heartbeat_s.",
+    )
     events_maxlen: int = Field(10_000, gt=0, description="Approximate cap of each run's events.")
     cancel: CancelSettings = Field(default_factory=CancelSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
@@ -134,6 +144,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _lost_after_heartbeats(self) -> Settings:
+        if self.lost_worker_s and self.lost_worker_s < 3 * self.heartbeat_s:
+            raise ValueError(
+                f"lost_worker_s {self.lost_worker_s} must be at least 3 x heartbeat_s "
+                f"({self.heartbeat_s}), or 0 to turn recovery off: a live worker would look lost"
+            )
+        return self
 
     def require_broker(self) -> str:
         """The broker URL, or a ConfigError that says how to get one."""

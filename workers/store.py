@@ -292,6 +292,7 @@ class RunStore:
                 k.done(run_id),
                 k.events(run_id),
                 k.deadlines,
+                k.payloads(run_id),
             ],
             args=[
                 result.model_dump_json(),

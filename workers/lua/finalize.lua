@@ -1,7 +1,7 @@
 -- End a run exactly once: the first finaliser's RunResult stands.
 -- KEYS[1] result string  KEYS[2] run record hash  KEYS[3] done stream  KEYS[4] events stream
 -- ARGV[1] RunResult JSON  ARGV[2] final status  ARGV[3] now  ARGV[4] ttl seconds
--- KEYS[5] open-run deadlines sorted set
+-- KEYS[5] open-run deadlines sorted set  KEYS[6] payloads hash (kept only while open)
 -- ARGV[5] events maxlen  ARGV[6] run id
 -- Returns 1 if this call ended the run, 0 if it had already ended.
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) then
@@ -13,4 +13,5 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'run_finished',
 redis.call('XADD', KEYS[3], '*', 'status', ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[5], ARGV[6])
+redis.call('DEL', KEYS[6])
 return 1

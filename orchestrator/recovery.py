@@ -1,0 +1,123 @@
+"""Recovering subtasks of a lost worker.
+
+With the Redis broker, a message taken by a worker that then dies (power, OOM of the whole
+machine, network cut) comes back only after the visibility timeout, which is sized above the
+longest deadline, so without help its run could only end by its deadline. Coordinators watch the
+workers' heartbeats instead: when one has been silent for ``lost_worker_s``, every spawn or race
+subtask it had started and not reported is sent again under the same task id. That is safe
+because envelopes are recorded once per index: if the lost worker comes back and finishes too,
+the first envelope stands and the other run is wasted work, never a duplicate result.
+
+Not covered (those runs end by their deadline, naming what was lost): gather members (their
+chord counts Celery results of the original messages), batched subtasks (the batch message also
+held subtasks that never started), and messages the lost worker had prefetched but not started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from celery import Celery
+
+from orchestrator.catalog import Catalog
+from workers.errors import OrchestratorError
+from workers.models import AgentKind, Pattern, TaskMeta, WorkerInfo
+from workers.store import RunStore
+
+log = logging.getLogger(__name__)
+RECOVERABLE = {Pattern.SPAWN.value, Pattern.RACE.value}
+
+
+def lost_workers(store: RunStore, lost_after_s: float, now: float) -> set[str]:
+    """Hostnames whose heartbeat is older than ``lost_after_s``."""
+    raw: dict[str, str] = store.r.hgetall(store.keys.workers)  # type: ignore[assignment]
+    lost = set()
+    for host, info in raw.items():
+        if now - WorkerInfo.model_validate_json(info).heartbeat_at > lost_after_s:
+            lost.add(host)
+    return lost
+
+
+def remember_payloads(pipe: Any, store: RunStore, run_id: str, payloads: list[Any]) -> None:
+    """Keep a run's payloads while it is open (finalize deletes them), to resend subtasks."""
+    key = store.keys.payloads(run_id)
+    pipe.hset(key, mapping={str(i): json.dumps(p) for i, p in enumerate(payloads)})
+    pipe.expire(key, store.ttl_s)
+
+
+def recover(app: Celery, store: RunStore, catalog: Catalog, lost_after_s: float) -> int:
+    """Resend the started, unreported subtasks of lost workers; returns how many were sent."""
+    if lost_after_s <= 0:
+        return 0
+    now = time.time()
+    lost = lost_workers(store, lost_after_s, now)
+    if not lost:
+        return 0
+    k = store.keys
+    sent = 0
+    open_runs: list[str] = store.r.zrange(k.deadlines, 0, 499)  # type: ignore[assignment]
+    for run_id in open_runs:
+        pipe = store.r.pipeline(transaction=False)
+        pipe.hgetall(k.started_by(run_id))
+        pipe.hkeys(k.results(run_id))
+        pipe.hgetall(k.resent(run_id))
+        pipe.hmget(
+            k.run(run_id),
+            ["pattern", "n", "deadline_at", "validate", "queued_at", "agents", "status"],
+        )
+        started, reported, resent, fields = pipe.execute()
+        pattern, n, deadline_at, validate, queued_at, agents, status = fields
+        if pattern not in RECOVERABLE or status != "running" or not agents:
+            continue
+        done = set(reported)
+        todo = [
+            i
+            for i, worker in started.items()
+            if worker in lost and i not in done and resent.get(i) != worker
+        ]
+        if not todo:
+            continue
+        payloads = store.r.hmget(k.payloads(run_id), todo)
+        names: list[str] = json.loads(agents)
+        meta = TaskMeta(
+            pattern=Pattern(pattern),
+            n=int(n),
+            queued_at=float(queued_at or now),
+            deadline_at=float(deadline_at),
+            validate_with=validate or None,
+        ).model_dump(mode="json")
+        for index, payload in zip(todo, payloads, strict=True):
+            if payload is None:  # batched run, or payloads not kept: the deadline decides
+                continue
+            try:
+                entry = catalog.get(AgentKind.AGENT, names[int(index)])
+            except OrchestratorError as exc:
+                log.warning("cannot resend %s.%s: %s", run_id, index, exc)
+                continue
+            app.send_task(
+                entry.task_name,
+                kwargs={
+                    "run_id": run_id,
+                    "index": int(index),
+                    "payload": json.loads(payload),
+                    "meta": meta,
+                },
+                queue=entry.queue,
+                task_id=f"{run_id}.{index}",
+                ignore_result=True,
+                add_to_parent=False,
+                argsrepr=f"run={run_id} pattern={pattern} index={index}/{n} resent",
+                kwargsrepr="payload=<resent>",
+            )
+            lost_on = started[index]
+            store.r.hset(k.resent(run_id), index, lost_on)
+            store.r.expire(k.resent(run_id), store.ttl_s)
+            store.event(run_id, "resent", index=index, lost_worker=lost_on)
+            log.warning(
+                "run %s: subtask #%s was on lost worker %s: sent again", run_id, index, lost_on
+            )
+            sent += 1
+    return sent
