@@ -121,3 +121,25 @@ def tmp_marker(tmp_path: Path) -> Callable[[str], str]:
         return str(tmp_path / name)
 
     return make
+
+
+@pytest.fixture
+def idle_orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
+    """A client whose coordinator queue nobody consumes, so enqueued messages stay countable."""
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    o = Orchestrator(
+        Settings(broker_url=stack.url, key_prefix=stack.key_prefix, coordinator_queue=queue)
+    )
+    yield o
+    o.store.r.delete(queue)
+    o.close()
+
+
+def queued(o: Orchestrator) -> int:
+    """Messages waiting on the client's coordinator queue."""
+    return int(o.store.r.llen(o.settings.coordinator_queue))  # type: ignore[arg-type]
+
+
+def recorded_runs(o: Orchestrator) -> int:
+    """Runs in the recent-runs index."""
+    return int(o.store.r.zcard(o.store.keys.runs))  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,11 @@ from orchestrator import (
     ParallelismDoesNotPay,
     Pattern,
     RunStatus,
-    Settings,
     Task,
     Verdict,
 )
 from orchestrator.cli import main
-from tests.conftest import wait_for
+from tests.conftest import queued, recorded_runs, wait_for
 from workers.app import make_store
 from workers.models import AgentResult
 from workers.stats import queue_reads, snapshot
@@ -69,26 +67,6 @@ def warm(orch: Orchestrator) -> Orchestrator:
     lost = orch.race(tinies("bad"), validate="said_good").wait(timeout_s=30)
     assert lost.status is RunStatus.FAILED and lost.results[0].status is AgentStatus.INVALID
     return orch
-
-
-@pytest.fixture
-def idle_orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
-    """A client whose coordinator queue nobody consumes, so enqueued messages stay countable."""
-    queue = f"nobody-{uuid.uuid4().hex[:8]}"
-    o = Orchestrator(
-        Settings(broker_url=stack.url, key_prefix=stack.key_prefix, coordinator_queue=queue)
-    )
-    yield o
-    o.store.r.delete(queue)
-    o.close()
-
-
-def _queued(o: Orchestrator) -> int:
-    return int(o.store.r.llen(o.settings.coordinator_queue))
-
-
-def _runs(o: Orchestrator) -> int:
-    return int(o.store.r.zcard(o.store.keys.runs))
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -173,10 +151,10 @@ def test_tiny_plan_does_not_pay(warm: Orchestrator) -> None:
     assert cost.status is CheckStatus.FAIL and "too small to beat the spawn overhead" in cost.reason
 
 
-def test_bad_plans_are_flagged_before_anything_runs(
+def test_bad_plans_are_flagged_before_anythingrecorded_runs(
     warm: Orchestrator, idle_orch: Orchestrator
 ) -> None:
-    runs = _runs(idle_orch)
+    runs = recorded_runs(idle_orch)
     dup = idle_orch.preflight("parallel-spawn", [*naps(3), *naps(1)])
     assert {c.name: c.status for c in dup.checks}["independence"] is CheckStatus.FAIL
     assert dup.verdict is Verdict.DOES_NOT_PAY
@@ -186,11 +164,11 @@ def test_bad_plans_are_flagged_before_anything_runs(
     race = idle_orch.preflight("race-then-cancel", naps(2))
     [check] = [c for c in race.checks if c.name == "race"]
     assert check.status is CheckStatus.WARN and "no validator" in check.reason
-    assert _queued(idle_orch) == 0 and _runs(idle_orch) == runs
+    assert queued(idle_orch) == 0 and recorded_runs(idle_orch) == runs
 
 
 def test_refuse_raises_and_enqueues_nothing(warm: Orchestrator, idle_orch: Orchestrator) -> None:
-    runs = _runs(idle_orch)
+    runs = recorded_runs(idle_orch)
     with pytest.raises(ParallelismDoesNotPay) as info:
         idle_orch.spawn(tinies("a", "b", "c", "d"), preflight="refuse")
     assert "too small to beat the spawn overhead" in str(info.value)
@@ -198,10 +176,10 @@ def test_refuse_raises_and_enqueues_nothing(warm: Orchestrator, idle_orch: Orche
     assert info.value.preflight.verdict is Verdict.DOES_NOT_PAY  # type: ignore[attr-defined]
     with pytest.raises(ParallelismDoesNotPay, match="duplicated inputs"):
         idle_orch.spawn([*naps(2), *naps(1)], preflight="refuse")
-    assert _queued(idle_orch) == 0 and _runs(idle_orch) == runs
+    assert queued(idle_orch) == 0 and recorded_runs(idle_orch) == runs
     # A plan that pays is not refused: the counts above could have moved.
     idle_orch.spawn(naps(4, first_tag=3000), preflight="refuse")
-    assert _queued(idle_orch) == 1 and _runs(idle_orch) == runs + 1
+    assert queued(idle_orch) == 1 and recorded_runs(idle_orch) == runs + 1
 
 
 def test_warn_logs_and_records_the_verdict(

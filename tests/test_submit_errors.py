@@ -2,71 +2,47 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import pytest
 
 from orchestrator import (
     BrokerUnavailable,
-    EmbeddedStack,
     InvalidPayload,
     InvalidRequest,
     Orchestrator,
     RunNotFound,
-    Settings,
     Task,
     UnknownAgent,
 )
 from orchestrator.embedded import free_port
+from tests.conftest import queued, recorded_runs
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def idle_orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
-    """A client whose coordinator queue nobody consumes, so enqueued messages stay countable."""
-    queue = f"nobody-{uuid.uuid4().hex[:8]}"
-    o = Orchestrator(
-        Settings(broker_url=stack.url, key_prefix=stack.key_prefix, coordinator_queue=queue)
-    )
-    yield o
-    o.store.r.delete(queue)
-    o.close()
-
-
-def _queued(o: Orchestrator) -> int:
-    return int(o.store.r.llen(o.settings.coordinator_queue))  # type: ignore[arg-type]
-
-
-def _runs(o: Orchestrator) -> int:
-    return int(o.store.r.zcard(o.store.keys.runs))  # type: ignore[arg-type]
-
-
 def test_unknown_agent_fails_at_submit_with_nothing_enqueued(idle_orch: Orchestrator) -> None:
-    runs_before = _runs(idle_orch)
+    runs_before = recorded_runs(idle_orch)
     with pytest.raises(UnknownAgent) as info:
         idle_orch.spawn([Task("echo", {"text": "a"}), Task("no_such_agent", {"x": 1})])
     msg = str(info.value)
     assert "no_such_agent" in msg and "echo" in msg and "ORCH_AGENT_MODULES" in msg
-    assert _queued(idle_orch) == 0
-    assert _runs(idle_orch) == runs_before
+    assert queued(idle_orch) == 0
+    assert recorded_runs(idle_orch) == runs_before
     # The same client does enqueue a valid request: the counts above could have moved.
     idle_orch.spawn([Task("echo", {"text": "a"})])
-    assert _queued(idle_orch) == 1
-    assert _runs(idle_orch) == runs_before + 1
+    assert queued(idle_orch) == 1
+    assert recorded_runs(idle_orch) == runs_before + 1
 
 
 def test_invalid_payload_fails_at_submit_with_nothing_enqueued(idle_orch: Orchestrator) -> None:
-    runs_before = _runs(idle_orch)
+    runs_before = recorded_runs(idle_orch)
     with pytest.raises(InvalidPayload) as info:
         idle_orch.spawn([Task("echo", {"text": "a"}), Task("echo", {"txt": "typo"})])
     msg = str(info.value)
     assert "task #1" in msg and "'text' is a required property" in msg
     with pytest.raises(InvalidPayload):
         idle_orch.spawn([Task("echo", {"text": 42})])
-    assert _queued(idle_orch) == 0
-    assert _runs(idle_orch) == runs_before
+    assert queued(idle_orch) == 0
+    assert recorded_runs(idle_orch) == runs_before
 
 
 def test_unknown_merger_and_validator_fail_at_submit(idle_orch: Orchestrator) -> None:
@@ -74,7 +50,7 @@ def test_unknown_merger_and_validator_fail_at_submit(idle_orch: Orchestrator) ->
         idle_orch.gather([Task("echo", {"text": "a"})], merge="nope")
     with pytest.raises(UnknownAgent, match="validator 'nope'"):
         idle_orch.race([Task("echo", {"text": "a"})], validate="nope")
-    assert _queued(idle_orch) == 0
+    assert queued(idle_orch) == 0
 
 
 def test_malformed_requests_are_refused(idle_orch: Orchestrator) -> None:
@@ -86,7 +62,7 @@ def test_malformed_requests_are_refused(idle_orch: Orchestrator) -> None:
         idle_orch.spawn([Task("echo", {"text": "a"})], deadline_s=10**7)
     with pytest.raises(InvalidRequest, match="Task objects"):
         idle_orch.spawn([{"agent": "echo"}])  # type: ignore[list-item]
-    assert _queued(idle_orch) == 0
+    assert queued(idle_orch) == 0
 
 
 def test_broker_down_is_a_clear_error() -> None:
