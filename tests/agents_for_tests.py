@@ -13,6 +13,7 @@ class Msg(BaseModel):
     text: str
     fail: bool = False
     invalid_output: bool = False
+    inner_validation_error: bool = False
     spin_s: float = Field(default=0.0, ge=0, description="CPU work before answering")
 
 
@@ -48,6 +49,8 @@ def echo(msg: Msg, ctx: AgentContext) -> Echo:
     _spin(msg.spin_s)
     if msg.fail:
         raise ValueError(f"asked to fail: {msg.text}")
+    if msg.inner_validation_error:
+        Echo.model_validate({})  # the agent's own bug: a ValidationError inside its code
     if msg.invalid_output:
         return {"wrong": msg.text}  # type: ignore[return-value]
     return Echo(text=msg.text, pid=os.getpid())

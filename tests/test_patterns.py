@@ -78,6 +78,17 @@ def test_invalid_output_is_trapped_not_raised(orch: Orchestrator) -> None:
     assert "text" in env.error.message  # names the missing field
 
 
+def test_validation_error_inside_the_agent_is_an_error_not_invalid_output(
+    orch: Orchestrator,
+) -> None:
+    res = orch.spawn([Task("echo", {"text": "x", "inner_validation_error": True})]).wait(
+        timeout_s=60
+    )
+    env = res.results[0]
+    assert env.status is AgentStatus.ERROR
+    assert env.error is not None and env.error.type == "ValidationError"
+
+
 def test_gather_with_one_failure_still_merges_when_quorum_met(orch: Orchestrator) -> None:
     tasks = [
         Task("echo", {"text": "a"}),

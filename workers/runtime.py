@@ -221,20 +221,22 @@ def execute_agent(
         else:
             try:
                 out = _call(services, item, spec.fn, inp, ctx)
-                env.output = _coerce_output(spec, out).model_dump(mode="json")
             except TaskCancelled as exc:
                 env.status = AgentStatus.CANCELLED
                 env.error = ErrorInfo(type="Cancelled", message=str(exc) or "cancelled")
-            except ValidationError as exc:
-                env.status = AgentStatus.INVALID
-                env.error = _validation_error(
-                    "InvalidOutput",
-                    exc,
-                    f"agent {spec.name!r} returned data its output model rejects",
-                )
-            except Exception as exc:
+            except Exception as exc:  # a ValidationError raised inside the agent is its error
                 env.status = AgentStatus.ERROR
                 env.error = _error(exc)
+            else:
+                try:
+                    env.output = _coerce_output(spec, out).model_dump(mode="json")
+                except ValidationError as exc:  # the error trap: output fails its model
+                    env.status = AgentStatus.INVALID
+                    env.error = _validation_error(
+                        "InvalidOutput",
+                        exc,
+                        f"agent {spec.name!r} returned data its output model rejects",
+                    )
         env.cancel_requested_at = item.cancel_at
     timings: list[Sample] = []
     if env.status is AgentStatus.OK and meta.pattern is Pattern.RACE and meta.validate_with:
