@@ -31,13 +31,22 @@ log = logging.getLogger(__name__)
 RECOVERABLE = {Pattern.SPAWN.value, Pattern.RACE.value}
 
 
+#: A heartbeat entry silent this long is dropped: every run it could matter to has ended.
+FORGET_AFTER_S = 7 * 86_400.0
+
+
 def lost_workers(store: RunStore, lost_after_s: float, now: float) -> set[str]:
-    """Hostnames whose heartbeat is older than ``lost_after_s``."""
+    """Hostnames whose heartbeat is older than ``lost_after_s`` (long-dead ones are dropped)."""
     raw: dict[str, str] = store.r.hgetall(store.keys.workers)  # type: ignore[assignment]
-    lost = set()
+    lost, forgotten = set(), []
     for host, info in raw.items():
-        if now - WorkerInfo.model_validate_json(info).heartbeat_at > lost_after_s:
+        age = now - WorkerInfo.model_validate_json(info).heartbeat_at
+        if age > max(FORGET_AFTER_S, store.ttl_s):
+            forgotten.append(host)
+        elif age > lost_after_s:
             lost.add(host)
+    if forgotten:
+        store.r.hdel(store.keys.workers, *forgotten)
     return lost
 
 
