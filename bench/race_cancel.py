@@ -214,29 +214,15 @@ class Row:
     def cells(self) -> list[str]:
         if self.refused:
             na = f"n/a ({self.refused})"
-            return [
-                self.pool,
-                self.mode,
-                self.mechanism,
-                na,
-                na,
-                "n/a",
-                ms(self.to_result.median),
-                ms(self.wasted.median),
-                ms(self.after_win.median),
-                f"{self.completed}",
-                f"{self.skipped}",
-                f"{len(self.to_result)} ({len(self.latency)})",
-                f"{self.disturbed}",
-            ]
-        rts = ms(self.revoke_to_stop.median) if len(self.revoke_to_stop) else "-"
+            latency = [na, na, "n/a"]
+        else:
+            rts = ms(self.revoke_to_stop.median) if len(self.revoke_to_stop) else "-"
+            latency = [ms(self.latency.median), ms(self.latency.p99), rts]
         return [
             self.pool,
             self.mode,
             self.mechanism,
-            ms(self.latency.median),
-            ms(self.latency.p99),
-            rts,
+            *latency,
             ms(self.to_result.median),
             ms(self.wasted.median),
             ms(self.after_win.median),
