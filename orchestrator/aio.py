@@ -27,6 +27,7 @@ from orchestrator.multiplexer import (
 from workers.errors import BrokerUnavailable, RunNotFound, RunTimedOut
 from workers.keys import Keys
 from workers.models import RunResult
+from workers.store import RESULT_SCRIPT, assemble_result
 
 if TYPE_CHECKING:
     from orchestrator.client import Orchestrator
@@ -96,9 +97,12 @@ async def wait_async(run: Run, timeout_s: float | None = None) -> RunResult:
     try:
         while True:
             try:
-                raw = await mux.get(keys.result(run.id))
-                if raw is not None:
-                    return RunResult.model_validate_json(raw)
+                store = run.orch.store
+                reply = await mux.script(RESULT_SCRIPT, store.result_keys(run.id))
+                if reply is not None:
+                    result = assemble_result(reply)
+                    if result is not None:
+                        return result
                 now = time.time()
                 if now > deadline_at + DEADLINE_GRACE_S:
                     # The coordinator should have ended it; it may be gone. End it from here.

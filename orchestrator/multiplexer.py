@@ -114,6 +114,10 @@ class Multiplexer:
         """GET a string key."""
         return await self._command(lambda r: r.get(key))  # type: ignore[no-any-return]
 
+    async def script(self, source: str, keys: list[str]) -> Any:
+        """Run a Lua script (EVALSHA, loading it on first use)."""
+        return await self._command(lambda r: r.register_script(source)(keys=keys))
+
     async def hget(self, key: str, field: str) -> str | None:
         """HGET one field of a hash."""
         return await self._command(lambda r: r.hget(key, field))  # type: ignore[no-any-return]

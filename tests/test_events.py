@@ -202,6 +202,7 @@ def test_a_client_that_does_not_import_this_project(stack: EmbeddedStack, agent:
     assert reply["events"][0] == "submitted" and reply["events"][-1] == "run_finished"
     if agent == "echo":
         assert result.ok and result.merged == {"texts": ["from", "go"]}
+        assert [r.output["text"] for r in result.results] == ["from", "go"]
         assert {"queued", "expanded", "started", "finished", "merged"} <= set(reply["events"])
     else:  # refused by the coordinator, with the reason a Python client gets at submit
         assert not result.ok and result.error is not None

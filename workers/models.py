@@ -219,6 +219,19 @@ class RunResult(BaseModel):
         return self
 
 
+class StoredRunResult(RunResult):
+    """A RunResult as stored in Redis.
+
+    When every subtask had reported as the run ended, its envelopes are not copied: they stay in
+    the results hash named by ``results_key`` (complete, and final because the first envelope
+    per index wins), and ``results`` is empty. Readers other than this package: take the hash's
+    values, order them by ``index``.
+    """
+
+    results: list[AgentResult] = Field(default_factory=list)
+    results_key: str | None = None
+
+
 class RunProgress(BaseModel):
     """A live snapshot of a run (Run.status())."""
 

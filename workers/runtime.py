@@ -308,6 +308,8 @@ def _idx(env: AgentResult) -> int:
 
 
 def _finalize_all(store: RunStore, run_id: str) -> None:
+    if store.finalize_all_ok(run_id):
+        return  # the common case, ended from the record's aggregates alone
     envs = store.envelopes(run_id)
     results = sorted(envs.values(), key=_idx)
     bad = failure_reasons(results)

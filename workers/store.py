@@ -13,11 +13,20 @@ from importlib import resources
 from typing import Any
 
 import redis
+from pydantic import TypeAdapter
 
 from workers.errors import RunNotFound
 from workers.keys import Keys
-from workers.models import AgentResult, AgentStatus, Pattern, RunProgress, RunResult, RunStatus
-from workers.outcome import build_result, fill_missing
+from workers.models import (
+    AgentResult,
+    AgentStatus,
+    Pattern,
+    RunProgress,
+    RunResult,
+    RunStatus,
+    StoredRunResult,
+)
+from workers.outcome import Aggregates, build_result, fill_missing, finish_args, roi_of_all_ok
 from workers.stats import Sample, agent_sample
 
 
@@ -59,6 +68,7 @@ class RunStore:
         self._start = client.register_script(_script("start.lua"))
         self._finish = client.register_script(_script("finish.lua"))
         self._finalize = client.register_script(_script("finalize.lua"))
+        self._result = client.register_script(RESULT_SCRIPT)
 
     # -- records ---------------------------------------------------------------------------
     def create_run(self, record: dict[str, Any], events: Sequence[dict[str, str]] = ()) -> None:
@@ -164,6 +174,7 @@ class RunStore:
                 "1" if claim else "0",
                 repr(time.time()),
                 self.maxlen,
+                *finish_args(env),
                 self.stats_samples,
                 self.stats_ttl_s,
                 *[text for _, text in samples],
@@ -285,25 +296,7 @@ class RunStore:
             merge_s=merge_s,
             winner=winner,
         )
-        ended = self._finalize(
-            keys=[
-                k.result(run_id),
-                k.run(run_id),
-                k.done(run_id),
-                k.events(run_id),
-                k.deadlines,
-                k.payloads(run_id),
-            ],
-            args=[
-                result.model_dump_json(),
-                status.value,
-                repr(now),
-                self.ttl_s,
-                self.maxlen,
-                run_id,
-            ],
-        )
-        if not int(ended):
+        if not self._store_result(result, in_hash=len(envs) == len(results)):
             return None
         # Subtasks that never started get their 'skipped' envelope now: revoked ones never will
         # run, and one that still starts sees its envelope and stops (start.lua 'reported').
@@ -320,10 +313,71 @@ class RunStore:
             pipe.execute()
         return result
 
+    def finalize_all_ok(self, run_id: str) -> bool:
+        """End a run whose every subtask reported ok from the record's aggregates alone.
+
+        The finisher of a large run reads and writes no envelope: they stay in the results
+        hash, which is complete. False (nothing done) when that does not hold: some subtask did
+        not succeed, or the run is being stopped; the caller then ends it from the envelopes.
+        """
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(k.result(run_id))
+        pipe.hgetall(k.run(run_id))
+        ended, rec = pipe.execute()
+        if ended or not rec:
+            return True
+        n = int(rec["n"])
+        agg = Aggregates.of(rec)
+        if not agg.all_ok(n) or rec.get("ending") or rec.get("cancel_requested_at"):
+            return False
+        now = time.time()
+        created = float(rec["created_at"])
+        report = roi_of_all_ok(agg, n, created_at=created, finished_at=now)
+        result = build_result(rec, [], status=RunStatus.SUCCEEDED, finished_at=now, report=report)
+        self._store_result(result, in_hash=True)
+        return True
+
+    def _store_result(self, result: RunResult, *, in_hash: bool) -> bool:
+        """Store the final result once (finalize.lua); False if the run had already ended."""
+        k = self.keys
+        run_id = result.run_id
+        if in_hash:
+            stored = StoredRunResult.model_construct(
+                **{**dict(result), "results": [], "results_key": k.results(run_id)}
+            ).model_dump_json()
+        else:
+            stored = result.model_dump_json()
+        ended = self._finalize(
+            keys=[
+                k.result(run_id),
+                k.run(run_id),
+                k.done(run_id),
+                k.events(run_id),
+                k.deadlines,
+                k.payloads(run_id),
+                k.results(run_id),
+            ],
+            args=[
+                stored,
+                result.status.value,
+                repr(result.finished_at),
+                self.ttl_s,
+                self.maxlen,
+                run_id,
+                "1" if in_hash else "0",
+            ],
+        )
+        return bool(int(ended))
+
     def result(self, run_id: str) -> RunResult | None:
-        """The final result, once the run has ended."""
-        raw = self.r.get(self.keys.result(run_id))
-        return RunResult.model_validate_json(raw) if raw else None
+        """The final result, once the run has ended (one round trip)."""
+        return assemble_result(self._result(keys=self.result_keys(run_id)))
+
+    def result_keys(self, run_id: str) -> list[str]:
+        """KEYS of result.lua (RESULT_SCRIPT) for this run."""
+        k = self.keys
+        return [k.result(run_id), k.run(run_id), k.results(run_id)]
 
     def wait_done(self, run_id: str, timeout_s: float) -> bool:
         """Block (no polling) until the run has ended or the timeout passes."""
@@ -343,21 +397,17 @@ class RunStore:
         rec = self.record(run_id)
         pipe = self.r.pipeline(transaction=False)
         pipe.hlen(k.attempts(run_id))
-        pipe.hvals(k.results(run_id))
         pipe.get(k.winner(run_id))
-        started, raw, winner = pipe.execute()
-        counts: dict[str, int] = {}
-        for v in raw:
-            status = AgentResult.model_validate_json(v).status.value
-            counts[status] = counts.get(status, 0) + 1
+        started, winner = pipe.execute()
+        agg = Aggregates.of(rec)
         return RunProgress(
             run_id=run_id,
             pattern=Pattern(rec["pattern"]),
             status=RunStatus(rec["status"]),
             n=int(rec["n"]),
             started=int(started),
-            finished=len(raw),
-            counts=counts,
+            finished=agg.done,
+            counts=agg.counts,
             created_at=float(rec["created_at"]),
             deadline_at=float(rec["deadline_at"]),
             winner=int(winner) if winner is not None else None,
@@ -367,6 +417,35 @@ class RunStore:
         """Most recent run ids first."""
         ids: list[str] = self.r.zrevrange(self.keys.runs, 0, limit - 1)  # type: ignore[assignment]
         return ids
+
+
+#: result.lua: the final result and, when they stayed in the results hash, its envelopes.
+RESULT_SCRIPT = _script("result.lua")
+_ENVELOPES: TypeAdapter[list[AgentResult]] = TypeAdapter(list[AgentResult])
+
+
+def assemble_result(reply: list[str] | None) -> RunResult | None:
+    """The RunResult from result.lua's reply (None: the run has not ended)."""
+    if not reply:
+        return None
+    stored = StoredRunResult.model_validate_json(reply[0])
+    fields = {name: getattr(stored, name) for name in RunResult.model_fields}
+    if stored.results_key is not None:
+        if len(reply) - 1 != stored.report.n:
+            raise RunNotFound(
+                f"run {stored.run_id}: {len(reply) - 1} of {stored.report.n} envelopes left in "
+                f"{stored.results_key}; they expired (ORCH_RUN_TTL_S) or were deleted",
+                run_id=stored.run_id,
+            )
+        # One parse for them all: as fast as pydantic gets, and envelopes come in hash order.
+        envelopes = _ENVELOPES.validate_json("[" + ",".join(reply[1:]) + "]")
+        envelopes.sort(key=_index)
+        fields["results"] = envelopes
+    return RunResult.model_construct(**fields)
+
+
+def _index(env: AgentResult) -> int:
+    return env.index
 
 
 def ok_count(results: list[AgentResult]) -> int:

@@ -3,11 +3,18 @@
 -- ARGV[1] RunResult JSON  ARGV[2] final status  ARGV[3] now  ARGV[4] ttl seconds
 -- KEYS[5] open-run deadlines sorted set  KEYS[6] payloads hash (kept only while open)
 -- ARGV[5] events maxlen  ARGV[6] run id
+-- KEYS[7] results hash  ARGV[7] '1' when the result leaves the envelopes in the results hash
+-- (every subtask reported: the hash is complete and, first envelope per index winning, final)
 -- Returns 1 if this call ended the run, 0 if it had already ended.
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4]) then
   return 0
 end
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3])
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3], 'results_in', 'hash')
+  redis.call('EXPIRE', KEYS[7], ARGV[4])
+else
+  redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3])
+end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'run_finished', 'status', ARGV[2],
   'ts', ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'status', ARGV[2])

@@ -2,21 +2,46 @@
 -- KEYS[1] results hash  KEYS[2] run record hash  KEYS[3] events stream  KEYS[4] winner string
 -- ARGV[1] index  ARGV[2] envelope JSON  ARGV[3] status  ARGV[4] ttl seconds
 -- ARGV[5] '1' to try to claim the race win  ARGV[6] now  ARGV[7] events maxlen
+-- Aggregates kept on the run record, so a run whose every subtask reported can be ended
+-- without reading a single envelope (workers/outcome.py Aggregates is their reader):
+-- ARGV[8] seconds ran  ARGV[9] seconds queued before start, or ''  ARGV[10] queued at, or ''
+-- ARGV[11] '1' if a stop had been requested of this subtask
 -- Duration statistics (optional), appended only for a new envelope:
--- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[10..]
--- ARGV[8] samples kept per list  ARGV[9] stats ttl seconds  ARGV[10..] the samples
+-- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[14..]
+-- ARGV[12] samples kept per list  ARGV[13] stats ttl seconds  ARGV[14..] the samples
 -- Returns {new, done, n, won}: new=1 if this envelope was recorded (0: duplicate delivery).
 local new = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-local done
-if new == 1 then
-  done = redis.call('HINCRBY', KEYS[2], 'done', 1)
-else
-  done = tonumber(redis.call('HGET', KEYS[2], 'done') or '0')
-end
+local count_field = 'agg:' .. ARGV[3]
+local rec = redis.call('HMGET', KEYS[2], 'done', 'n', count_field, 'agg:ran', 'agg:wait',
+  'agg:waits', 'agg:min_queued', 'agg:stop_requested')
+local done = tonumber(rec[1] or '0')
+local n = tonumber(rec[2] or '0')
 local won = 0
-if new == 1 and ARGV[5] == '1' then
-  if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'EX', ARGV[4]) then
-    won = 1
+if new == 1 then
+  done = done + 1
+  local function fmt(x) return string.format('%.17g', x) end
+  local update = {'done', done, count_field, tonumber(rec[3] or '0') + 1,
+    'agg:ran', fmt(tonumber(rec[4] or '0') + tonumber(ARGV[8]))}
+  if ARGV[9] ~= '' then
+    table.insert(update, 'agg:wait')
+    table.insert(update, fmt(tonumber(rec[5] or '0') + tonumber(ARGV[9])))
+    table.insert(update, 'agg:waits')
+    table.insert(update, tonumber(rec[6] or '0') + 1)
+  end
+  if ARGV[10] ~= '' and (not rec[7] or tonumber(ARGV[10]) < tonumber(rec[7])) then
+    -- Kept as sent: a round trip through a Lua number would cost precision.
+    table.insert(update, 'agg:min_queued')
+    table.insert(update, ARGV[10])
+  end
+  if ARGV[11] == '1' then
+    table.insert(update, 'agg:stop_requested')
+    table.insert(update, tonumber(rec[8] or '0') + 1)
+  end
+  redis.call('HSET', KEYS[2], unpack(update))
+  if ARGV[5] == '1' then
+    if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'EX', ARGV[4]) then
+      won = 1
+    end
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -24,14 +49,13 @@ if new == 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'finished', 'index', ARGV[1],
     'status', ARGV[3], 'won', won, 'ts', ARGV[6])
   for i = 6, #KEYS do
-    redis.call('LPUSH', KEYS[i], ARGV[i + 4])
-    redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[8]) - 1)
-    redis.call('EXPIRE', KEYS[i], ARGV[9])
+    redis.call('LPUSH', KEYS[i], ARGV[i + 8])
+    redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[12]) - 1)
+    redis.call('EXPIRE', KEYS[i], ARGV[13])
     redis.call('HINCRBY', KEYS[5], KEYS[i], 1)
   end
   if #KEYS >= 6 then
-    redis.call('EXPIRE', KEYS[5], ARGV[9])
+    redis.call('EXPIRE', KEYS[5], ARGV[13])
   end
 end
-local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
 return {new, done, n, won}
