@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from orchestrator.feed import FEED_MIN_N, EnvelopeFeed
 from workers.errors import RunTimedOut
 from workers.models import RoiReport, RunProgress, RunResult, RunStatus
 from workers.outcome import build_result, fill_missing
@@ -101,10 +102,14 @@ class Run:
         """
         store = self.orch.store
         limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
-        deadline_at = float(store.record(self.id)["deadline_at"])
+        rec = store.record(self.id)
+        deadline_at = float(rec["deadline_at"])
+        n = int(rec["n"])
+        # A wide run's envelopes are read while it runs: little is left to fetch at the end.
+        feed = EnvelopeFeed(store, self.id, n) if n >= FEED_MIN_N else None
         while True:
             try:
-                result = store.result(self.id)
+                result = store.result(self.id, feed.have, n) if feed else store.result(self.id)
             except (redis.ConnectionError, redis.TimeoutError):
                 # Redis restarting or failing over: keep waiting within the caller's limit.
                 if time.monotonic() >= limit:
@@ -127,7 +132,10 @@ class Run:
                 )
             step = min(remaining, deadline_at + DEADLINE_GRACE_S - now_wall + 0.05)
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                store.wait_done(self.id, max(step, 0.001))
+                if feed:
+                    feed.wait(max(step, 0.001))
+                else:
+                    store.wait_done(self.id, max(step, 0.001))
 
     async def wait_async(self, timeout_s: float | None = None) -> RunResult:
         """``wait`` for asyncio: awaits the end without blocking the loop, and without a thread

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
 from orchestrator import AgentStatus, Orchestrator, RunStatus, Task
+from orchestrator.feed import FEED_MIN_N, EnvelopeFeed
 from tests.conftest import wait_for
 from workers.models import RunResult
 from workers.outcome import build_result, roi
@@ -111,3 +113,22 @@ def test_run_ended_with_subtasks_missing_keeps_its_own_snapshot(idle_orch: Orche
     assert doc.get("results_key") is None
     assert isinstance(doc["results"], list) and len(doc["results"]) == 3
     assert run.wait(timeout_s=5) == res
+
+
+def test_a_wide_run_is_read_while_it_runs_and_ends_identical(orch: Orchestrator) -> None:
+    n = FEED_MIN_N + 40
+    tasks = [Task("echo", {"text": f"w{i}", "spin_s": 0.004}) for i in range(n)]
+    run = orch.spawn(tasks, preflight="off")
+    feed = EnvelopeFeed(orch.store, run.id, n)
+    limit = time.monotonic() + 60
+    while not feed.wait(1.0):
+        assert time.monotonic() < limit, "the run did not end in 60 s"
+    # Envelopes arrived while the run went on; the end fetched only the rest.
+    assert 0 < len(feed.have) <= n
+    assert all(env.index == i for i, env in feed.have.items())
+    fed = orch.store.result(run.id, feed.have, n)
+    whole = orch.store.result(run.id)
+    assert fed is not None and whole is not None
+    assert fed == whole
+    assert [r.output["text"] for r in whole.results] == [f"w{i}" for i in range(n)]
+    assert run.wait(timeout_s=5) == whole

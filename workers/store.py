@@ -187,6 +187,16 @@ class RunStore:
         raw = self.r.hget(self.keys.results(run_id), str(index))
         return AgentResult.model_validate_json(raw) if raw else None
 
+    def some_envelopes(self, run_id: str, indices: list[int]) -> dict[int, AgentResult]:
+        """The recorded envelopes of these subtasks (parsed in one call)."""
+        raw: list[str | None] = self.r.hmget(  # type: ignore[assignment]
+            self.keys.results(run_id), [str(i) for i in indices]
+        )
+        found = [v for v in raw if v is not None]
+        if not found:
+            return {}
+        return {e.index: e for e in _ENVELOPES.validate_json("[" + ",".join(found) + "]")}
+
     def envelopes(self, run_id: str) -> dict[int, AgentResult]:
         """Every recorded envelope by index."""
         raw: dict[str, str] = self.r.hgetall(self.keys.results(run_id))  # type: ignore[assignment]
@@ -370,9 +380,21 @@ class RunStore:
         )
         return bool(int(ended))
 
-    def result(self, run_id: str) -> RunResult | None:
-        """The final result, once the run has ended (one round trip)."""
-        return assemble_result(self._result(keys=self.result_keys(run_id)))
+    def result(
+        self, run_id: str, have: dict[int, AgentResult] | None = None, n: int = 0
+    ) -> RunResult | None:
+        """The final result, once the run has ended (one round trip).
+
+        ``have``: envelopes of this run's ``n`` subtasks that the caller already read
+        (orchestrator.feed.EnvelopeFeed); only the others are fetched.
+        """
+        keys = self.result_keys(run_id)
+        if not have:
+            return assemble_result(self._result(keys=keys))
+        missing = [i for i in range(n) if i not in have]
+        if len(missing) > MAX_MISSING:
+            return assemble_result(self._result(keys=keys))
+        return assemble_result(self._result(keys=keys, args=["some", *missing]), have, missing)
 
     def result_keys(self, run_id: str) -> list[str]:
         """KEYS of result.lua (RESULT_SCRIPT) for this run."""
@@ -422,23 +444,35 @@ class RunStore:
 #: result.lua: the final result and, when they stayed in the results hash, its envelopes.
 RESULT_SCRIPT = _script("result.lua")
 _ENVELOPES: TypeAdapter[list[AgentResult]] = TypeAdapter(list[AgentResult])
+#: Past this many envelopes still to fetch, fetch them all (a Lua call's argument limit).
+MAX_MISSING = 2_000
 
 
-def assemble_result(reply: list[str] | None) -> RunResult | None:
-    """The RunResult from result.lua's reply (None: the run has not ended)."""
+def assemble_result(
+    reply: list[str | None] | None,
+    have: dict[int, AgentResult] | None = None,
+    missing: list[int] | None = None,
+) -> RunResult | None:
+    """The RunResult from result.lua's reply (None: the run has not ended).
+
+    With ``missing``, the reply holds just those envelopes and ``have`` the rest.
+    """
     if not reply:
         return None
+    assert reply[0] is not None
     stored = StoredRunResult.model_validate_json(reply[0])
     fields = {name: getattr(stored, name) for name in RunResult.model_fields}
     if stored.results_key is not None:
-        if len(reply) - 1 != stored.report.n:
+        raws = [v for v in reply[1:] if v is not None]
+        known = dict(have or {}) if missing is not None else {}
+        if len(raws) + len(known) != stored.report.n:
             raise RunNotFound(
-                f"run {stored.run_id}: {len(reply) - 1} of {stored.report.n} envelopes left in "
-                f"{stored.results_key}; they expired (ORCH_RUN_TTL_S) or were deleted",
+                f"run {stored.run_id}: {len(raws) + len(known)} of {stored.report.n} envelopes "
+                f"left in {stored.results_key}; they expired (ORCH_RUN_TTL_S) or were deleted",
                 run_id=stored.run_id,
             )
         # One parse for them all: as fast as pydantic gets, and envelopes come in hash order.
-        envelopes = _ENVELOPES.validate_json("[" + ",".join(reply[1:]) + "]")
+        envelopes = [*known.values(), *_ENVELOPES.validate_json("[" + ",".join(raws) + "]")]
         envelopes.sort(key=_index)
         fields["results"] = envelopes
     return RunResult.model_construct(**fields)

@@ -13,6 +13,9 @@ from workers.models import CatalogEntry, Pattern, TaskMeta
 from workers.registry import BATCH_TASK_PREFIX
 
 _REPR_MAX = 200
+#: Redis commands per pipelined round trip when sending members: small enough that the first
+#: workers start while the rest are still being sent.
+SEND_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,16 @@ class Expansion:
         """Publish the expansion."""
         if self.members is None:
             assert self.canvas is not None
-            self.canvas.apply_async()
+            # A chord's header goes out through the same pipelined publish batch.
+            with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH):
+                self.canvas.apply_async(producer=producer)
             return
         # A Celery group applied as a canvas subscribes to every member's result channel
         # (two Redis commands each) and stores every result; nothing here reads them: the
         # envelopes go to the run's results hash. Same group id and index in each message.
-        with app.producer_or_acquire() as producer:
+        # kombu's publish batch pipelines the LPUSHes (a round trip per SEND_BATCH commands,
+        # not per message); transports without it publish one by one.
+        with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH) as batch:
             for index, sig in enumerate(self.members):
                 app.send_task(
                     sig.task,
@@ -48,6 +55,8 @@ class Expansion:
                     group_index=index,
                     **sig.options,
                 )
+                if index == 0:
+                    batch.flush()  # the first subagent starts now, not a batch later
 
 
 def task_id(run_id: str, index: int) -> str:
