@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from orchestrator.catalog import Catalog
 from orchestrator.patterns import build_gather, build_race, build_spawn
-from orchestrator.patterns.common import Expansion
+from orchestrator.patterns.common import Expansion, then_message
 from orchestrator.patterns.sequential import build_sequential
 from orchestrator.preflight import PreflightSource, apply_policy
 from orchestrator.recovery import RECOVERABLE, recover, remember_payloads
@@ -163,11 +163,13 @@ class Coordinator:
             store.finalize(req.run_id, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             return {"run_id": req.run_id, "error": str(exc)}
         # Record 'running' before any subtask can finish and end the run.
+        # ...and the merger's message, which the last member to report sends.
         store.update_run(
             req.run_id,
             status=RunStatus.RUNNING.value,
             queued_at=repr(expansion.meta.queued_at),
             coordinator=socket.gethostname(),
+            **({"then": then_message(expansion.then)} if expansion.then is not None else {}),
         )
         expansion.send(self.app, group_id=f"{req.run_id}.group")
         expanded_at = time.time()

@@ -3,14 +3,15 @@
 With the Redis broker, a message taken by a worker that then dies (power, OOM of the whole
 machine, network cut) comes back only after the visibility timeout, which is sized above the
 longest deadline, so without help its run could only end by its deadline. Coordinators watch the
-workers' heartbeats instead: when one has been silent for ``lost_worker_s``, every spawn or race
-subtask it had started and not reported is sent again under the same task id. That is safe
+workers' heartbeats instead: when one has been silent for ``lost_worker_s``, every spawn, race or
+gather subtask it had started and not reported is sent again under the same task id. That is safe
 because envelopes are recorded once per index: if the lost worker comes back and finishes too,
 the first envelope stands and the other run is wasted work, never a duplicate result.
 
-Not covered (those runs end by their deadline, naming what was lost): gather members (their
-chord counts Celery results of the original messages), batched subtasks (the batch message also
-held subtasks that never started), and messages the lost worker had prefetched but not started.
+Not covered (those runs end by their deadline, naming what was lost): batched subtasks (the
+batch message also held subtasks that never started), and messages the lost worker had
+prefetched but not started. (Gather members are covered since a gather counts envelopes, not
+Celery results: the member that completes it, resent or not, sends the merger.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from workers.models import AgentKind, Pattern, TaskMeta, WorkerInfo
 from workers.store import RunStore
 
 log = logging.getLogger(__name__)
-RECOVERABLE = {Pattern.SPAWN.value, Pattern.RACE.value}
+RECOVERABLE = {Pattern.SPAWN.value, Pattern.RACE.value, Pattern.GATHER.value}
 
 
 #: A heartbeat entry silent this long is dropped: every run it could matter to has ended.

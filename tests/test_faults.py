@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator import AgentStatus, EmbeddedRedis, EmbeddedStack, Orchestrator, RunStatus, Task
+from orchestrator.patterns.common import then_message
+from orchestrator.patterns.gather import merge_signature
 from tests.conftest import _stack, wait_for
+from workers.models import AgentKind, Pattern, TaskMeta
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +153,44 @@ def test_redelivered_after_reporting_is_merged_once_counted_once(orch: Orchestra
     assert orch.get_run(run.id).wait(timeout_s=5).merged == res.merged
 
 
-def test_lost_worker_machine_subtasks_are_sent_again(tmp_marker: Callable[[str], str]) -> None:
+def test_merger_not_sent_by_a_dead_last_member_is_sent_by_its_redelivery(
+    idle_orch: Orchestrator,
+) -> None:
+    """The member whose envelope completed a gather sends the merger; if its worker dies in
+    between, the broker redelivers that member, and the redelivery sends it."""
+    o = idle_orch  # nobody expands this run: the test plays the coordinator
+    texts = ["p", "q", "r"]
+    req = o.request(Pattern.GATHER, [Task("echo", {"text": t}) for t in texts], merge="join")
+    run = o.submit(req)
+    meta = TaskMeta(pattern=Pattern.GATHER, n=3, queued_at=time.time(), deadline_at=4e9)
+    kwargs = {"meta": meta.model_dump(mode="json")}
+    for i, t in enumerate(texts):  # every member runs and reports; no merger is stored yet,
+        o.app.send_task(  # so the last one's send finds nothing: as if it died first
+            "agents.echo",
+            task_id=f"{run.id}.{i}",
+            queue="agents",
+            kwargs={"run_id": run.id, "index": i, "payload": {"text": t}, **kwargs},
+        )
+    wait_for(lambda: o.store.record(run.id).get("done") == "3", 15, "three envelopes")
+    merger = o.catalog.get(AgentKind.MERGER, "join")
+    o.store.update_run(run.id, then=then_message(merge_signature(o.app, req, merger, meta)))
+    assert run.result() is None and "then_sent_at" not in o.store.record(run.id)
+    o.app.send_task(  # the broker redelivers the last member
+        "agents.echo",
+        task_id=f"{run.id}.2",
+        queue="agents",
+        kwargs={"run_id": run.id, "index": 2, "payload": {"text": "r"}, **kwargs},
+    )
+    res = run.wait(timeout_s=30)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert res.merged == {"texts": texts}
+    assert "then_sent_at" in o.store.record(run.id)
+
+
+@pytest.mark.parametrize("pattern", ["spawn", "gather"])
+def test_lost_worker_machine_subtasks_are_sent_again(
+    tmp_marker: Callable[[str], str], pattern: str
+) -> None:
     """A whole worker machine dies mid-task: after its heartbeat goes silent the coordinator
     sends its started subtask again, another worker runs it, and the run succeeds."""
     s = _stack(
@@ -161,7 +202,12 @@ def test_lost_worker_machine_subtasks_are_sent_again(tmp_marker: Callable[[str],
     o = _client(s)
     try:
         markers = [tmp_marker(f"lost{i}") for i in range(2)]
-        run = o.spawn([Task("work", {"seconds": 2, "marker": m}) for m in markers], deadline_s=60)
+        tasks = [Task("work", {"seconds": 2, "marker": m}) for m in markers]
+        run = (
+            o.spawn(tasks, deadline_s=60)
+            if pattern == "spawn"
+            else o.gather(tasks, merge="collect_done", deadline_s=60)
+        )
         started = wait_for(
             lambda: len(by := o.store.r.hgetall(o.store.keys.started_by(run.id))) == 2 and by,
             20,
@@ -177,6 +223,8 @@ def test_lost_worker_machine_subtasks_are_sent_again(tmp_marker: Callable[[str],
         assert env.worker is not None and env.worker.startswith("worker1@")
         assert env.attempt == 2
         assert Path(markers[victim]).exists()
+        if pattern == "gather":
+            assert res.merged == {"texts": markers}
         resent = o.store.r.hgetall(o.store.keys.resent(run.id))
         assert list(resent) == [str(victim)] and resent[str(victim)].startswith("worker2@")
         # Its payload copy is gone with the run.

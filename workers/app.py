@@ -132,8 +132,14 @@ class _ProcessServices:
                     listener=listener,
                     registry=self.registry,
                     revoke=self._revoke,
+                    send=self._send,
                 )
             return self._services
+
+    def _send(self, message: str) -> None:
+        # A message the coordinator prepared (orchestrator/patterns/common.py then_message).
+        spec = json.loads(message)
+        self.app.send_task(spec["task"], args=[None], kwargs=spec["kwargs"], **spec["options"])
 
     def _revoke(self, task_ids: list[str]) -> None:
         # Our flag makes queued siblings skip anyway; the revoke shows them REVOKED in Flower.

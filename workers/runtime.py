@@ -40,6 +40,8 @@ class Services:
     listener: CancelListener
     registry: Registry
     revoke: Callable[[list[str]], None]
+    #: Sends a message the coordinator stored on the run record (a gather's merger).
+    send: Callable[[str], None]
 
 
 class AgentContext:
@@ -186,6 +188,10 @@ def execute_agent(
         )
         return env
     if reason == "reported":
+        if meta.pattern is Pattern.GATHER:
+            # Redelivered after its envelope was recorded: its worker may have died before it
+            # could send the merger. A second merger is harmless (the first result stands).
+            send_then(services, run_id, only_if_unsent=True)
         previous = store.envelope(run_id, index)
         return previous if previous is not None else env
     if not reason and started > meta.deadline_at:
@@ -290,7 +296,9 @@ def _record(
         return
     if not outcome.new or outcome.done < outcome.n:
         return
-    if meta.pattern is Pattern.SPAWN:
+    if meta.pattern is Pattern.GATHER:
+        send_then(services, run_id)
+    elif meta.pattern is Pattern.SPAWN:
         _finalize_all(store, run_id)
     elif meta.pattern is Pattern.RACE and store.r.get(store.keys.winner(run_id)) is None:
         envs = store.envelopes(run_id)
@@ -301,6 +309,21 @@ def _record(
             envelopes=envs,
             error="no racer produced a valid result: " + failure_reasons(sorted(results, key=_idx)),
         )
+
+
+def send_then(services: Services, run_id: str, *, only_if_unsent: bool = False) -> None:
+    """Send the message due once every member reported (a gather's merger), recording when.
+
+    Called by the member whose envelope was the n-th; ``only_if_unsent`` by a redelivered one.
+    """
+    store = services.store
+    key = store.keys.run(run_id)
+    fields: list[str | None] = store.r.hmget(key, ["done", "n", "then", "then_sent_at"])  # type: ignore[assignment]
+    done, n, then, sent = fields
+    if not then or (only_if_unsent and (sent or int(done or 0) < int(n or 0))):
+        return
+    services.send(then)
+    store.r.hset(key, "then_sent_at", repr(time.time()))
 
 
 def _idx(env: AgentResult) -> int:
@@ -334,7 +357,7 @@ def execute_merge(
     meta: TaskMeta,
     quorum: int,
 ) -> dict[str, Any]:
-    """Body of a gather's chord: merge the valid outputs (by index, each once) or fail clearly."""
+    """A gather's merger: merge the valid outputs (by index, each once) or fail clearly."""
     store = services.store
     k = store.keys
     pipe = store.r.pipeline(transaction=False)

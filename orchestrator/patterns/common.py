@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,18 +24,21 @@ class Expansion:
     """A request ready to run: its canvas and the meta every subtask gets.
 
     ``members`` set: a group sent message by message with one producer and no result
-    subscriptions (spawn, race); otherwise ``canvas`` is applied (chord, chain).
+    subscriptions (spawn, race, gather); otherwise ``canvas`` is applied (a chain).
+    ``then``: the message the last member to report sends (a gather's merger), see
+    :func:`then_message`.
     """
 
     canvas: Signature | None
     meta: TaskMeta
     members: list[Signature] | None = None
+    then: Signature | None = None
 
     def send(self, app: Celery, group_id: str) -> None:
         """Publish the expansion."""
         if self.members is None:
             assert self.canvas is not None
-            # A chord's header goes out through the same pipelined publish batch.
+            # Whatever a chain sends goes out through the same pipelined publish batch.
             with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH):
                 self.canvas.apply_async(producer=producer)
             return
@@ -57,6 +61,11 @@ class Expansion:
                 )
                 if index == 0:
                     batch.flush()  # the first subagent starts now, not a batch later
+
+
+def then_message(sig: Signature) -> str:
+    """The JSON of a message a worker sends later (workers/runtime.py ``send_then``)."""
+    return json.dumps({"task": sig.task, "kwargs": sig.kwargs, "options": sig.options})
 
 
 def task_id(run_id: str, index: int) -> str:
