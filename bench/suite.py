@@ -97,6 +97,7 @@ class TargetResults:
     batched: dict[int, Pair] = field(default_factory=dict)  # ours: batched spawn; raw: group
     gather: dict[int, Pair] = field(default_factory=dict)
     round_trip: Pair = field(default_factory=Pair)
+    round_trip_local: Pair = field(default_factory=Pair)  # ours: expanded by the client
     first_start: dict[int, Pair] = field(default_factory=dict)
     tail: dict[int, Pair] = field(default_factory=dict)
     hop: dict[int, Sample] = field(default_factory=dict)
@@ -127,14 +128,18 @@ def can_batch() -> bool:
 
 
 def ours_spawn(
-    t: Target, n: int, res: TargetResults | None = None, batch_size: int | None = None
+    t: Target,
+    n: int,
+    res: TargetResults | None = None,
+    batch_size: int | None = None,
+    orch: Orchestrator | None = None,
 ) -> float:
     """Submit -> wait() returns, plus where the time went."""
     tasks = [Task("bench_noop", {"i": i}) for i in range(n)]
     extra: dict[str, Any] = {"batch_size": batch_size} if batch_size else {}
     t0_wall = time.time()
     t0 = time.perf_counter()
-    run = t.orch.spawn(tasks, preflight="off", deadline_s=RUN_DEADLINE_S, **extra)
+    run = (orch or t.orch).spawn(tasks, preflight="off", deadline_s=RUN_DEADLINE_S, **extra)
     submitted = time.perf_counter()
     result = run.wait(timeout_s=RUN_DEADLINE_S + 30)
     wall = time.perf_counter() - t0
@@ -253,13 +258,33 @@ def phase_fanout(t: Target, plan: Plan, res: TargetResults) -> None:
 
 
 def phase_latency(t: Target, plan: Plan, res: TargetResults) -> None:
-    for _ in range(plan.latency_trials):
-        res.round_trip.ours.add(ours_spawn(t, 1, res))
-        res.round_trip.raw.add(raw_round_trip(t, res))
+    # The same, expanded by the client itself (ORCH_CLIENT_EXPAND_MAX_N): no coordinator hop.
+    local = Orchestrator(t.orch.settings.model_copy(update={"client_expand_max_n": 1}))
+    try:
+        for _ in range(plan.latency_trials):
+            res.round_trip.ours.add(ours_spawn(t, 1, res))
+            res.round_trip.raw.add(raw_round_trip(t, res))
+            if can_expand_in_client():
+                res.round_trip_local.ours.add(ours_spawn(t, 1, orch=local))
+        res.round_trip_local.raw = res.round_trip.raw
+    finally:
+        local.close()
     say(
         f"  round trip: {ms(res.round_trip.ours.median)} ms vs raw "
         f"{ms(res.round_trip.raw.median)} ms"
+        + (
+            f"; expanded by the client {ms(res.round_trip_local.ours.median)} ms"
+            if res.round_trip_local.ours.values
+            else ""
+        )
     )
+
+
+def can_expand_in_client() -> bool:
+    """Whether this version's settings have ``client_expand_max_n``."""
+    from orchestrator import Settings
+
+    return "client_expand_max_n" in Settings.model_fields
 
 
 def phase_race(t: Target, plan: Plan, res: TargetResults) -> None:
@@ -401,6 +426,9 @@ def render(
     rows = []
     for res in results:
         rows.append([res.name, "single-subagent round trip", "1", *pair_cells(res.round_trip)])
+        if res.round_trip_local.ours.values:
+            label = "round trip, expanded by the client"
+            rows.append([res.name, label, "1", *pair_cells(res.round_trip_local)])
         for n in sorted(res.first_start):
             if n in res.first_start:
                 rows.append(

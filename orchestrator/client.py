@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 from orchestrator import aio
 from orchestrator.advisor import Preflight
 from orchestrator.catalog import Catalog
-from orchestrator.coordinator import run_record
+from orchestrator.coordinator import Coordinator, run_record
 from orchestrator.preflight import PreflightSource, apply_policy
 from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
 from orchestrator.runs import Run
@@ -100,6 +100,7 @@ class Orchestrator:
         self.settings = base.model_copy(update=overrides) if overrides else base
         self.settings.require_broker()
         self._app: Celery | None = None
+        self._local: Coordinator | None = None
         self.store: RunStore = make_store(self.settings, retries=CLIENT_RETRIES)
         self.catalog = Catalog(self.store)
         self.preflight_source = PreflightSource(self.store, self.catalog, self.settings)
@@ -202,7 +203,8 @@ class Orchestrator:
     def submit(self, req: OrchestrationRequest) -> Run:
         """Validate against the catalog, record the run and hand it to the coordinator.
 
-        On any error nothing is enqueued.
+        A run of at most ``ORCH_CLIENT_EXPAND_MAX_N`` subagents is expanded here instead (same
+        code, no hop). On any error nothing is enqueued.
         """
         deadline_s = req.deadline_s or self.settings.default_deadline_s
         if deadline_s > self.settings.max_deadline_s:
@@ -241,6 +243,10 @@ class Orchestrator:
             self.store.create_run(record, events)
         try:
             with _reachable("broker", self.settings.require_broker()):
+                if len(req.tasks) <= self.settings.client_expand_max_n:
+                    # Narrow run, latency first: expand it here, as a coordinator would.
+                    self._coordinator().run(req.model_dump(mode="json", by_alias=True))
+                    return Run(self, req.run_id)
                 self.app.send_task(
                     "orchestrator.run",
                     args=[req.model_dump(mode="json", by_alias=True)],
@@ -256,6 +262,13 @@ class Orchestrator:
                 self.store.finalize(req.run_id, RunStatus.FAILED, error=f"not enqueued: {exc}")
             raise
         return Run(self, req.run_id)
+
+    def _coordinator(self) -> Coordinator:
+        if self._local is None:
+            self._local = Coordinator(
+                self.app, self.settings, store=self.store, catalog=self.catalog
+            )
+        return self._local
 
     def preflight(
         self,

@@ -98,11 +98,18 @@ def expand(
 class Coordinator:
     """State and behaviour behind the coordinator's tasks."""
 
-    def __init__(self, app: Celery, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        settings: Settings,
+        *,
+        store: RunStore | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
-        self._store: RunStore | None = None
-        self._catalog: Catalog | None = None
+        self._store = store
+        self._catalog = catalog
 
     @property
     def store(self) -> RunStore:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from orchestrator import AgentStatus, Orchestrator, Pattern, RunStatus, Task
+from orchestrator import (
+    AgentStatus,
+    EmbeddedStack,
+    Orchestrator,
+    Pattern,
+    RunStatus,
+    Settings,
+    Task,
+)
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -203,3 +212,38 @@ def test_batched_subagents_skip_once_cancelled(
     statuses = sorted(e.status.value for e in envs.values())  # type: ignore[attr-defined]
     assert statuses == ["cancelled"] * 2 + ["skipped"] * 4
     assert not any(Path(f"{marker}-{i}").exists() for i in range(6))
+
+
+def test_narrow_runs_can_skip_the_coordinator_hop(stack: EmbeddedStack) -> None:
+    """ORCH_CLIENT_EXPAND_MAX_N: runs that narrow are expanded by the client itself.
+
+    Nobody consumes this client's coordinator queue, so only a run the client expanded can end.
+    """
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    o = Orchestrator(
+        Settings(
+            broker_url=stack.url,
+            key_prefix=stack.key_prefix,
+            coordinator_queue=queue,
+            client_expand_max_n=3,
+        )
+    )
+    try:
+        for pattern in ("spawn", "gather", "race"):
+            tasks = [Task("echo", {"text": f"good-{i}"}) for i in range(3)]
+            if pattern == "spawn":
+                run = o.spawn(tasks)
+            elif pattern == "gather":
+                run = o.gather(tasks, merge="join")
+            else:
+                run = o.race(tasks, validate="starts_good")
+            res = run.wait(timeout_s=30)
+            assert res.status is RunStatus.SUCCEEDED, (pattern, res.error)
+            assert "expanded_at" in o.store.record(run.id)
+        assert o.store.r.llen(queue) == 0
+        wide = o.spawn([Task("echo", {"text": str(i)}) for i in range(4)])
+        assert o.store.r.llen(queue) == 1  # wider than 3: handed to a coordinator
+        assert wide.result() is None and "expanded_at" not in o.store.record(wide.id)
+    finally:
+        o.store.r.delete(queue)
+        o.close()

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     )
     agent_queue: str = Field("agents", description="Default queue of agents and mergers.")
     coordinator_queue: str = Field("orchestrator", description="Queue of the coordinator.")
+    client_expand_max_n: int = Field(
+        0,
+        ge=0,
+        description="Runs of at most this many subagents are expanded by the submitting client "
+        "itself, skipping the hop through a coordinator (a few ms sooner; Flower then shows no "
+        "orchestrator.run task for them). 0: every run goes through a coordinator.",
+    )
     default_deadline_s: float = Field(
         300.0, gt=0, description="Deadline of an orchestration when the request names none."
     )
