@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.events import RunEvent, parse_event
+from orchestrator.feed import COALESCE_S, FEED_MIN_N, AsyncEnvelopeFeed
 from orchestrator.multiplexer import (
     ERRORS,
     Multiplexer,
@@ -27,7 +28,7 @@ from orchestrator.multiplexer import (
 from workers.errors import BrokerUnavailable, RunNotFound, RunTimedOut
 from workers.keys import Keys
 from workers.models import RunResult
-from workers.store import RESULT_SCRIPT, assemble_result
+from workers.store import RESULT_SCRIPT, assemble_result, result_args
 
 if TYPE_CHECKING:
     from orchestrator.client import Orchestrator
@@ -93,14 +94,19 @@ async def wait_async(run: Run, timeout_s: float | None = None) -> RunResult:
     loop = asyncio.get_running_loop()
     limit = loop.time() + timeout_s if timeout_s is not None else math.inf
     deadline_at = await _deadline_at(mux, keys, run.id)
+    store = run.orch.store
+    n = int(await mux.hget(keys.run(run.id), "n") or 0)
+    # A wide run's envelopes are read while it runs (orchestrator/feed.py).
+    feed = AsyncEnvelopeFeed(mux, store, run.id, n) if n >= FEED_MIN_N else None
     sub: Subscription | None = None
     try:
         while True:
             try:
-                store = run.orch.store
-                reply = await mux.script(RESULT_SCRIPT, store.result_keys(run.id))
+                have = feed.have if feed else None
+                args, missing = result_args(have, n)
+                reply = await mux.script(RESULT_SCRIPT, store.result_keys(run.id), args)
                 if reply is not None:
-                    result = assemble_result(reply)
+                    result = assemble_result(reply, have, missing)
                     if result is not None:
                         return result
                 now = time.time()
@@ -119,7 +125,10 @@ async def wait_async(run: Run, timeout_s: float | None = None) -> RunResult:
                 if sub is None:
                     sub = await mux.subscribe(keys.done(run.id))
                 step = min(remaining, deadline_at + DEADLINE_GRACE_S - now + 0.05)
-                await mux.next_entries(sub, step)
+                if feed is None:
+                    await mux.next_entries(sub, step)
+                elif await mux.next_entries(sub, min(step, COALESCE_S)) is None:
+                    await feed.read()
             except BrokerUnavailable:
                 if loop.time() >= limit:
                     raise

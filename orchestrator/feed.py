@@ -11,10 +11,12 @@ anything that has not changed. At the end only the envelopes of the last interva
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from orchestrator.events import stream_entries
+from orchestrator.multiplexer import Multiplexer
 from workers.models import AgentResult
-from workers.store import RunStore
+from workers.store import RunStore, parse_envelopes
 
 #: Runs at least this wide are fed while they run; narrower ones are fetched whole at the end.
 FEED_MIN_N = 200
@@ -60,11 +62,43 @@ class EnvelopeFeed:
             return
         entries = got[0][1]
         self._cursor = entries[-1][0]
-        finished = [
-            int(fields["index"])
-            for _, fields in entries
-            if fields.get("type") == "finished" and "index" in fields
-        ]
-        fresh = [i for i in finished if i not in self.have and 0 <= i < self.n]
+        fresh = fresh_indices(entries, self.have, self.n)
         if fresh:
             self.have.update(self.store.some_envelopes(self.run_id, fresh))
+
+
+class AsyncEnvelopeFeed:
+    """:class:`EnvelopeFeed` for asyncio, through the event loop's multiplexer."""
+
+    def __init__(self, mux: Multiplexer, store: RunStore, run_id: str, n: int) -> None:
+        self.mux = mux
+        self.run_id = run_id
+        self.n = n
+        self.have: dict[int, AgentResult] = {}
+        self._cursor = "0-0"
+        self._events = store.keys.events(run_id)
+        self._results = store.keys.results(run_id)
+
+    async def read(self) -> None:
+        """Fetch the envelopes of subtasks finished since the last read (no waiting)."""
+        entries = await self.mux.xrange_after(self._events, self._cursor)
+        if not entries:
+            return
+        self._cursor = entries[-1][0]
+        fresh = fresh_indices(entries, self.have, self.n)
+        if fresh:
+            raws = await self.mux.hmget(self._results, [str(i) for i in fresh])
+            self.have.update(parse_envelopes([r for r in raws if r is not None]))
+
+
+def fresh_indices(
+    entries: list[tuple[str, dict[str, Any]]], have: dict[int, AgentResult], n: int
+) -> list[int]:
+    """Indices of the 'finished' events among ``entries`` whose envelope is not in ``have``."""
+    out = []
+    for _, fields in entries:
+        if fields.get("type") == "finished" and "index" in fields:
+            index = int(fields["index"])
+            if index not in have and 0 <= index < n:
+                out.append(index)
+    return out

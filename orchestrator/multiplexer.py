@@ -114,9 +114,13 @@ class Multiplexer:
         """GET a string key."""
         return await self._command(lambda r: r.get(key))  # type: ignore[no-any-return]
 
-    async def script(self, source: str, keys: list[str]) -> Any:
+    async def script(self, source: str, keys: list[str], args: list[str] | None = None) -> Any:
         """Run a Lua script (EVALSHA, loading it on first use)."""
-        return await self._command(lambda r: r.register_script(source)(keys=keys))
+        return await self._command(lambda r: r.register_script(source)(keys=keys, args=args))
+
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        """HMGET some fields of a hash."""
+        return await self._command(lambda r: r.hmget(key, fields))  # type: ignore[no-any-return]
 
     async def hget(self, key: str, field: str) -> str | None:
         """HGET one field of a hash."""

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from orchestrator import AgentStatus, Orchestrator, RunStatus, Task
-from orchestrator.feed import FEED_MIN_N, EnvelopeFeed
+from orchestrator.aio import multiplexer
+from orchestrator.feed import COALESCE_S, FEED_MIN_N, AsyncEnvelopeFeed, EnvelopeFeed
 from tests.conftest import wait_for
 from workers.models import RunResult
 from workers.outcome import build_result, roi
@@ -132,3 +133,29 @@ def test_a_wide_run_is_read_while_it_runs_and_ends_identical(orch: Orchestrator)
     assert fed == whole
     assert [r.output["text"] for r in whole.results] == [f"w{i}" for i in range(n)]
     assert run.wait(timeout_s=5) == whole
+
+
+def test_a_wide_run_awaited_is_read_while_it_runs_too(orch: Orchestrator) -> None:
+    n = FEED_MIN_N + 40
+    tasks = [Task("echo", {"text": f"a{i}", "spin_s": 0.004}) for i in range(n)]
+    run = orch.spawn(tasks, preflight="off")
+
+    async def follow() -> tuple[int, RunResult]:
+        mux = multiplexer(orch)
+        feed = AsyncEnvelopeFeed(mux, orch.store, run.id, n)
+        sub = await mux.subscribe(orch.store.keys.done(run.id))
+        limit = time.monotonic() + 60
+        try:
+            while await mux.next_entries(sub, COALESCE_S) is None:
+                assert time.monotonic() < limit, "the run did not end in 60 s"
+                await feed.read()
+        finally:
+            mux.unsubscribe(sub)
+        early = len(feed.have)
+        assert all(env.index == i for i, env in feed.have.items())
+        return early, await run.wait_async(timeout_s=10)
+
+    early, awaited = asyncio.run(follow())
+    assert 0 < early <= n
+    assert awaited == run.wait(timeout_s=5)
+    assert [r.output["text"] for r in awaited.results] == [f"a{i}" for i in range(n)]

@@ -192,10 +192,7 @@ class RunStore:
         raw: list[str | None] = self.r.hmget(  # type: ignore[assignment]
             self.keys.results(run_id), [str(i) for i in indices]
         )
-        found = [v for v in raw if v is not None]
-        if not found:
-            return {}
-        return {e.index: e for e in _ENVELOPES.validate_json("[" + ",".join(found) + "]")}
+        return parse_envelopes([v for v in raw if v is not None])
 
     def envelopes(self, run_id: str) -> dict[int, AgentResult]:
         """Every recorded envelope by index."""
@@ -388,13 +385,9 @@ class RunStore:
         ``have``: envelopes of this run's ``n`` subtasks that the caller already read
         (orchestrator.feed.EnvelopeFeed); only the others are fetched.
         """
-        keys = self.result_keys(run_id)
-        if not have:
-            return assemble_result(self._result(keys=keys))
-        missing = [i for i in range(n) if i not in have]
-        if len(missing) > MAX_MISSING:
-            return assemble_result(self._result(keys=keys))
-        return assemble_result(self._result(keys=keys, args=["some", *missing]), have, missing)
+        args, missing = result_args(have, n)
+        reply = self._result(keys=self.result_keys(run_id), args=args)
+        return assemble_result(reply, have, missing)
 
     def result_keys(self, run_id: str) -> list[str]:
         """KEYS of result.lua (RESULT_SCRIPT) for this run."""
@@ -446,6 +439,23 @@ RESULT_SCRIPT = _script("result.lua")
 _ENVELOPES: TypeAdapter[list[AgentResult]] = TypeAdapter(list[AgentResult])
 #: Past this many envelopes still to fetch, fetch them all (a Lua call's argument limit).
 MAX_MISSING = 2_000
+
+
+def parse_envelopes(raws: list[str]) -> dict[int, AgentResult]:
+    """Envelopes by index, from their JSON (parsed in one call)."""
+    if not raws:
+        return {}
+    return {e.index: e for e in _ENVELOPES.validate_json("[" + ",".join(raws) + "]")}
+
+
+def result_args(have: dict[int, AgentResult] | None, n: int) -> tuple[list[str], list[int] | None]:
+    """ARGV of result.lua, and the indices it will return (None: all of them)."""
+    if not have:
+        return [], None
+    missing = [i for i in range(n) if i not in have]
+    if len(missing) > MAX_MISSING:
+        return [], None
+    return ["some", *map(str, missing)], missing
 
 
 def assemble_result(
