@@ -289,10 +289,16 @@ def _record(
     claim = meta.pattern is Pattern.RACE and env.status is AgentStatus.OK
     outcome = store.finish_task(run_id, env, claim=claim, stats=timings)
     if outcome.won:
-        store.event(run_id, "won", index=str(env.index), worker=env.worker or "")
-        store.request_cancel(run_id, f"race won by #{env.index}", keep=env.index)
-        services.revoke([f"{run_id}.{i}" for i in range(meta.n) if i != env.index])
+        # Stop the others first (one round trip), then end the run; Celery's revoke only shows
+        # them REVOKED in Flower (our flag and message stop them), so it goes last.
+        store.request_cancel(
+            run_id,
+            f"race won by #{env.index}",
+            keep=env.index,
+            event={"type": "won", "index": str(env.index), "worker": env.worker or ""},
+        )
         store.finalize(run_id, RunStatus.SUCCEEDED, winner=env.index)
+        services.revoke([f"{run_id}.{i}" for i in range(meta.n) if i != env.index])
         return
     if not outcome.new or outcome.done < outcome.n:
         return

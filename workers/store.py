@@ -208,14 +208,19 @@ class RunStore:
         keep: int | None = None,
         indices: list[int] | None = None,
         ending: RunStatus | None = None,
+        event: dict[str, str] | None = None,
     ) -> float:
         """Flag the run (or some subtasks) cancelled and tell every worker process at once.
 
         The flag is what queued subtasks see when they start; the message interrupts running ones.
+        ``event``: an event to append first, in the same round trip (a race's 'won').
         """
         now = time.time()
         k = self.keys
         pipe = self.r.pipeline(transaction=False)
+        if event is not None:
+            entry: dict[Any, Any] = {**event, "ts": repr(now)}
+            pipe.xadd(k.events(run_id), entry, maxlen=self.maxlen, approximate=True)
         if ending is not None:
             # Whoever ends the run next (maybe the subtask this cancel interrupts) ends it so.
             pipe.hsetnx(k.run(run_id), "ending", ending.value)
@@ -266,15 +271,14 @@ class RunStore:
         report the run as merely failed.
         """
         k = self.keys
-        if self.r.exists(k.result(run_id)):
-            return None
         pipe = self.r.pipeline(transaction=False)
+        pipe.exists(k.result(run_id))
         pipe.hgetall(k.run(run_id))
         pipe.hgetall(k.started_by(run_id))
         if envelopes is None:
             pipe.hgetall(k.results(run_id))
-        rec, started, *raw = pipe.execute()
-        if not rec:
+        ended, rec, started, *raw = pipe.execute()
+        if ended or not rec:
             return None
         if rec.get("ending") and winner is None:
             status = RunStatus(rec["ending"])
