@@ -100,8 +100,8 @@ def run_demo(
             f"  winner #{res.winner.index} ({w['strategy']}): nonce {w['nonce']} digest "
             f"{w['digest'][:16]}... after {w['tries']} tries"
         )
-    report = run.report()
-    for env in sorted(orch.store.envelopes(run.id).values(), key=lambda e: e.index):
+    settled = run.settle(timeout_s=10)  # the losers' own envelopes: when each really stopped
+    for env in settled.results:
         why = f" ({env.error.message[:60]})" if env.error else ""
         lat = env.cancel_latency_s
         stop = f", stopped {lat * 1000:.1f} ms after the win" if lat is not None else ""
@@ -109,7 +109,7 @@ def run_demo(
             f"  #{env.index} {env.agent:<10} {env.status.value:<9} ran {env.ran_s * 1000:6.0f} ms"
             f"{stop}{why}"
         )
-    out("\n".join(roi_lines(res.model_copy(update={"report": report}))))
+    out("\n".join(roi_lines(res.model_copy(update={"report": settled.report}))))
     ok &= res.ok
     out("\nall three patterns succeeded" if ok else "\nsome pattern did not succeed (see above)")
     return ok

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from orchestrator.events import stream_entries
 from orchestrator.feed import FEED_MIN_N, EnvelopeFeed
 from workers.errors import RunTimedOut
 from workers.models import RoiReport, RunProgress, RunResult, RunStatus
@@ -161,6 +162,25 @@ class Run:
         result = self.orch.store.result(self.id)
         assert result is not None
         return result
+
+    def settle(self, timeout_s: float = 10.0) -> RunResult:
+        """After the run ended: wait until every subtask that started has reported (a race's
+        losers or a cancelled run's subtasks actually stopped), at most ``timeout_s``, then
+        :meth:`refreshed`. Subtasks still silent then (their worker died) stay 'cancelled'."""
+        store = self.orch.store
+        result = self.wait(timeout_s=timeout_s)
+        n = len(result.results)
+        results_key, events = store.keys.results(self.id), store.keys.events(self.id)
+        cursor = "0-0"
+        limit = time.monotonic() + timeout_s
+        while store.r.hlen(results_key) < n and (left := limit - time.monotonic()) > 0:
+            # Each report appends a 'finished' event: block on the stream, no polling.
+            got = stream_entries(
+                store.r.xread({events: cursor}, count=1000, block=max(1, int(min(left, 1) * 1000)))
+            )
+            if got and got[0][1]:
+                cursor = got[0][1][-1][0]
+        return self.refreshed()
 
     def report(self) -> RoiReport:
         """The ROI report, recomputed from every envelope that has arrived (late losers too)."""

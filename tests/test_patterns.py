@@ -247,3 +247,31 @@ def test_narrow_runs_can_skip_the_coordinator_hop(stack: EmbeddedStack) -> None:
     finally:
         o.store.r.delete(queue)
         o.close()
+
+
+def test_settle_waits_for_the_losers_own_envelopes(orch: Orchestrator) -> None:
+    tasks = [
+        Task("echo", {"text": "good-fast", "spin_s": 0.4}),  # the others start meanwhile
+        Task("echo", {"text": "good-slow", "spin_s": 5.0}),
+        Task("echo", {"text": "good-slower", "spin_s": 6.0}),
+    ]
+    run = orch.race(tasks, validate="starts_good", preflight="off")
+    res = run.wait(timeout_s=60)
+    assert res.winner is not None and res.winner.index == 0
+    settled = run.settle(timeout_s=15)
+    assert [r.index for r in settled.results] == [0, 1, 2]
+    stopped = [r for r in settled.results[1:] if r.started_at is not None]
+    assert stopped, "no loser had started: nothing to settle"
+    for loser in settled.results[1:]:
+        # Its own envelope, not the stand-in a run ended before it reported gets.
+        assert loser.error is None or loser.error.type != "NotReported"
+        if loser in stopped:
+            assert loser.status is AgentStatus.CANCELLED
+            assert loser.cancel_latency_s is not None and loser.cancel_latency_s < 5.0
+            assert loser.ran_s > 0
+        else:  # never started (the slots were busy): skipped, which no one has to wait for
+            assert loser.status is AgentStatus.SKIPPED
+    assert settled.report.work_wasted_s == pytest.approx(
+        sum(r.ran_s for r in settled.results[1:]), rel=1e-9
+    )
+    assert settled.winner == res.winner
