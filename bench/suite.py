@@ -13,6 +13,7 @@ on the result backend's pub/sub, never with ``GroupResult.get()``'s 0.5 s poll. 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import inspect
 import math
@@ -100,6 +101,7 @@ class TargetResults:
     round_trip_local: Pair = field(default_factory=Pair)  # ours: expanded by the client
     first_start: dict[int, Pair] = field(default_factory=dict)
     tail: dict[int, Pair] = field(default_factory=dict)
+    tail_async: dict[int, Pair] = field(default_factory=dict)  # ours: wait_async; raw: as tail
     hop: dict[int, Sample] = field(default_factory=dict)
     submit_call: dict[int, Sample] = field(default_factory=dict)
     finalize: dict[int, Sample] = field(default_factory=dict)
@@ -158,6 +160,25 @@ def ours_spawn(
         res.tail.setdefault(n, Pair()).ours.add(t_end_wall - max(ends))
         res.finalize.setdefault(n, Sample()).add(result.finished_at - max(ends))
     return wall
+
+
+def ours_spawn_async(t: Target, n: int, res: TargetResults) -> None:
+    """The same spawn awaited with ``wait_async``: last finished -> the await returns."""
+
+    async def go() -> tuple[RunResult, float]:
+        run = await t.orch.spawn_async(
+            [Task("bench_noop", {"i": i}) for i in range(n)],
+            preflight="off",
+            deadline_s=RUN_DEADLINE_S,
+        )
+        result = await run.wait_async(timeout_s=RUN_DEADLINE_S + 30)
+        return result, time.time()
+
+    result, returned = asyncio.run(go())
+    _check(result, n)
+    ends = [r.finished_at for r in result.results if r.finished_at]
+    if ends:
+        res.tail_async.setdefault(n, Pair()).ours.add(returned - max(ends))
 
 
 def _check(result: RunResult, n: int) -> None:
@@ -260,6 +281,11 @@ def phase_fanout(t: Target, plan: Plan, res: TargetResults) -> None:
 def phase_latency(t: Target, plan: Plan, res: TargetResults) -> None:
     # The same, expanded by the client itself (ORCH_CLIENT_EXPAND_MAX_N): no coordinator hop.
     local = Orchestrator(t.orch.settings.model_copy(update={"client_expand_max_n": 1}))
+    widest = max(plan.ns)
+    for _ in range(plan.trials[widest]):
+        ours_spawn_async(t, widest, res)
+    if widest in res.tail_async and widest in res.tail:
+        res.tail_async[widest].raw = res.tail[widest].raw
     try:
         for _ in range(plan.latency_trials):
             res.round_trip.ours.add(ours_spawn(t, 1, res))
@@ -449,6 +475,9 @@ def render(
                         *pair_cells(res.tail[n]),
                     ]
                 )
+        for n in sorted(res.tail_async):
+            label = "last subagent finished -> wait_async() returns"
+            rows.append([res.name, label, str(n), *pair_cells(res.tail_async[n])])
     out += ["### Latency", ""]
     out += [table(["target", "figure", "N", *PAIR_HEADERS], rows), ""]
 
