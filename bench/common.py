@@ -267,7 +267,8 @@ class Target:
             if self.shared:
                 _delete_prefix(self.redis, self.settings.key_prefix)
                 for q in (self.settings.agent_queue, self.settings.coordinator_queue):
-                    self.redis.delete(q)
+                    # The queue, and kombu's routing entries for its exchange (no expiry).
+                    self.redis.delete(q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}")
         except Exception as exc:
             print(f"  (could not clean up keys on {self.name}: {exc})")
         finally:

@@ -79,11 +79,21 @@ def target_orch(request: pytest.FixtureRequest, stack: EmbeddedStack) -> Iterato
         o.close()
         return
     prefix = f"orchtest-{uuid.uuid4().hex[:8]}"
+    # Our own queue names too: nothing of ours is left in the shared server's default queues.
+    queues = {"agent_queue": f"{prefix}-agents", "coordinator_queue": f"{prefix}-orchestrator"}
+    queue_env = {f"ORCH_{k.upper()}": v for k, v in queues.items()}
     backend: EmbeddedRedis | None = None
     if request.param == "redis":
         url = os.environ["ORCH_TEST_REDIS_URL"]
-        s = _stack(name="redis", workers=1, concurrency=2, broker_url=url, key_prefix=prefix)
-        o = Orchestrator(broker_url=url, key_prefix=prefix)
+        s = _stack(
+            name="redis",
+            workers=1,
+            concurrency=2,
+            broker_url=url,
+            key_prefix=prefix,
+            extra_env=queue_env,
+        )
+        o = Orchestrator(Settings(broker_url=url, key_prefix=prefix, **queues))
     else:
         amqp = os.environ["ORCH_TEST_AMQP_URL"]
         backend = EmbeddedRedis().start()
@@ -94,7 +104,7 @@ def target_orch(request: pytest.FixtureRequest, stack: EmbeddedStack) -> Iterato
             broker_url=amqp,
             key_prefix=prefix,
             state_url=backend.url,
-            extra_env={"ORCH_RESULT_BACKEND": backend.url},
+            extra_env={"ORCH_RESULT_BACKEND": backend.url, **queue_env},
         )
         o = Orchestrator(
             Settings(
@@ -102,15 +112,35 @@ def target_orch(request: pytest.FixtureRequest, stack: EmbeddedStack) -> Iterato
                 result_backend=backend.url,
                 state_url=backend.url,
                 key_prefix=prefix,
+                **queues,
             )
         )
     try:
         yield o
     finally:
-        o.close()
-        s.stop()
-        if backend is not None:
-            backend.stop()
+        s.stop()  # first: a stopping worker puts the messages it had reserved back
+        try:
+            _clean_shared(o, prefix, list(queues.values()), amqp=backend is not None)
+        finally:
+            o.close()
+            if backend is not None:
+                backend.stop()
+
+
+def _clean_shared(o: Orchestrator, prefix: str, queues: list[str], *, amqp: bool) -> None:
+    """Remove what a test session wrote to a server it shares (never FLUSHDB)."""
+    if amqp:
+        with o.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for q in queues:
+                channel.queue_delete(q)
+        return
+    r = o.store.r
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    for q in queues:  # the queue and kombu's routing entries for its exchange
+        keys += [q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}"]
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i : i + 500])
 
 
 @pytest.fixture
