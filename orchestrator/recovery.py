@@ -8,6 +8,9 @@ gather subtask it had started and not reported is sent again under the same task
 because envelopes are recorded once per index: if the lost worker comes back and finishes too,
 the first envelope stands and the other run is wasted work, never a duplicate result.
 
+A gather whose members have all reported but whose merger nobody sent (the worker of the last
+member died in between) gets its merger from a coordinator once ``lost_worker_s`` has passed.
+
 Not covered (those runs end by their deadline, naming what was lost): batched subtasks (the
 batch message also held subtasks that never started), and messages the lost worker had
 prefetched but not started. (Gather members are covered since a gather counts envelopes, not
@@ -59,10 +62,47 @@ def remember_payloads(pipe: Any, store: RunStore, run_id: str, payloads: list[An
 
 
 def recover(app: Celery, store: RunStore, catalog: Catalog, lost_after_s: float) -> int:
-    """Resend the started, unreported subtasks of lost workers; returns how many were sent."""
+    """Resend the started, unreported subtasks of lost workers, and mergers nobody sent;
+    returns how many messages were sent."""
     if lost_after_s <= 0:
         return 0
     now = time.time()
+    return resend_lost_subtasks(app, store, catalog, lost_after_s, now) + resend_mergers(
+        app, store, lost_after_s, now
+    )
+
+
+def resend_mergers(app: Celery, store: RunStore, stale_after_s: float, now: float) -> int:
+    """Send the merger of every open gather whose members all reported more than
+    ``stale_after_s`` ago while no one sent it (the last member's worker died first, and its
+    message will not come back before the visibility timeout)."""
+    k = store.keys
+    open_runs: list[str] = store.r.zrange(k.deadlines, 0, 499)  # type: ignore[assignment]
+    if not open_runs:
+        return 0
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in open_runs:
+        pipe.hmget(k.run(run_id), ["then", "then_sent_at", "all_reported_at"])
+    sent = 0
+    for run_id, (then, sent_at, reported_at) in zip(open_runs, pipe.execute(), strict=True):
+        if not then or sent_at or not reported_at or now - float(reported_at) < stale_after_s:
+            continue
+        if not store.r.hsetnx(k.run(run_id), "then_sent_at", repr(now)):
+            continue  # another coordinator (or the late worker) got there first
+        spec = json.loads(then)
+        app.send_task(spec["task"], args=[None], kwargs=spec["kwargs"], **spec["options"])
+        store.event(
+            run_id, "merger_resent", reason="every member reported; nobody had sent the merger"
+        )
+        log.warning("run %s: every member reported but no merger was sent: sent it", run_id)
+        sent += 1
+    return sent
+
+
+def resend_lost_subtasks(
+    app: Celery, store: RunStore, catalog: Catalog, lost_after_s: float, now: float
+) -> int:
+    """Resend the started, unreported subtasks of workers silent for ``lost_after_s``."""
     lost = lost_workers(store, lost_after_s, now)
     if not lost:
         return 0

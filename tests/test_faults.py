@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import AgentStatus, EmbeddedRedis, EmbeddedStack, Orchestrator, RunStatus, Task
+from orchestrator import (
+    AgentStatus,
+    EmbeddedRedis,
+    EmbeddedStack,
+    Orchestrator,
+    RunStatus,
+    Settings,
+    Task,
+)
 from orchestrator.patterns.common import then_message
 from orchestrator.patterns.gather import merge_signature
 from tests.conftest import _stack, wait_for
@@ -185,6 +193,52 @@ def test_merger_not_sent_by_a_dead_last_member_is_sent_by_its_redelivery(
     assert res.status is RunStatus.SUCCEEDED, res.error
     assert res.merged == {"texts": texts}
     assert "then_sent_at" in o.store.record(run.id)
+
+
+def test_merger_nobody_sent_is_sent_by_a_coordinator() -> None:
+    """The last member's whole machine died before it sent the merger, and its message comes
+    back only after the visibility timeout: a coordinator sends the merger instead."""
+    s = _stack(
+        name="merger",
+        workers=1,
+        concurrency=2,
+        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "1.5"},
+    )
+    o = _client(s)
+    # Submitted on a queue nobody consumes: the test plays the coordinator's expansion.
+    idle = Orchestrator(
+        Settings(broker_url=s.url, key_prefix=s.key_prefix, coordinator_queue="nobody-merger")
+    )
+    try:
+        texts = ["u", "v", "w"]
+        req = idle.request(Pattern.GATHER, [Task("echo", {"text": t}) for t in texts], merge="join")
+        run = idle.submit(req)
+        meta = TaskMeta(pattern=Pattern.GATHER, n=3, queued_at=time.time(), deadline_at=4e9)
+        for i, t in enumerate(texts):  # no merger stored yet: the last member sends nothing
+            o.app.send_task(
+                "agents.echo",
+                task_id=f"{run.id}.{i}",
+                queue="agents",
+                kwargs={
+                    "run_id": run.id,
+                    "index": i,
+                    "payload": {"text": t},
+                    "meta": meta.model_dump(mode="json"),
+                },
+            )
+        wait_for(lambda: o.store.record(run.id).get("done") == "3", 15, "three envelopes")
+        assert "all_reported_at" in o.store.record(run.id)
+        merger = o.catalog.get(AgentKind.MERGER, "join")
+        o.store.update_run(run.id, then=then_message(merge_signature(o.app, req, merger, meta)))
+        res = run.wait(timeout_s=30)
+        assert res.status is RunStatus.SUCCEEDED, res.error
+        assert res.merged == {"texts": texts}
+        kinds = [e["type"] for _, e in o.store.r.xrange(o.store.keys.events(run.id))]
+        assert kinds.count("merger_resent") == 1
+    finally:
+        idle.close()
+        o.close()
+        s.stop()
 
 
 @pytest.mark.parametrize("pattern", ["spawn", "gather"])

@@ -33,6 +33,11 @@ if new == 1 then
     table.insert(update, 'agg:min_queued')
     table.insert(update, ARGV[10])
   end
+  if done == n then
+    -- Every subtask has reported: coordinators resend a gather's merger nobody sent by then.
+    table.insert(update, 'all_reported_at')
+    table.insert(update, ARGV[6])
+  end
   if ARGV[11] == '1' then
     table.insert(update, 'agg:stop_requested')
     table.insert(update, tonumber(rec[8] or '0') + 1)
