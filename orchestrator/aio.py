@@ -28,7 +28,7 @@ from orchestrator.multiplexer import (
 from workers.errors import BrokerUnavailable, RunNotFound, RunTimedOut
 from workers.keys import Keys
 from workers.models import RunResult
-from workers.store import RESULT_SCRIPT, assemble_result, result_args
+from workers.results import RESULT_SCRIPT, assemble_result, result_args
 
 if TYPE_CHECKING:
     from orchestrator.client import Orchestrator

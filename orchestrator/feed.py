@@ -16,7 +16,8 @@ from typing import Any
 from orchestrator.events import stream_entries
 from orchestrator.multiplexer import Multiplexer
 from workers.models import AgentResult
-from workers.store import RunStore, parse_envelopes
+from workers.results import parse_envelopes
+from workers.store import RunStore
 
 #: Runs at least this wide are fed while they run; narrower ones are fetched whole at the end.
 FEED_MIN_N = 200
