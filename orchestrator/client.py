@@ -266,7 +266,11 @@ class Orchestrator:
     def _coordinator(self) -> Coordinator:
         if self._local is None:
             self._local = Coordinator(
-                self.app, self.settings, store=self.store, catalog=self.catalog
+                self.app,
+                self.settings,
+                store=self.store,
+                catalog=self.catalog,
+                raise_send_errors=True,
             )
         return self._local
 

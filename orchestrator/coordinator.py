@@ -105,9 +105,13 @@ class Coordinator:
         *,
         store: RunStore | None = None,
         catalog: Catalog | None = None,
+        raise_send_errors: bool = False,
     ) -> None:
+        """``raise_send_errors``: after ending a run whose send failed, raise the error too
+        (a client expanding its own run reports it to its caller)."""
         self.app = app
         self.settings = settings
+        self.raise_send_errors = raise_send_errors
         self._store = store
         self._catalog = catalog
 
@@ -178,7 +182,22 @@ class Coordinator:
             coordinator=socket.gethostname(),
             **({"then": then_message(expansion.then)} if expansion.then is not None else {}),
         )
-        expansion.send(self.app, group_id=f"{req.run_id}.group")
+        try:
+            expansion.send(self.app, group_id=f"{req.run_id}.group")
+        except Exception as exc:
+            # The broker went away for longer than the publish retries: end the run now, with
+            # the reason, and stop whatever part of it was sent, rather than leave it to its
+            # deadline. (If the state Redis is gone too, this raises and the deadline decides.)
+            reason = (
+                f"the broker failed while the subtasks were being sent ({type(exc).__name__}: "
+                f"{exc}); nothing of this run will run: submit it again once the broker is back"
+            )
+            store.request_cancel(req.run_id, reason, ending=RunStatus.FAILED)
+            store.finalize(req.run_id, RunStatus.FAILED, error=reason)
+            log.error("run %s: %s", req.run_id, reason)
+            if self.raise_send_errors:
+                raise
+            return {"run_id": req.run_id, "error": reason}
         expanded_at = time.time()
         samples: list[Sample] = []
         if not sequential:  # a chain sends only its first link: no dispatch time to learn

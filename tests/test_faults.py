@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from orchestrator import (
     AgentStatus,
@@ -19,9 +23,10 @@ from orchestrator import (
     Settings,
     Task,
 )
-from orchestrator.patterns.common import then_message
+from orchestrator.patterns.common import SEND_BATCH, send_members, then_message
 from orchestrator.patterns.gather import merge_signature
 from tests.conftest import _stack, wait_for
+from workers.app import create_app
 from workers.models import AgentKind, Pattern, TaskMeta
 
 pytestmark = pytest.mark.integration
@@ -286,3 +291,40 @@ def test_lost_worker_machine_subtasks_are_sent_again(
     finally:
         o.close()
         s.stop()
+
+
+def test_a_pipelined_send_cut_mid_way_still_sends_every_member(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker connection dies while members are being sent: the rest go one by one."""
+    server = EmbeddedRedis().start()
+    try:
+        app = create_app(Settings(broker_url=server.url), load_agents=False)
+        queue, n = "nobody-cut", 3000
+        members = [
+            app.signature("agents.echo", kwargs={"i": i}, queue=queue, task_id=f"cut.{i}")
+            for i in range(n)
+        ]
+        r = redis.Redis.from_url(server.url)
+        killed: list[int] = []
+
+        def cut() -> None:  # every client connection but this one, once a few batches are out
+            wait_for(lambda: r.llen(queue) >= 300, 30, "the first batches")
+            killed.append(
+                int(r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+            )
+
+        killer = threading.Thread(target=cut)
+        killer.start()
+        with caplog.at_level(logging.WARNING, logger="orchestrator.patterns.common"):
+            send_members(app, members, "cut-group")
+        killer.join(30)
+        assert killed and killed[0] >= 1
+        assert any("sending the rest one by one" in m for m in caplog.messages), caplog.messages
+        ids = [json.loads(m)["headers"]["id"] for m in r.lrange(queue, 0, -1)]
+        assert set(ids) == {f"cut.{i}" for i in range(n)}
+        assert len(ids) - n <= SEND_BATCH  # at most the one batch whose fate was unknown
+        app.close()
+        r.close()
+    finally:
+        server.stop()

@@ -6,10 +6,13 @@ import pytest
 
 from orchestrator import (
     BrokerUnavailable,
+    EmbeddedStack,
     InvalidPayload,
     InvalidRequest,
     Orchestrator,
     RunNotFound,
+    RunStatus,
+    Settings,
     Task,
     UnknownAgent,
 )
@@ -93,3 +96,29 @@ def test_no_broker_configured_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -
 
     with pytest.raises(ConfigError, match="ORCH_BROKER_URL"):
         Orchestrator()
+
+
+def test_broker_down_while_a_client_expands_its_run(stack: EmbeddedStack) -> None:
+    """State Redis up, broker down: the run the client was expanding itself ends failed, saying
+    why, and submit raises BrokerUnavailable as it does when the coordinator is unreachable."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    o = Orchestrator(
+        Settings(
+            broker_url=dead,
+            state_url=stack.url,
+            key_prefix=stack.key_prefix,
+            client_expand_max_n=4,
+        )
+    )
+    try:
+        runs_before = recorded_runs(o)
+        with pytest.raises(BrokerUnavailable) as info:
+            o.spawn([Task("echo", {"text": "a"})], preflight="off")
+        assert "127.0.0.1" in str(info.value)
+        assert recorded_runs(o) == runs_before + 1  # recorded before the send, then ended
+        [run_id] = o.store.recent_runs(1)
+        result = o.get_run(run_id).wait(timeout_s=5)
+        assert result.status is RunStatus.FAILED
+        assert result.error is not None and "broker failed while the subtasks" in result.error
+    finally:
+        o.close()

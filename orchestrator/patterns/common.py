@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.canvas import Signature
+from kombu.exceptions import BatchPublishError
 
 from orchestrator.request import OrchestrationRequest, TaskSpec
 from workers.models import CatalogEntry, Pattern, TaskMeta
 from workers.registry import BATCH_TASK_PREFIX
 
 _REPR_MAX = 200
-#: Redis commands per pipelined round trip when sending members: small enough that the first
+#: Messages per pipelined round trip when sending members: small enough that the first
 #: workers start while the rest are still being sent.
 SEND_BATCH = 64
+#: A publish batch that never flushes by itself (send_members flushes it).
+UNBOUNDED = 1 << 30
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,29 +44,56 @@ class Expansion:
         """Publish the expansion."""
         if self.members is None:
             assert self.canvas is not None
-            # Whatever a chain sends goes out through the same pipelined publish batch.
-            with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH):
-                self.canvas.apply_async(producer=producer)
+            self.canvas.apply_async()  # a chain: only its first link is sent now
             return
-        # A Celery group applied as a canvas subscribes to every member's result channel
-        # (two Redis commands each) and stores every result; nothing here reads them: the
-        # envelopes go to the run's results hash. Same group id and index in each message.
-        # kombu's publish batch pipelines the LPUSHes (a round trip per SEND_BATCH commands,
-        # not per message); transports without it publish one by one.
-        with app.producer_or_acquire() as producer, producer.batch(max_size=SEND_BATCH) as batch:
-            for index, sig in enumerate(self.members):
-                app.send_task(
-                    sig.task,
-                    kwargs=sig.kwargs,
-                    producer=producer,
-                    ignore_result=True,
-                    add_to_parent=False,
-                    group_id=group_id,
-                    group_index=index,
-                    **sig.options,
-                )
-                if index == 0:
-                    batch.flush()  # the first subagent starts now, not a batch later
+        send_members(app, self.members, group_id)
+
+
+def send_members(app: Celery, members: list[Signature], group_id: str) -> None:
+    """Send every member, pipelined, under one group id (index = position).
+
+    A Celery group applied as a canvas subscribes to every member's result channel (two Redis
+    commands each) and stores every result; nothing here reads them: the envelopes go to the
+    run's results hash. kombu's publish batch pipelines the LPUSHes, one round trip per
+    SEND_BATCH messages, the first message at once; transports without it publish one by one.
+
+    A pipelined flush is not retried by kombu (it cannot know which commands ran). If one
+    fails, the rest, from the first message of that flush, are sent one by one with Celery's
+    publish retry: some may go twice, which at-least-once delivery allows (a subtask's envelope
+    is recorded once).
+    """
+    sent = 0  # members confirmed by a successful flush
+
+    def publish(producer: Any, index: int) -> None:
+        sig = members[index]
+        app.send_task(
+            sig.task,
+            kwargs=sig.kwargs,
+            producer=producer,
+            ignore_result=True,
+            add_to_parent=False,
+            group_id=group_id,
+            group_index=index,
+            **sig.options,
+        )
+
+    with app.producer_or_acquire() as producer:
+        try:
+            with producer.batch(max_size=UNBOUNDED) as batch:  # flushed here, not by size
+                for index in range(len(members)):
+                    publish(producer, index)
+                    if index == 0 or (index + 1) % SEND_BATCH == 0 or index == len(members) - 1:
+                        batch.flush()
+                        sent = index + 1
+        except BatchPublishError as exc:
+            log.warning(
+                "pipelined send failed after %d of %d messages (%s): sending the rest one by one",
+                sent,
+                len(members),
+                exc.__cause__ or exc,
+            )
+            for index in range(sent, len(members)):
+                publish(producer, index)
 
 
 def then_message(sig: Signature) -> str:
