@@ -91,7 +91,6 @@ def configure(app: Celery, settings: Settings) -> None:
         # the result backend. Flower shows argsrepr/kwargsrepr from the task events instead.
         result_extended=False,
         result_expires=settings.run_ttl_s,
-        result_chord_join_timeout=30.0,
         task_default_queue=settings.agent_queue,
         broker_transport_options={"visibility_timeout": visibility},
         result_backend_transport_options={"visibility_timeout": visibility},

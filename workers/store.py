@@ -436,8 +436,3 @@ class RunStore:
         """Most recent run ids first."""
         ids: list[str] = self.r.zrevrange(self.keys.runs, 0, limit - 1)  # type: ignore[assignment]
         return ids
-
-
-def ok_count(results: list[AgentResult]) -> int:
-    """How many envelopes are ok."""
-    return sum(1 for r in results if r.status is AgentStatus.OK)
