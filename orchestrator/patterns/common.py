@@ -22,6 +22,9 @@ SEND_BATCH = 64
 #: A publish batch that never flushes by itself (send_members flushes it).
 UNBOUNDED = 1 << 30
 
+#: Publish retries after a failed pipelined flush: ride out a broker restart (about 8 s).
+RIDE_OUT = {"max_retries": 10, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 1.0}
+
 log = logging.getLogger(__name__)
 
 
@@ -58,13 +61,13 @@ def send_members(app: Celery, members: list[Signature], group_id: str) -> None:
     SEND_BATCH messages, the first message at once; transports without it publish one by one.
 
     A pipelined flush is not retried by kombu (it cannot know which commands ran). If one
-    fails, the rest, from the first message of that flush, are sent one by one with Celery's
-    publish retry: some may go twice, which at-least-once delivery allows (a subtask's envelope
-    is recorded once).
+    fails, the rest, from the first message of that flush, are sent one by one with publish
+    retries that ride out a broker restart (RIDE_OUT): some may go twice, which at-least-once
+    delivery allows (a subtask's envelope is recorded once).
     """
     sent = 0  # members confirmed by a successful flush
 
-    def publish(producer: Any, index: int) -> None:
+    def publish(producer: Any, index: int, **retry: Any) -> None:
         sig = members[index]
         app.send_task(
             sig.task,
@@ -74,6 +77,7 @@ def send_members(app: Celery, members: list[Signature], group_id: str) -> None:
             add_to_parent=False,
             group_id=group_id,
             group_index=index,
+            **retry,
             **sig.options,
         )
 
@@ -93,7 +97,7 @@ def send_members(app: Celery, members: list[Signature], group_id: str) -> None:
                 exc.__cause__ or exc,
             )
             for index in range(sent, len(members)):
-                publish(producer, index)
+                publish(producer, index, retry=True, retry_policy=RIDE_OUT)
 
 
 def then_message(sig: Signature) -> str:
