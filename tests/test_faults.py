@@ -25,6 +25,7 @@ from orchestrator import (
 )
 from orchestrator.patterns.common import SEND_BATCH, send_members, then_message
 from orchestrator.patterns.gather import merge_signature
+from orchestrator.runs import Run
 from tests.conftest import _stack, wait_for
 from workers.app import create_app
 from workers.models import AgentKind, Pattern, TaskMeta
@@ -166,6 +167,41 @@ def test_redelivered_after_reporting_is_merged_once_counted_once(orch: Orchestra
     assert orch.get_run(run.id).wait(timeout_s=5).merged == res.merged
 
 
+def _gather_whose_merger_was_never_sent(
+    submitter: Orchestrator, sender: Orchestrator, texts: list[str]
+) -> tuple[Run, Callable[[int], None]]:
+    """Play the coordinator of a gather: send its members by hand while no merger is stored
+    (so the last member's send finds nothing, as if its worker died first), wait for every
+    envelope, then store the merger. Returns the run and a way to deliver member i again."""
+    req = submitter.request(
+        Pattern.GATHER, [Task("echo", {"text": t}) for t in texts], merge="join"
+    )
+    run = submitter.submit(req)
+    meta = TaskMeta(pattern=Pattern.GATHER, n=len(texts), queued_at=time.time(), deadline_at=4e9)
+
+    def deliver(i: int) -> None:
+        sender.app.send_task(
+            "agents.echo",
+            task_id=f"{run.id}.{i}",
+            queue="agents",
+            kwargs={
+                "run_id": run.id,
+                "index": i,
+                "payload": {"text": texts[i]},
+                "meta": meta.model_dump(mode="json"),
+            },
+        )
+
+    for i in range(len(texts)):
+        deliver(i)
+    n = str(len(texts))
+    wait_for(lambda: sender.store.record(run.id).get("done") == n, 15, "every envelope")
+    merger = sender.catalog.get(AgentKind.MERGER, "join")
+    then = then_message(merge_signature(sender.app, req, merger, meta))
+    sender.store.update_run(run.id, then=then)
+    return run, deliver
+
+
 def test_merger_not_sent_by_a_dead_last_member_is_sent_by_its_redelivery(
     idle_orch: Orchestrator,
 ) -> None:
@@ -173,27 +209,9 @@ def test_merger_not_sent_by_a_dead_last_member_is_sent_by_its_redelivery(
     between, the broker redelivers that member, and the redelivery sends it."""
     o = idle_orch  # nobody expands this run: the test plays the coordinator
     texts = ["p", "q", "r"]
-    req = o.request(Pattern.GATHER, [Task("echo", {"text": t}) for t in texts], merge="join")
-    run = o.submit(req)
-    meta = TaskMeta(pattern=Pattern.GATHER, n=3, queued_at=time.time(), deadline_at=4e9)
-    kwargs = {"meta": meta.model_dump(mode="json")}
-    for i, t in enumerate(texts):  # every member runs and reports; no merger is stored yet,
-        o.app.send_task(  # so the last one's send finds nothing: as if it died first
-            "agents.echo",
-            task_id=f"{run.id}.{i}",
-            queue="agents",
-            kwargs={"run_id": run.id, "index": i, "payload": {"text": t}, **kwargs},
-        )
-    wait_for(lambda: o.store.record(run.id).get("done") == "3", 15, "three envelopes")
-    merger = o.catalog.get(AgentKind.MERGER, "join")
-    o.store.update_run(run.id, then=then_message(merge_signature(o.app, req, merger, meta)))
+    run, deliver = _gather_whose_merger_was_never_sent(o, o, texts)
     assert run.result() is None and "then_sent_at" not in o.store.record(run.id)
-    o.app.send_task(  # the broker redelivers the last member
-        "agents.echo",
-        task_id=f"{run.id}.2",
-        queue="agents",
-        kwargs={"run_id": run.id, "index": 2, "payload": {"text": "r"}, **kwargs},
-    )
+    deliver(2)  # the broker redelivers the last member
     res = run.wait(timeout_s=30)
     assert res.status is RunStatus.SUCCEEDED, res.error
     assert res.merged == {"texts": texts}
@@ -216,25 +234,8 @@ def test_merger_nobody_sent_is_sent_by_a_coordinator() -> None:
     )
     try:
         texts = ["u", "v", "w"]
-        req = idle.request(Pattern.GATHER, [Task("echo", {"text": t}) for t in texts], merge="join")
-        run = idle.submit(req)
-        meta = TaskMeta(pattern=Pattern.GATHER, n=3, queued_at=time.time(), deadline_at=4e9)
-        for i, t in enumerate(texts):  # no merger stored yet: the last member sends nothing
-            o.app.send_task(
-                "agents.echo",
-                task_id=f"{run.id}.{i}",
-                queue="agents",
-                kwargs={
-                    "run_id": run.id,
-                    "index": i,
-                    "payload": {"text": t},
-                    "meta": meta.model_dump(mode="json"),
-                },
-            )
-        wait_for(lambda: o.store.record(run.id).get("done") == "3", 15, "three envelopes")
+        run, _ = _gather_whose_merger_was_never_sent(idle, o, texts)
         assert "all_reported_at" in o.store.record(run.id)
-        merger = o.catalog.get(AgentKind.MERGER, "join")
-        o.store.update_run(run.id, then=then_message(merge_signature(o.app, req, merger, meta)))
         res = run.wait(timeout_s=30)
         assert res.status is RunStatus.SUCCEEDED, res.error
         assert res.merged == {"texts": texts}
