@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from celery import Celery
 from celery.canvas import Signature
@@ -40,7 +41,7 @@ class Expansion:
 
     canvas: Signature | None
     meta: TaskMeta
-    members: list[Signature] | None = None
+    members: Sequence[Signature] | None = None
     then: Signature | None = None
 
     def send(self, app: Celery, group_id: str) -> None:
@@ -52,7 +53,7 @@ class Expansion:
         send_members(app, self.members, group_id)
 
 
-def send_members(app: Celery, members: list[Signature], group_id: str) -> None:
+def send_members(app: Celery, members: Sequence[Signature], group_id: str) -> None:
     """Send every member, pipelined, under one group id (index = position).
 
     A Celery group applied as a canvas subscribes to every member's result channel (two Redis
@@ -168,20 +169,49 @@ def batch_signature(
     )
 
 
+class Lazy(Sequence[Signature]):
+    """Signatures built when first read: the first message goes out before the thousandth
+    signature exists."""
+
+    def __init__(self, n: int, make: Callable[[int], Signature]) -> None:
+        self._made: list[Signature | None] = [None] * n
+        self._make = make
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    @overload
+    def __getitem__(self, index: int) -> Signature: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Signature]: ...
+
+    def __getitem__(self, index: int | slice) -> Signature | Sequence[Signature]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        made = self._made[index]
+        if made is None:
+            made = self._made[index] = self._make(index % len(self))
+        return made
+
+
 def member_signatures(
     app: Celery, req: OrchestrationRequest, entries: list[CatalogEntry], meta: TaskMeta
-) -> list[Signature]:
-    """One signature per subagent, or per batch of one agent's subagents."""
+) -> Sequence[Signature]:
+    """One signature per subagent, or per batch of one agent's subagents (built when sent)."""
     n = len(req.tasks)
     size = req.batch_size or 1
     if size <= 1 or req.pattern is Pattern.RACE:
-        return [agent_signature(app, req, i, entries[i], meta) for i in range(n)]
+        return Lazy(n, lambda i: agent_signature(app, req, i, entries[i], meta))
     by_agent: dict[str, list[int]] = {}
     for i in range(n):
         by_agent.setdefault(entries[i].name, []).append(i)
-    sigs: list[Signature] = []
-    for indices in by_agent.values():
-        for start in range(0, len(indices), size):
-            chunk = indices[start : start + size]
-            sigs.append(batch_signature(app, req, len(sigs), chunk, entries[chunk[0]], meta))
-    return sigs
+    chunks = [
+        indices[start : start + size]
+        for indices in by_agent.values()
+        for start in range(0, len(indices), size)
+    ]
+    return Lazy(
+        len(chunks),
+        lambda b: batch_signature(app, req, b, chunks[b], entries[chunks[b][0]], meta),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from orchestrator.patterns.common import Expansion, agent_signature
+from orchestrator.patterns.common import Expansion, Lazy, agent_signature
 from orchestrator.request import OrchestrationRequest
 from workers.models import CatalogEntry, TaskMeta
 
@@ -14,5 +14,5 @@ def build_race(
     app: Celery, req: OrchestrationRequest, entries: list[CatalogEntry], meta: TaskMeta
 ) -> Expansion:
     """One group of every racer; validation and the claim happen inside each racer."""
-    sigs = [agent_signature(app, req, i, entries[i], meta) for i in range(len(req.tasks))]
+    sigs = Lazy(len(req.tasks), lambda i: agent_signature(app, req, i, entries[i], meta))
     return Expansion(canvas=None, meta=meta, members=sigs)
