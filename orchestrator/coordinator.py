@@ -222,8 +222,10 @@ class Coordinator:
                 approximate=True,
             )
         queue_samples(pipe, store, samples)
-        if not sequential and req.pattern.value in RECOVERABLE and (req.batch_size or 1) <= 1:
+        if not sequential and req.pattern.value in RECOVERABLE:
             remember_payloads(pipe, store, req.run_id, [t.payload for t in req.tasks])
+            if expansion.batches:  # which subtasks go down with a lost batch message
+                pipe.hset(store.keys.run(req.run_id), "batches", json.dumps(expansion.batches))
         pipe.execute()
         # The deadline is enforced by DeadlineSweeper (keys.deadlines), not by an ETA message:
         # an ETA task sits unacknowledged in one coordinator for the whole deadline, comes back

@@ -11,10 +11,12 @@ the first envelope stands and the other run is wasted work, never a duplicate re
 A gather whose members have all reported but whose merger nobody sent (the worker of the last
 member died in between) gets its merger from a coordinator once ``lost_worker_s`` has passed.
 
-Not covered (those runs end by their deadline, naming what was lost): batched subtasks (the
-batch message also held subtasks that never started), and messages the lost worker had
-prefetched but not started. (Gather members are covered since a gather counts envelopes, not
-Celery results: the member that completes it, resent or not, sends the merger.)
+In a batched run, the subtasks of a lost batch message that had not started yet are sent again
+too, one message each. Gather members are covered like any other: a gather counts envelopes, not
+Celery results, and the member that completes it, resent or not, sends the merger.
+
+Not covered (those runs end by their deadline, naming what was lost): messages the lost worker
+had prefetched but not started.
 """
 
 from __future__ import annotations
@@ -99,6 +101,35 @@ def resend_mergers(app: Celery, store: RunStore, stale_after_s: float, now: floa
     return sent
 
 
+def lost_indices(
+    started: dict[str, str],
+    done: set[str],
+    resent: dict[str, str],
+    lost: set[str],
+    batches: list[list[int]] | None,
+) -> dict[str, str]:
+    """Subtasks to send again, each with the lost worker it went down with.
+
+    Those a lost worker started and did not report; and in a batched run, every unreported
+    subtask of a batch message a lost worker was running that never started (the message is
+    gone with the worker). One already resent for that worker is not sent again.
+    """
+    todo = {
+        i: worker
+        for i, worker in started.items()
+        if worker in lost and i not in done and resent.get(i) != worker
+    }
+    for chunk in batches or []:
+        keys = [str(i) for i in chunk]
+        holders = sorted({started[i] for i in keys if started.get(i) in lost})
+        if not holders:
+            continue
+        for i in keys:
+            if i not in done and i not in started and resent.get(i) != holders[0]:
+                todo[i] = holders[0]
+    return todo
+
+
 def resend_lost_subtasks(
     app: Celery, store: RunStore, catalog: Catalog, lost_after_s: float, now: float
 ) -> int:
@@ -116,21 +147,18 @@ def resend_lost_subtasks(
         pipe.hgetall(k.resent(run_id))
         pipe.hmget(
             k.run(run_id),
-            ["pattern", "n", "deadline_at", "validate", "queued_at", "agents", "status"],
+            ["pattern", "n", "deadline_at", "validate", "queued_at", "agents", "status", "batches"],
         )
         started, reported, resent, fields = pipe.execute()
-        pattern, n, deadline_at, validate, queued_at, agents, status = fields
+        pattern, n, deadline_at, validate, queued_at, agents, status, batches = fields
         if pattern not in RECOVERABLE or status != "running" or not agents:
             continue
-        done = set(reported)
-        todo = [
-            i
-            for i, worker in started.items()
-            if worker in lost and i not in done and resent.get(i) != worker
-        ]
+        todo = lost_indices(
+            started, set(reported), resent, lost, json.loads(batches) if batches else None
+        )
         if not todo:
             continue
-        payloads = store.r.hmget(k.payloads(run_id), todo)
+        payloads = store.r.hmget(k.payloads(run_id), list(todo))
         names: list[str] = json.loads(agents)
         meta = TaskMeta(
             pattern=Pattern(pattern),
@@ -140,7 +168,7 @@ def resend_lost_subtasks(
             validate_with=validate or None,
         ).model_dump(mode="json")
         for index, payload in zip(todo, payloads, strict=True):
-            if payload is None:  # batched run, or payloads not kept: the deadline decides
+            if payload is None:  # payloads not kept (an older coordinator): the deadline decides
                 continue
             try:
                 entry = catalog.get(AgentKind.AGENT, names[int(index)])
@@ -162,7 +190,7 @@ def resend_lost_subtasks(
                 argsrepr=f"run={run_id} pattern={pattern} index={index}/{n} resent",
                 kwargsrepr="payload=<resent>",
             )
-            lost_on = started[index]
+            lost_on = todo[index]
             store.r.hset(k.resent(run_id), index, lost_on)
             store.r.expire(k.resent(run_id), store.ttl_s)
             store.event(run_id, "resent", index=index, lost_worker=lost_on)

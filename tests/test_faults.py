@@ -331,3 +331,46 @@ def test_a_pipelined_send_cut_mid_way_still_sends_every_member(
     finally:
         server.persist = False
         server.stop()
+
+
+def test_lost_worker_machine_batch_is_sent_again_whole(tmp_marker: Callable[[str], str]) -> None:
+    """A worker machine dies in the middle of a batch message: the subtask it was running and
+    the ones of that batch it had not started yet are sent again, one message each."""
+    s = _stack(
+        name="lostbatch",
+        workers=2,
+        concurrency=1,
+        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "2"},
+    )
+    o = _client(s)
+    try:
+        markers = [tmp_marker(f"batch{i}") for i in range(4)]
+        tasks = [Task("work", {"seconds": 1.5, "marker": m}) for m in markers]
+        run = o.spawn(tasks, batch_size=2, deadline_s=60, preflight="off")
+        started = wait_for(
+            lambda: len(by := o.store.r.hgetall(o.store.keys.started_by(run.id))) == 2 and by,
+            20,
+            "the first subtask of each batch to start, one batch on each worker",
+        )
+        batches = json.loads(o.store.record(run.id)["batches"])
+        assert sorted(map(sorted, batches)) == [[0, 1], [2, 3]]
+        [victim] = [int(i) for i, w in started.items() if w.startswith("worker2@")]  # type: ignore[union-attr]
+        [lost_batch] = [b for b in batches if victim in b]
+        never_started = [i for i in lost_batch if i != victim]
+        os.killpg(s.procs["worker2"].pid, signal.SIGKILL)  # main process and pool: the machine
+        s.procs.pop("worker2").wait(timeout=10)
+        res = run.wait(timeout_s=60)
+        assert res.status is RunStatus.SUCCEEDED, res.error
+        for i in lost_batch:
+            env = res.results[i]
+            assert env.status is AgentStatus.OK
+            assert env.worker is not None and env.worker.startswith("worker1@")
+            assert Path(markers[i]).exists()
+        assert res.results[victim].attempt == 2
+        assert [res.results[i].attempt for i in never_started] == [1]
+        resent = o.store.r.hgetall(o.store.keys.resent(run.id))
+        assert sorted(resent) == sorted(map(str, lost_batch))
+        assert all(w.startswith("worker2@") for w in resent.values())
+    finally:
+        o.close()
+        s.stop()

@@ -44,6 +44,11 @@ class Expansion:
     members: Sequence[Signature] | None = None
     then: Signature | None = None
 
+    @property
+    def batches(self) -> list[list[int]] | None:
+        """The subtask indices of each batch message, when batched."""
+        return self.members.chunks if isinstance(self.members, Lazy) else None
+
     def send(self, app: Celery, group_id: str) -> None:
         """Publish the expansion."""
         if self.members is None:
@@ -173,9 +178,13 @@ class Lazy(Sequence[Signature]):
     """Signatures built when first read: the first message goes out before the thousandth
     signature exists."""
 
-    def __init__(self, n: int, make: Callable[[int], Signature]) -> None:
+    def __init__(
+        self, n: int, make: Callable[[int], Signature], chunks: list[list[int]] | None = None
+    ) -> None:
         self._made: list[Signature | None] = [None] * n
         self._make = make
+        #: Batched: the subtask indices each message carries (lost-worker recovery needs them).
+        self.chunks = chunks
 
     def __len__(self) -> int:
         return len(self._made)
@@ -214,4 +223,5 @@ def member_signatures(
     return Lazy(
         len(chunks),
         lambda b: batch_signature(app, req, b, chunks[b], entries[chunks[b][0]], meta),
+        chunks,
     )
