@@ -107,6 +107,32 @@ def test_task_stuck_in_c_is_killed_after_grace_and_the_pool_recovers(
         s.stop()
 
 
+def test_batched_subtask_stuck_in_c_is_killed_after_grace_too(
+    tmp_marker: Callable[[str], str],
+) -> None:
+    """In a batch message the grace kill targets the item running; the redelivered batch skips
+    it (reported) and the rest (cancelled)."""
+    s = _stack(name="gracebatch", workers=1, concurrency=2, extra_env={"ORCH_CANCEL__GRACE_S": "1"})
+    o = _client(s)
+    try:
+        markers = [tmp_marker(f"stuckbatch{i}") for i in range(3)]
+        tasks = [Task("work", {"seconds": 60, "marker": m, "mode": "c_loop"}) for m in markers]
+        run = o.spawn(tasks, batch_size=3, deadline_s=120, preflight="off")
+        wait_for(lambda: run.status().started >= 1, 20, "the batch's first item to start")
+        assert run.cancel("test: stop the stuck batch").status is RunStatus.CANCELLED
+        first = wait_for(lambda: o.store.envelope(run.id, 0), 20, "the stuck item's envelope")
+        assert first.status is AgentStatus.CANCELLED  # type: ignore[attr-defined]
+        assert "killed after grace period" in first.error.message  # type: ignore[attr-defined]
+        settled = run.settle(timeout_s=20)
+        assert [r.status for r in settled.results[1:]] == [AgentStatus.SKIPPED] * 2
+        assert not any(Path(m).exists() for m in markers)  # no item ran to its end
+        res = o.spawn([Task("echo", {"text": f"after{i}"}) for i in range(4)]).wait(timeout_s=60)
+        assert res.status is RunStatus.SUCCEEDED, res.error  # the pool replaced the process
+    finally:
+        o.close()
+        s.stop()
+
+
 def test_cancel_sent_while_no_worker_is_online_still_skips_later(
     tmp_marker: Callable[[str], str],
 ) -> None:

@@ -8,7 +8,9 @@ it polls the cancel flags of the subtasks its pool is running and, once one has 
 loop thread, the only thread that hands new tasks to pool processes, so the process killed is
 still running that very task; and it first records the subtask's ``cancelled`` envelope with
 HSETNX, killing only if no envelope existed (a task that already reported is never touched).
-The pool replaces the process; the broker redelivers the message, which then skips.
+The pool replaces the process; the broker redelivers the message, which then skips. For a batch
+message, the subtask concerned is the item it is running (started, not reported); the redelivered
+batch skips its reported items and, the run being cancelled, the rest.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ import re
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery.worker import state as worker_state
 
 from workers.models import AgentResult, AgentStatus, ErrorInfo
+from workers.registry import BATCH_TASK_PREFIX
 from workers.store import RunStore
 
 log = logging.getLogger(__name__)
 _SUBTASK_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.(\d+)$")
+_BATCH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.b(\d+)$")
 
 
 class GraceKiller:
@@ -49,14 +54,40 @@ class GraceKiller:
     def stop(self) -> None:
         self._stop.set()
 
-    def _running(self) -> list[tuple[str, str, int, str, int]]:
-        """(task id, run id, index, agent, pid) of the subtasks the pool runs now."""
-        out = []
+    def _running(self) -> list[_Running]:
+        """The subtasks the pool runs now: one per agent message, the current item of a batch."""
+        out, batches = [], []
         for req in list(worker_state.active_requests):
-            match = _SUBTASK_ID.match(req.id or "")
-            if match and req.worker_pid and req.name.startswith("agents."):
+            if not req.worker_pid:
+                continue
+            one, batch = _SUBTASK_ID.match(req.id or ""), _BATCH_ID.match(req.id or "")
+            if one and req.name.startswith("agents."):
                 agent = req.name.split(".", 1)[1]
-                out.append((req.id, match.group(1), int(match.group(2)), agent, req.worker_pid))
+                run_id, index = one.group(1), int(one.group(2))
+                out.append(_Running(req.id, run_id, index, agent, req.worker_pid))
+            elif batch and req.name.startswith(BATCH_TASK_PREFIX):
+                indices = [int(item[0]) for item in (req.kwargs or {}).get("items", [])]
+                batches.append((req, batch.group(1), indices))
+        if batches:
+            out += self._current_items(batches)
+        return out
+
+    def _current_items(self, batches: list[tuple[Any, str, list[int]]]) -> list[_Running]:
+        """The item each batch message is running: the first one started and not reported."""
+        keys = self.store.keys
+        pipe = self.store.r.pipeline(transaction=False)
+        for _, run_id, indices in batches:
+            pipe.hmget(keys.attempts(run_id), [str(i) for i in indices])
+            pipe.hmget(keys.results(run_id), [str(i) for i in indices])
+        replies = pipe.execute()
+        out = []
+        for n, (req, run_id, indices) in enumerate(batches):
+            attempts, results = replies[2 * n], replies[2 * n + 1]
+            for index, attempt, result in zip(indices, attempts, results, strict=True):
+                if attempt and result is None:
+                    agent = req.name[len(BATCH_TASK_PREFIX) :]
+                    out.append(_Running(req.id, run_id, index, agent, req.worker_pid))
+                    break
         return out
 
     def _loop(self) -> None:
@@ -68,44 +99,45 @@ class GraceKiller:
 
     def _check(self) -> None:
         running = self._running()
-        live = {r[0] for r in running}
-        for task_id in list(self._first_seen):
-            if task_id not in live:
-                del self._first_seen[task_id]
+        live = {r.key for r in running}
+        for key in list(self._first_seen):
+            if key not in live:
+                del self._first_seen[key]
         if not running:
             return
         pipe = self.store.r.pipeline(transaction=False)
-        for _, run_id, index, _, _ in running:
-            pipe.get(self.store.keys.cancel(run_id))
-            pipe.hget(self.store.keys.task_cancel(run_id), str(index))
-            pipe.get(self.store.keys.winner(run_id))
+        for r in running:
+            pipe.get(self.store.keys.cancel(r.run_id))
+            pipe.hget(self.store.keys.task_cancel(r.run_id), str(r.index))
+            pipe.get(self.store.keys.winner(r.run_id))
         flags = pipe.execute()
         now = time.monotonic()
-        for n, (task_id, run_id, index, agent, pid) in enumerate(running):
+        for n, r in enumerate(running):
             run_reason, task_reason, winner = flags[3 * n : 3 * n + 3]
-            if winner is not None and int(winner) == index:
+            if winner is not None and int(winner) == r.index:
                 continue  # the race winner is never a target
             reason = task_reason or run_reason
             if not reason:
                 continue
-            first = self._first_seen.setdefault(task_id, now)
+            first = self._first_seen.setdefault(r.key, now)
             if now - first >= self.grace_s:
                 hub = getattr(self.worker, "hub", None)
                 if hub is None:
-                    self._kill(task_id, run_id, index, agent, pid, str(reason))
+                    self._kill(r, str(reason))
                 else:
-                    hub.call_soon(self._kill, task_id, run_id, index, agent, pid, str(reason))
+                    hub.call_soon(self._kill, r, str(reason))
 
-    def _kill(self, task_id: str, run_id: str, index: int, agent: str, pid: int, why: str) -> None:
+    def _kill(self, r: _Running, why: str) -> None:
         still = any(
-            r.id == task_id and r.worker_pid == pid for r in list(worker_state.active_requests)
+            q.id == r.message_id and q.worker_pid == r.pid
+            for q in list(worker_state.active_requests)
         )
         if not still:
             return
         env = AgentResult(
-            index=index,
-            task_id=task_id,
-            agent=agent,
+            index=r.index,
+            task_id=f"{r.run_id}.{r.index}",
+            agent=r.agent,
             status=AgentStatus.CANCELLED,
             error=ErrorInfo(
                 type="Cancelled",
@@ -116,21 +148,38 @@ class GraceKiller:
             finished_at=time.time(),
             worker=getattr(self.worker, "hostname", None),
             cancel_requested_at=_float(
-                self.store.r.hget(self.store.keys.run(run_id), "cancel_requested_at")
+                self.store.r.hget(self.store.keys.run(r.run_id), "cancel_requested_at")
             ),
         )
-        if not self.store.finish_task(run_id, env, claim=False).new:
+        if not self.store.finish_task(r.run_id, env, claim=False).new:
             return  # it reported after all: leave the process alone
         log.warning(
-            "task %s ignored its interrupt for %.1fs: killing pool process %d; the pool "
-            "replaces it and the redelivered message skips",
-            task_id,
+            "subtask %s.%d (message %s) ignored its interrupt for %.1fs: killing pool process "
+            "%d; the pool replaces it and the redelivered message skips",
+            r.run_id,
+            r.index,
+            r.message_id,
             self.grace_s,
-            pid,
+            r.pid,
         )
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        self._first_seen.pop(task_id, None)
+            os.kill(r.pid, signal.SIGKILL)
+        self._first_seen.pop(r.key, None)
+
+
+@dataclass(frozen=True)
+class _Running:
+    """One subtask a pool process is running, and the message it came in."""
+
+    message_id: str
+    run_id: str
+    index: int
+    agent: str
+    pid: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.message_id}:{self.index}"
 
 
 def _float(value: Any) -> float | None:
