@@ -61,15 +61,12 @@ async def submit_async(orch: Orchestrator, req: OrchestrationRequest) -> Run:
     return await _in_thread(orch.submit, req)
 
 
-async def _deadline_at(mux: Multiplexer, keys: Keys, run_id: str) -> float:
-    raw = await mux.hget(keys.run(run_id), "deadline_at")
-    if raw is None:
-        raise RunNotFound(
-            f"no run {run_id!r} under prefix {keys.prefix!r}: wrong id, wrong "
-            "ORCH_KEY_PREFIX/state Redis, or the run expired (ORCH_RUN_TTL_S)",
-            run_id=run_id,
-        )
-    return float(raw)
+async def _deadline_at(mux: Multiplexer, keys: Keys, run_id: str) -> tuple[float, int]:
+    """The run's deadline and width, or RunNotFound."""
+    deadline_at, n = await mux.hmget(keys.run(run_id), ["deadline_at", "n"])
+    if deadline_at is None:
+        raise RunNotFound.under(run_id, keys.prefix)
+    return float(deadline_at), int(n or 0)
 
 
 async def _expire(run: Run) -> None:
@@ -93,9 +90,8 @@ async def wait_async(run: Run, timeout_s: float | None = None) -> RunResult:
     mux = multiplexer(run.orch)
     loop = asyncio.get_running_loop()
     limit = loop.time() + timeout_s if timeout_s is not None else math.inf
-    deadline_at = await _deadline_at(mux, keys, run.id)
+    deadline_at, n = await _deadline_at(mux, keys, run.id)
     store = run.orch.store
-    n = int(await mux.hget(keys.run(run.id), "n") or 0)
     # A wide run's envelopes are read while it runs (orchestrator/feed.py).
     feed = AsyncEnvelopeFeed(mux, store, run.id, n) if n >= FEED_MIN_N else None
     sub: Subscription | None = None
@@ -145,7 +141,7 @@ async def run_events(run: Run, *, since: str = "0-0") -> AsyncIterator[RunEvent]
 
     keys = run.orch.store.keys
     mux = multiplexer(run.orch)
-    deadline_at = await _deadline_at(mux, keys, run.id)
+    deadline_at, _ = await _deadline_at(mux, keys, run.id)
     sub = await mux.subscribe(keys.events(run.id), since)
     try:
         while True:

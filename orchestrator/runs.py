@@ -103,9 +103,8 @@ class Run:
         """
         store = self.orch.store
         limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
-        rec = store.record(self.id)
-        deadline_at = float(rec["deadline_at"])
-        n = int(rec["n"])
+        deadline_raw, n_raw = store.run_fields(self.id, ["deadline_at", "n"])
+        deadline_at, n = float(deadline_raw or 0), int(n_raw or 0)
         # A wide run's envelopes are read while it runs: little is left to fetch at the end.
         feed = EnvelopeFeed(store, self.id, n) if n >= FEED_MIN_N else None
         while True:

@@ -45,6 +45,15 @@ class BrokerUnavailable(OrchestratorError):
 class RunNotFound(OrchestratorError):
     """No run with that id exists (or it expired)."""
 
+    @classmethod
+    def under(cls, run_id: str, prefix: str) -> RunNotFound:
+        """The error for an id with no record under ``prefix``, saying what to check."""
+        return cls(
+            f"no run {run_id!r} under prefix {prefix!r}: wrong id, wrong ORCH_KEY_PREFIX/state "
+            "Redis, or the run expired (ORCH_RUN_TTL_S)",
+            run_id=run_id,
+        )
+
 
 class RunFailed(OrchestratorError):
     """A run ended failed or cancelled; ``result`` holds every subtask's envelope."""

@@ -115,12 +115,16 @@ class RunStore:
         """The run record, or RunNotFound."""
         rec: dict[str, str] = self.r.hgetall(self.keys.run(run_id))  # type: ignore[assignment]
         if not rec:
-            raise RunNotFound(
-                f"no run {run_id!r} under prefix {self.keys.prefix!r}: wrong id, wrong "
-                "ORCH_KEY_PREFIX/state Redis, or the run expired (ORCH_RUN_TTL_S)",
-                run_id=run_id,
-            )
+            raise RunNotFound.under(run_id, self.keys.prefix)
         return rec
+
+    def run_fields(self, run_id: str, names: list[str]) -> list[str | None]:
+        """Some fields of the run record (not the whole record: it holds every agent name), or
+        RunNotFound. ``names[0]`` must be a field every record has."""
+        values: list[str | None] = self.r.hmget(self.keys.run(run_id), names)  # type: ignore[assignment]
+        if values[0] is None:
+            raise RunNotFound.under(run_id, self.keys.prefix)
+        return values
 
     def event(self, run_id: str, kind: str, **fields: Any) -> None:
         """Append one event to the run's stream."""
