@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from orchestrator import AgentStatus, Orchestrator, RunStatus, Task
+from orchestrator import AgentStatus, Orchestrator, RunStatus, RunTimedOut, Task
 from orchestrator.aio import multiplexer
 from orchestrator.feed import COALESCE_S, FEED_MIN_N, AsyncEnvelopeFeed, EnvelopeFeed
 from tests.conftest import wait_for
@@ -159,3 +159,17 @@ def test_a_wide_run_awaited_is_read_while_it_runs_too(orch: Orchestrator) -> Non
     assert 0 < early <= n
     assert awaited == run.wait(timeout_s=5)
     assert [r.output["text"] for r in awaited.results] == [f"a{i}" for i in range(n)]
+
+
+def test_waiting_on_a_wide_run_times_out_then_resumes(orch: Orchestrator) -> None:
+    n = FEED_MIN_N + 10
+    tasks = [Task("echo", {"text": f"t{i}", "spin_s": 0.02}) for i in range(n)]  # >= 1 s of work
+    run = orch.spawn(tasks, preflight="off")
+    started = time.monotonic()
+    with pytest.raises(RunTimedOut) as info:
+        run.wait(timeout_s=0.3)
+    assert time.monotonic() - started < 5  # the feed's reads do not overrun the caller's limit
+    assert "it goes on" in str(info.value)
+    res = run.wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    assert [r.output["text"] for r in res.results] == [f"t{i}" for i in range(n)]
