@@ -247,19 +247,38 @@ def test_merger_nobody_sent_is_sent_by_a_coordinator() -> None:
         s.stop()
 
 
+def _two_single_slot_workers(name: str) -> tuple[EmbeddedStack, Orchestrator]:
+    """Two worker 'machines' of one process each; a silent one counts as lost after 2 s."""
+    s = _stack(
+        name=name,
+        workers=2,
+        concurrency=1,
+        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "2"},
+    )
+    return s, _client(s)
+
+
+def _lose_worker2_once_both_run(s: EmbeddedStack, o: Orchestrator, run: Run) -> int:
+    """Once a subtask runs on each worker, kill worker2's whole process group (the machine);
+    returns the index it was running."""
+    started = wait_for(
+        lambda: len(by := o.store.r.hgetall(o.store.keys.started_by(run.id))) == 2 and by,
+        20,
+        "a subtask to start on each worker",
+    )
+    [victim] = [int(i) for i, w in started.items() if w.startswith("worker2@")]  # type: ignore[union-attr]
+    os.killpg(s.procs["worker2"].pid, signal.SIGKILL)  # main process and pool: the machine
+    s.procs.pop("worker2").wait(timeout=10)
+    return victim
+
+
 @pytest.mark.parametrize("pattern", ["spawn", "gather"])
 def test_lost_worker_machine_subtasks_are_sent_again(
     tmp_marker: Callable[[str], str], pattern: str
 ) -> None:
     """A whole worker machine dies mid-task: after its heartbeat goes silent the coordinator
     sends its started subtask again, another worker runs it, and the run succeeds."""
-    s = _stack(
-        name="lostworker",
-        workers=2,
-        concurrency=1,
-        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "2"},
-    )
-    o = _client(s)
+    s, o = _two_single_slot_workers("lostworker")
     try:
         markers = [tmp_marker(f"lost{i}") for i in range(2)]
         tasks = [Task("work", {"seconds": 2, "marker": m}) for m in markers]
@@ -268,14 +287,7 @@ def test_lost_worker_machine_subtasks_are_sent_again(
             if pattern == "spawn"
             else o.gather(tasks, merge="collect_done", deadline_s=60)
         )
-        started = wait_for(
-            lambda: len(by := o.store.r.hgetall(o.store.keys.started_by(run.id))) == 2 and by,
-            20,
-            "both subtasks to start, one on each worker",
-        )
-        [victim] = [int(i) for i, w in started.items() if w.startswith("worker2@")]  # type: ignore[union-attr]
-        os.killpg(s.procs["worker2"].pid, signal.SIGKILL)  # main process and pool: the machine
-        s.procs.pop("worker2").wait(timeout=10)
+        victim = _lose_worker2_once_both_run(s, o, run)
         res = run.wait(timeout_s=60)
         assert res.status is RunStatus.SUCCEEDED, res.error
         env = res.results[victim]
@@ -336,29 +348,16 @@ def test_a_pipelined_send_cut_mid_way_still_sends_every_member(
 def test_lost_worker_machine_batch_is_sent_again_whole(tmp_marker: Callable[[str], str]) -> None:
     """A worker machine dies in the middle of a batch message: the subtask it was running and
     the ones of that batch it had not started yet are sent again, one message each."""
-    s = _stack(
-        name="lostbatch",
-        workers=2,
-        concurrency=1,
-        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "2"},
-    )
-    o = _client(s)
+    s, o = _two_single_slot_workers("lostbatch")
     try:
         markers = [tmp_marker(f"batch{i}") for i in range(4)]
         tasks = [Task("work", {"seconds": 1.5, "marker": m}) for m in markers]
         run = o.spawn(tasks, batch_size=2, deadline_s=60, preflight="off")
-        started = wait_for(
-            lambda: len(by := o.store.r.hgetall(o.store.keys.started_by(run.id))) == 2 and by,
-            20,
-            "the first subtask of each batch to start, one batch on each worker",
-        )
+        victim = _lose_worker2_once_both_run(s, o, run)  # each runs the first of its batch
         batches = json.loads(o.store.record(run.id)["batches"])
         assert sorted(map(sorted, batches)) == [[0, 1], [2, 3]]
-        [victim] = [int(i) for i, w in started.items() if w.startswith("worker2@")]  # type: ignore[union-attr]
         [lost_batch] = [b for b in batches if victim in b]
         never_started = [i for i in lost_batch if i != victim]
-        os.killpg(s.procs["worker2"].pid, signal.SIGKILL)  # main process and pool: the machine
-        s.procs.pop("worker2").wait(timeout=10)
         res = run.wait(timeout_s=60)
         assert res.status is RunStatus.SUCCEEDED, res.error
         for i in lost_batch:
