@@ -33,10 +33,15 @@ def _settings() -> Settings:
 
 
 def _orch() -> Orchestrator:
+    """A client for this command, closed when the command ends (exit codes included)."""
     try:
-        return Orchestrator(_settings())
+        orch = Orchestrator(_settings())
     except OrchestratorError as exc:
         raise click.ClickException(str(exc)) from exc
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(orch.close)
+    return orch
 
 
 def _sigterm_as_interrupt() -> None:

@@ -273,7 +273,10 @@ def test_cli_preflight_and_report(
     out = runner.invoke(main, ["preflight", "--json"], input=json.dumps(tiny))
     assert out.exit_code == 3 and json.loads(out.output)["verdict"] == "does-not-pay"
 
-    res = warm.race(tinies("bad", "good"), validate="said_good").wait(timeout_s=30)
+    run = warm.race(tinies("bad", "good"), validate="said_good")
+    run.wait(timeout_s=30)
+    # The report draws every envelope that has arrived: let the loser's arrive first.
+    res = run.settle(timeout_s=15)
     svg = tmp_path / "race.svg"
     out = runner.invoke(main, ["report", res.run_id, "--svg", str(svg), "--no-color"])
     assert out.exit_code == 0, out.output
