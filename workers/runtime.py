@@ -328,7 +328,16 @@ def send_then(services: Services, run_id: str, *, only_if_unsent: bool = False) 
     done, n, then, sent = fields
     if not then or (only_if_unsent and (sent or int(done or 0) < int(n or 0))):
         return
-    services.send(then)
+    try:
+        services.send(then)
+    except Exception as exc:  # broker away past its retries: this subtask itself succeeded
+        log.warning(
+            "run %s: could not send the merger (%s); a coordinator sends it after "
+            "ORCH_LOST_WORKER_S",
+            run_id,
+            exc,
+        )
+        return
     store.r.hset(key, "then_sent_at", repr(time.time()))
 
 
