@@ -67,10 +67,12 @@ def overheads(stats: StatsSnapshot, pattern: Pattern, agents: Sequence[str]) -> 
     others = list(stats.patterns.values())
     # A pattern's first runs include the coordinator's cold start (imports, connections); until
     # it has a few samples, the overhead common to all patterns is the better forecast.
+    # The low end of the samples is the overhead of a free coordinator: the rest is waiting
+    # behind other runs (a burst of submissions), which says nothing about the next one.
     if own is not None and own.overhead.samples >= MIN_OWN_SAMPLES:
-        coordinator, dispatch = own.overhead.p50_s, own.dispatch_per_task_s
+        coordinator, dispatch = own.overhead.p10_s, own.dispatch_per_task_s
     elif others:
-        coordinator = statistics.median(p.overhead.p50_s for p in others)
+        coordinator = statistics.median(p.overhead.p10_s for p in others)
         dispatch = statistics.median(p.dispatch_per_task_s for p in others)
     else:
         coordinator, dispatch = DEFAULT_COORDINATOR_S, DEFAULT_DISPATCH_S
