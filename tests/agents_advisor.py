@@ -45,7 +45,7 @@ class Ranked(BaseModel):
 @agent("nap", input=Nap, output=Napped, description="Sleep (predictable parallelism).")
 def nap(n: Nap, ctx: AgentContext) -> Napped:
     start = time.perf_counter()
-    time.sleep(n.seconds)
+    ctx.sleep(n.seconds)  # the work itself; wakes at once on cancel
     return Napped(tag=n.tag, slept_s=time.perf_counter() - start)
 
 

@@ -62,7 +62,7 @@ def work(w: Work, ctx: AgentContext) -> Done:
     if w.mode == "cpu":
         _spin(w.seconds)
     elif w.mode == "sleep":
-        time.sleep(w.seconds)
+        time.sleep(w.seconds)  # the workload: a plain sleep the interrupt must break
     elif w.mode == "socket":
         import socket
 
@@ -84,7 +84,7 @@ def work(w: Work, ctx: AgentContext) -> Done:
         end = time.monotonic() + w.seconds
         while time.monotonic() < end:
             ctx.raise_if_cancelled()
-            time.sleep(0.01)
+            time.sleep(0.01)  # the workload between checks (not test synchronisation)
     Path(w.marker).write_text(f"completed by pid {os.getpid()}")
     return Done(marker=w.marker)
 

@@ -25,6 +25,7 @@ from orchestrator import (
 )
 from orchestrator.aio import Multiplexer, multiplexer
 from orchestrator.runs import Run
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -146,10 +147,7 @@ def test_loop_shutdown_is_prompt_and_closes_connections(
     def aio_clients() -> list[str]:
         return [c["name"] for c in r.client_list() if c.get("name", "").startswith("orch-aio")]
 
-    deadline = time.monotonic() + 5
-    while aio_clients() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert aio_clients() == []
+    wait_for(lambda: not aio_clients(), 5, "the asyncio clients to disconnect")
 
 
 def test_a_newcomer_is_not_stuck_behind_the_blocked_read(

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -100,8 +99,19 @@ class Runs:
     eta_task: str  # an agent message with a secret payload, held by a worker until its ETA
 
 
+#: States after which Flower's view of a task no longer changes.
+FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
+
 def _seen_by(fl: Flower, task_id: str) -> bool:
     return fl.get(f"/api/task/info/{task_id}")[0] == 200
+
+
+def _settled_in(fl: Flower, task_id: str) -> bool:
+    """Flower has the task in a final state (a run can end before its last task-succeeded
+    event is sent: the envelope is recorded inside the task)."""
+    status, body = fl.get(f"/api/task/info/{task_id}")
+    return status == 200 and json.loads(body).get("state") in FINAL_STATES
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +121,11 @@ def runs(flower: Flower, orch: Orchestrator) -> Iterator[Runs]:
     for _ in range(10):
         probe = orch.spawn([Task("echo", {"text": "probe"})])
         probe.wait(timeout_s=30)
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not _seen_by(flower, f"{probe.id}.coordinator"):
-            time.sleep(0.05)
-        if _seen_by(flower, f"{probe.id}.coordinator"):
+        try:
+            wait_for(lambda p=probe: _seen_by(flower, f"{p.id}.coordinator"), 2, "the probe")
             break
+        except AssertionError:
+            continue  # sent before Flower listened: probe again
     else:
         pytest.fail(f"Flower saw no task events; log: {flower.log.read_text(errors='replace')}")
     spawn = orch.spawn(
@@ -142,7 +152,7 @@ def runs(flower: Flower, orch: Orchestrator) -> Iterator[Runs]:
     )
     for res in (spawn, gather, race):
         ids = [r.task_id for r in res.results] + [f"{res.run_id}.coordinator"]
-        wait_for(lambda ids=ids: all(_seen_by(flower, i) for i in ids), 10, "Flower's view")
+        wait_for(lambda ids=ids: all(_settled_in(flower, i) for i in ids), 10, "Flower's view")
     yield Runs(spawn, gather, race, eta_task)
     orch.revoke([eta_task])
 
