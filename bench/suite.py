@@ -455,29 +455,12 @@ def render(
         if res.round_trip_local.ours.values:
             label = "round trip, expanded by the client"
             rows.append([res.name, label, "1", *pair_cells(res.round_trip_local)])
-        for n in sorted(res.first_start):
-            if n in res.first_start:
-                rows.append(
-                    [
-                        res.name,
-                        "submit -> first subagent started",
-                        str(n),
-                        *pair_cells(res.first_start[n]),
-                    ]
-                )
-        for n in sorted(res.tail):
-            if n in res.tail:
-                rows.append(
-                    [
-                        res.name,
-                        "last subagent finished -> wait() returns",
-                        str(n),
-                        *pair_cells(res.tail[n]),
-                    ]
-                )
-        for n in sorted(res.tail_async):
-            label = "last subagent finished -> wait_async() returns"
-            rows.append([res.name, label, str(n), *pair_cells(res.tail_async[n])])
+        for label, by_n in (
+            ("submit -> first subagent started", res.first_start),
+            ("last subagent finished -> wait() returns", res.tail),
+            ("last subagent finished -> wait_async() returns", res.tail_async),
+        ):
+            rows += [[res.name, label, str(n), *pair_cells(by_n[n])] for n in sorted(by_n)]
     out += ["### Latency", ""]
     out += [table(["target", "figure", "N", *PAIR_HEADERS], rows), ""]
 
