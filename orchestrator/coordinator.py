@@ -15,13 +15,14 @@ from pydantic import ValidationError
 
 from orchestrator.catalog import Catalog
 from orchestrator.patterns import build_gather, build_race, build_spawn
-from orchestrator.patterns.common import Expansion, then_message
+from orchestrator.patterns.common import Expansion
 from orchestrator.patterns.sequential import build_sequential
 from orchestrator.preflight import PreflightSource, apply_policy
 from orchestrator.recovery import RECOVERABLE, recover, remember_payloads
 from orchestrator.request import OrchestrationRequest
 from orchestrator.runs import expire_run
 from workers.app import make_store
+from workers.deferred import deferred_message
 from workers.errors import OrchestratorError, ParallelismDoesNotPay, RunNotFound
 from workers.models import AgentKind, Execution, Pattern, RunStatus, TaskMeta
 from workers.settings import Settings
@@ -180,7 +181,7 @@ class Coordinator:
             status=RunStatus.RUNNING.value,
             queued_at=repr(expansion.meta.queued_at),
             coordinator=socket.gethostname(),
-            **({"then": then_message(expansion.then)} if expansion.then is not None else {}),
+            **({"then": deferred_message(expansion.then)} if expansion.then is not None else {}),
         )
         try:
             expansion.send(self.app, group_id=f"{req.run_id}.group")

@@ -29,6 +29,7 @@ from typing import Any
 from celery import Celery
 
 from orchestrator.catalog import Catalog
+from workers.deferred import send_deferred
 from workers.errors import OrchestratorError
 from workers.models import AgentKind, Pattern, TaskMeta, WorkerInfo
 from workers.store import RunStore
@@ -91,8 +92,7 @@ def resend_mergers(app: Celery, store: RunStore, stale_after_s: float, now: floa
             continue
         if not store.r.hsetnx(k.run(run_id), "then_sent_at", repr(now)):
             continue  # another coordinator (or the late worker) got there first
-        spec = json.loads(then)
-        app.send_task(spec["task"], args=[None], kwargs=spec["kwargs"], **spec["options"])
+        send_deferred(app, then)
         store.event(
             run_id, "merger_resent", reason="every member reported; nobody had sent the merger"
         )

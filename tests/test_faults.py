@@ -23,11 +23,12 @@ from orchestrator import (
     Settings,
     Task,
 )
-from orchestrator.patterns.common import SEND_BATCH, send_members, then_message
+from orchestrator.patterns.common import SEND_BATCH, send_members
 from orchestrator.patterns.gather import merge_signature
 from orchestrator.runs import Run
 from tests.conftest import _stack, wait_for
 from workers.app import create_app
+from workers.deferred import deferred_message
 from workers.models import AgentKind, Pattern, TaskMeta
 
 pytestmark = pytest.mark.integration
@@ -197,7 +198,7 @@ def _gather_whose_merger_was_never_sent(
     n = str(len(texts))
     wait_for(lambda: sender.store.record(run.id).get("done") == n, 15, "every envelope")
     merger = sender.catalog.get(AgentKind.MERGER, "join")
-    then = then_message(merge_signature(sender.app, req, merger, meta))
+    then = deferred_message(merge_signature(sender.app, req, merger, meta))
     sender.store.update_run(run.id, then=then)
     return run, deliver
 

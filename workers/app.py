@@ -18,6 +18,7 @@ from redis.retry import Retry
 
 from workers import redact  # noqa: F401 - registers inspect commands that hide arguments
 from workers.cancel import CancelListener
+from workers.deferred import send_deferred
 from workers.errors import ConfigError
 from workers.keys import Keys
 from workers.models import AgentKind, AgentResult, TaskMeta, WorkerInfo
@@ -136,9 +137,7 @@ class _ProcessServices:
             return self._services
 
     def _send(self, message: str) -> None:
-        # A message the coordinator prepared (orchestrator/patterns/common.py then_message).
-        spec = json.loads(message)
-        self.app.send_task(spec["task"], args=[None], kwargs=spec["kwargs"], **spec["options"])
+        send_deferred(self.app, message)
 
     def _revoke(self, task_ids: list[str]) -> None:
         # Our flag makes queued siblings skip anyway; the revoke shows them REVOKED in Flower.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ class Expansion:
     ``members`` set: a group sent message by message with one producer and no result
     subscriptions (spawn, race, gather); otherwise ``canvas`` is applied (a chain).
     ``then``: the message the last member to report sends (a gather's merger), see
-    :func:`then_message`.
+    :func:`workers.deferred.deferred_message`.
     """
 
     canvas: Signature | None
@@ -104,11 +103,6 @@ def send_members(app: Celery, members: Sequence[Signature], group_id: str) -> No
             )
             for index in range(sent, len(members)):
                 publish(producer, index, retry=True, retry_policy=RIDE_OUT)
-
-
-def then_message(sig: Signature) -> str:
-    """The JSON of a message a worker sends later (workers/runtime.py ``send_then``)."""
-    return json.dumps({"task": sig.task, "kwargs": sig.kwargs, "options": sig.options})
 
 
 def task_id(run_id: str, index: int) -> str:
