@@ -23,7 +23,8 @@ from celery._state import _set_task_join_will_block
 from celery.canvas import Signature
 
 from orchestrator import EmbeddedStack, Orchestrator, Settings
-from workers.app import create_app, redis_client
+from workers.app import create_app
+from workers.store import redis_client
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

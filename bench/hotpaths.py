@@ -26,9 +26,11 @@ from celery import group
 
 from bench.common import RESULTS, new_tag
 from orchestrator import EmbeddedRedis, Orchestrator, Pattern, Settings, Task
-from orchestrator.coordinator import register_coordinator
-from workers.app import create_app, make_store, publish_catalog
+from orchestrator.service import register_coordinator
+from workers.app import create_app
+from workers.presence import publish_catalog
 from workers.registry import REGISTRY
+from workers.store import make_store
 
 T = TypeVar("T")
 

@@ -2,8 +2,8 @@
 race-then-cancel) to Celery workers and follow them."""
 
 from orchestrator.advisor import Capacity, Check, CheckStatus, Preflight, advise
+from orchestrator.api import Orchestrator, Run
 from orchestrator.catalog import Catalog
-from orchestrator.client import Orchestrator
 from orchestrator.embedded import EmbeddedRedis, EmbeddedStack
 from orchestrator.errors import (
     BrokerUnavailable,
@@ -20,7 +20,6 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventType, RunEvent
 from orchestrator.request import OrchestrationRequest, Task, TaskSpec
-from orchestrator.runs import Run
 from workers.models import (
     AgentResult,
     AgentStatus,

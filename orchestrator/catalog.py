@@ -8,8 +8,9 @@ from typing import Any
 
 from jsonschema.validators import validator_for
 
-from workers.errors import InvalidPayload, InvalidRequest, UnknownAgent
+from workers.errors import InvalidPayload, UnknownAgent
 from workers.models import AgentKind, CatalogEntry, Pattern
+from workers.names import catalog_field
 from workers.store import RunStore
 
 _CACHE_S = 2.0
@@ -26,8 +27,7 @@ class Catalog:
 
     def refresh(self) -> dict[str, CatalogEntry]:
         """Reload from Redis."""
-        raw: dict[str, str] = self.store.r.hgetall(self.store.keys.catalog)  # type: ignore[assignment]
-        self._entries = {k: CatalogEntry.model_validate_json(v) for k, v in raw.items()}
+        self._entries = self.store.catalog_entries()
         self._fetched = time.monotonic()
         return self._entries
 
@@ -37,7 +37,7 @@ class Catalog:
 
     def get(self, kind: AgentKind, name: str) -> CatalogEntry:
         """One entry or UnknownAgent naming what is known."""
-        key = f"{kind.value}:{name}"
+        key = catalog_field(kind.value, name)
         if time.monotonic() - self._fetched > _CACHE_S or key not in self._entries:
             self.refresh()
         entry = self._entries.get(key)
@@ -84,9 +84,7 @@ class Catalog:
         for i, (name, payload) in enumerate(tasks):
             entry = self.get(AgentKind.AGENT, name)
             self.check_payload(entry, payload, f"task #{i}")
-        if pattern is Pattern.GATHER:
-            if merge is None:
-                raise InvalidRequest("gather-then-merge needs merge=<merger name>")
+        if merge is not None:  # which patterns take a merger is the request's own check
             self.get(AgentKind.MERGER, merge)
         if validate is not None:
             self.get(AgentKind.VALIDATOR, validate)

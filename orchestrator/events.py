@@ -123,23 +123,9 @@ def _number(value: str | None, kind: type[int] | type[float]) -> Any:
         return None
 
 
-def stream_entries(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
-    """Normalise an XREAD reply (RESP2 list or RESP3 dict) to [(key, [(id, fields)])]."""
-    if not reply:
-        return []
-    items = reply.items() if isinstance(reply, dict) else reply
-    out: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []
-    for key, entries in items:
-        flat = entries[0] if entries and isinstance(entries[0], list) else entries
-        out.append((_text(key), [(_text(i), dict(f)) for i, f in flat]))
-    return out
-
-
 def read_events(store: RunStore, run_id: str, since: str = "0-0") -> list[RunEvent]:
     """Every event after ``since`` that is in the stream now (no waiting)."""
-    low = f"({since}" if since != "0-0" else "-"
-    raw: list[tuple[str, dict[str, str]]] = store.r.xrange(store.keys.events(run_id), min=low)  # type: ignore[assignment]
-    return [parse_event(run_id, str(i), f) for i, f in raw]
+    return [parse_event(run_id, i, f) for i, f in store.events_after(run_id, since)]
 
 
 def follow_events(
@@ -150,15 +136,5 @@ def follow_events(
     An empty batch means nothing happened for ``block_s`` (a chance to redraw a clock). The
     caller stops iterating when it has seen the final event or lost patience.
     """
-    key = store.keys.events(run_id)
-    cursor = since
-    while True:
-        reply = store.r.xread({key: cursor}, count=500, block=max(1, int(block_s * 1000)))
-        batch = [
-            parse_event(run_id, entry_id, fields)
-            for _, entries in stream_entries(reply)
-            for entry_id, fields in entries
-        ]
-        if batch:
-            cursor = batch[-1].id
-        yield batch
+    for entries in store.follow_events(run_id, since=since, block_s=block_s):
+        yield [parse_event(run_id, entry_id, fields) for entry_id, fields in entries]

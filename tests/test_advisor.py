@@ -14,10 +14,11 @@ from pydantic import BaseModel
 
 from orchestrator import Capacity, CheckStatus, OrchestrationRequest, Pattern, Verdict, advise
 from orchestrator.advisor import Preflight
-from orchestrator.costmodel import GAP_S, Overheads, first_valid, in_order, schedule
-from orchestrator.schemas import incompatibilities
+from orchestrator.advisor.costmodel import GAP_S, Overheads, schedule
+from orchestrator.advisor.schemas import incompatibilities
 from tests.agents_advisor import Joined, Nap, Napped, Ranked, Said, Scored, Words
 from workers.models import AgentKind, CatalogEntry, Execution, WorkerInfo
+from workers.patterns.race import first_valid, in_order
 from workers.settings import AdvisorSettings
 from workers.stats import (
     AgentStats,

@@ -6,7 +6,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from orchestrator import Pattern, advise
-from orchestrator.report import (
+from orchestrator.cli.report import (
     COLOURS,
     preflight_lines,
     report_lines,
@@ -23,7 +23,7 @@ from workers.models import (
     RunStatus,
     Verdict,
 )
-from workers.outcome import roi
+from workers.run_result import roi
 
 T0 = 1_700_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"

@@ -31,9 +31,8 @@ from orchestrator import (
 )
 from orchestrator.cli import main
 from tests.conftest import queued, recorded_runs, wait_for
-from workers.app import make_store
 from workers.models import AgentResult
-from workers.stats import queue_reads, snapshot
+from workers.store import make_store
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +72,7 @@ def warm(orch: Orchestrator) -> Orchestrator:
 def test_every_finished_subagent_updates_its_statistics(warm: Orchestrator) -> None:
     names = ["agent:nap", "agent:tiny", "merger:join_said", "validator:said_good"]
     names.append("pattern:parallel-spawn")
-    pipe = warm.store.r.pipeline()
-    queue_reads(pipe, warm.store.keys, names)
-    snap = snapshot(names, pipe.execute())
+    snap, _, _ = warm.store.planning_facts(names, [])
     nap = snap.agents["nap"]
     assert nap.count >= 4 and nap.ok_rate == 1.0
     # A fresh worker process's first task also pays for its Redis connection.

@@ -16,6 +16,7 @@ from orchestrator import (
     EmbeddedStack,
     Orchestrator,
     Pattern,
+    Run,
     RunNotFound,
     RunResult,
     RunStatus,
@@ -23,8 +24,7 @@ from orchestrator import (
     Settings,
     Task,
 )
-from orchestrator.aio import Multiplexer, multiplexer
-from orchestrator.runs import Run
+from orchestrator.aio import Multiplexer, store_of
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def test_hundreds_of_runs_awaited_from_one_loop_share_one_read(
 
         waits = [asyncio.create_task(r.wait_async(timeout_s=60)) for r in runs]
         waits += [asyncio.create_task(one(i)) for i in range(n_fast)]
-        mux = multiplexer(orch)
+        mux = store_of(orch).mux
         await until(lambda: mux.waiting >= 100, 20, "100 runs being awaited at once")
         observed["waiting"] = mux.waiting
         observed["threads"] = threading.active_count() - threads_before
@@ -132,7 +132,7 @@ def test_loop_shutdown_is_prompt_and_closes_connections(
         res = await run.wait_async(timeout_s=30)
         # Leave a waiter behind, blocked in the shared read, as an application may.
         asyncio.create_task(long.wait_async())  # noqa: RUF006
-        mux = multiplexer(orch)
+        mux = store_of(orch).mux
         await until(lambda: long.orch.store.keys.done(long.id) in mux._reading, 10, "the read")
         return res
 
@@ -159,7 +159,7 @@ def test_a_newcomer_is_not_stuck_behind_the_blocked_read(
             deadline_s=60,
         )
         long_wait = asyncio.create_task(long.wait_async(timeout_s=60))
-        mux = multiplexer(orch)
+        mux = store_of(orch).mux
         await until(lambda: mux._reading, 10, "the shared read to be in flight")
         quick = await orch.spawn_async([Task("echo", {"text": "quick"})])
         started = time.monotonic()
@@ -304,7 +304,7 @@ def test_broker_down_while_waiting_is_a_clear_error(orch: Orchestrator) -> None:
 
         async def main() -> float:
             waiting = asyncio.create_task(Run(other, "r1").wait_async(timeout_s=1.5))
-            mux = multiplexer(other)
+            mux = store_of(other).mux
             await until(lambda: mux._reading, 10, "the shared read to be in flight")
             started = time.monotonic()
             await asyncio.to_thread(server.stop)

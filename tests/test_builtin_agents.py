@@ -25,7 +25,7 @@ from workers.agents.text import (
     module_stats,
     resolve_module,
 )
-from workers.runtime import AgentContext
+from workers.context import AgentContext
 
 
 class Cancelled(Exception):

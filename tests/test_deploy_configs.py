@@ -27,7 +27,7 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator.cli import main
-from orchestrator.processes import flower_argv
+from orchestrator.embedded.processes import flower_argv
 from workers.settings import Settings
 
 # PyYAML is not a runtime dependency; the test extra should carry it (and types-PyYAML).

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
 from orchestrator.cli import main
+from orchestrator.cli.watch import RunView, watch_run
 from orchestrator.events import EventType, parse_event, read_events
-from orchestrator.watch import RunView, watch_run
 
 CLIENT = Path(__file__).with_name("nonpython_client.py")
 

@@ -19,17 +19,16 @@ from orchestrator import (
     EmbeddedRedis,
     EmbeddedStack,
     Orchestrator,
+    Run,
     RunStatus,
     Settings,
     Task,
 )
-from orchestrator.patterns.common import SEND_BATCH, send_members
-from orchestrator.patterns.gather import merge_signature
-from orchestrator.runs import Run
 from tests.conftest import _stack, wait_for
 from workers.app import create_app
-from workers.deferred import deferred_message
 from workers.models import AgentKind, Pattern, TaskMeta
+from workers.patterns.gather import merge_signature, merger_message
+from workers.patterns.members import SEND_BATCH, send_members
 
 pytestmark = pytest.mark.integration
 
@@ -198,8 +197,8 @@ def _gather_whose_merger_was_never_sent(
     n = str(len(texts))
     wait_for(lambda: sender.store.record(run.id).get("done") == n, 15, "every envelope")
     merger = sender.catalog.get(AgentKind.MERGER, "join")
-    then = deferred_message(merge_signature(sender.app, req, merger, meta))
-    sender.store.update_run(run.id, then=then)
+    message = merger_message(merge_signature(sender.app, req, merger, meta))
+    sender.store.update_run(run.id, merger_message=message)
     return run, deliver
 
 
@@ -211,12 +210,12 @@ def test_merger_not_sent_by_a_dead_last_member_is_sent_by_its_redelivery(
     o = idle_orch  # nobody expands this run: the test plays the coordinator
     texts = ["p", "q", "r"]
     run, deliver = _gather_whose_merger_was_never_sent(o, o, texts)
-    assert run.result() is None and "then_sent_at" not in o.store.record(run.id)
+    assert run.result() is None and "merger_sent_at" not in o.store.record(run.id)
     deliver(2)  # the broker redelivers the last member
     res = run.wait(timeout_s=30)
     assert res.status is RunStatus.SUCCEEDED, res.error
     assert res.merged == {"texts": texts}
-    assert "then_sent_at" in o.store.record(run.id)
+    assert "merger_sent_at" in o.store.record(run.id)
 
 
 def test_merger_nobody_sent_is_sent_by_a_coordinator() -> None:

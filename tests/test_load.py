@@ -19,8 +19,7 @@ import psutil
 import pytest
 import redis
 
-from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Pattern, RunStatus, Task
-from orchestrator.runs import Run
+from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Pattern, Run, RunStatus, Task
 from tests.conftest import _stack, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.load]

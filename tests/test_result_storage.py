@@ -15,11 +15,16 @@ import time
 import pytest
 
 from orchestrator import AgentStatus, Orchestrator, RunStatus, RunTimedOut, Task
-from orchestrator.aio import multiplexer
-from orchestrator.feed import COALESCE_S, FEED_MIN_N, AsyncEnvelopeFeed, EnvelopeFeed
+from orchestrator.aio import store_of
+from orchestrator.api.live_envelopes import (
+    COALESCE_S,
+    LIVE_MIN_N,
+    AsyncLiveEnvelopes,
+    LiveEnvelopes,
+)
 from tests.conftest import wait_for
 from workers.models import RunResult
-from workers.outcome import build_result, roi
+from workers.run_result import build_result, roi
 
 pytestmark = pytest.mark.integration
 
@@ -117,10 +122,10 @@ def test_run_ended_with_subtasks_missing_keeps_its_own_snapshot(idle_orch: Orche
 
 
 def test_a_wide_run_is_read_while_it_runs_and_ends_identical(orch: Orchestrator) -> None:
-    n = FEED_MIN_N + 40
+    n = LIVE_MIN_N + 40
     tasks = [Task("echo", {"text": f"w{i}", "spin_s": 0.004}) for i in range(n)]
     run = orch.spawn(tasks, preflight="off")
-    feed = EnvelopeFeed(orch.store, run.id, n)
+    feed = LiveEnvelopes(orch.store, run.id, n)
     limit = time.monotonic() + 60
     while not feed.wait(1.0):
         assert time.monotonic() < limit, "the run did not end in 60 s"
@@ -136,13 +141,13 @@ def test_a_wide_run_is_read_while_it_runs_and_ends_identical(orch: Orchestrator)
 
 
 def test_a_wide_run_awaited_is_read_while_it_runs_too(orch: Orchestrator) -> None:
-    n = FEED_MIN_N + 40
+    n = LIVE_MIN_N + 40
     tasks = [Task("echo", {"text": f"a{i}", "spin_s": 0.004}) for i in range(n)]
     run = orch.spawn(tasks, preflight="off")
 
     async def follow() -> tuple[int, RunResult]:
-        mux = multiplexer(orch)
-        feed = AsyncEnvelopeFeed(mux, orch.store, run.id, n)
+        mux = store_of(orch).mux
+        feed = AsyncLiveEnvelopes(store_of(orch), run.id, n)
         sub = await mux.subscribe(orch.store.keys.done(run.id))
         limit = time.monotonic() + 60
         try:
@@ -162,7 +167,7 @@ def test_a_wide_run_awaited_is_read_while_it_runs_too(orch: Orchestrator) -> Non
 
 
 def test_waiting_on_a_wide_run_times_out_then_resumes(orch: Orchestrator) -> None:
-    n = FEED_MIN_N + 10
+    n = LIVE_MIN_N + 10
     tasks = [Task("echo", {"text": f"t{i}", "spin_s": 0.02}) for i in range(n)]  # >= 1 s of work
     run = orch.spawn(tasks, preflight="off")
     started = time.monotonic()

@@ -3,7 +3,8 @@
 Runs on every worker machine. Never imports :mod:`orchestrator`.
 """
 
-from workers.app import agent_queues, create_app, load_agent_modules, make_store, presence_step
+from workers.app import agent_queues, create_app, load_agent_modules
+from workers.context import AgentContext
 from workers.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -17,7 +18,6 @@ from workers.errors import (
     TaskCancelled,
     UnknownAgent,
 )
-from workers.keys import Keys
 from workers.models import (
     AgentKind,
     AgentResult,
@@ -35,10 +35,12 @@ from workers.models import (
     Verdict,
     WorkerInfo,
 )
+from workers.names import Keys
+from workers.presence import presence_step
 from workers.registry import REGISTRY, AgentSpec, Registry, agent, merger, validator
-from workers.runtime import AgentContext
+from workers.request import OrchestrationRequest, TaskSpec
 from workers.settings import CancelSettings, FlowerSettings, Settings
-from workers.store import RunStore
+from workers.store import RunStore, make_store
 
 __all__ = [
     "REGISTRY",
@@ -57,6 +59,7 @@ __all__ = [
     "InvalidPayload",
     "InvalidRequest",
     "Keys",
+    "OrchestrationRequest",
     "OrchestratorError",
     "ParallelismDoesNotPay",
     "Pattern",
@@ -73,6 +76,7 @@ __all__ = [
     "Settings",
     "TaskCancelled",
     "TaskMeta",
+    "TaskSpec",
     "UnknownAgent",
     "Verdict",
     "WorkerInfo",

@@ -12,14 +12,13 @@ function in this process:
   bytecodes, delivered under the same lock the task takes to leave its agent function.
 
 A prefork task that ignores the interrupt (stuck in C) is killed after a grace period by the
-worker's main process (:mod:`workers.supervisor`).
+worker's main process (:mod:`workers.grace_killer`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -30,10 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from workers.errors import TaskCancelled
-from workers.keys import Keys
+from workers.store import CancelFeed, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +75,8 @@ class Running:
 class CancelListener:
     """Per-process registry of running subtasks plus the thread that interrupts them."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        *,
-        poll_s: float,
-    ) -> None:
-        self.client = client
-        self.keys = keys
+    def __init__(self, store: RunStore, *, poll_s: float) -> None:
+        self.store = store
         self.poll_s = poll_s
         self.lock = threading.Lock()
         self.running: dict[str, Running] = {}
@@ -190,26 +180,20 @@ class CancelListener:
             items = [i for i in self.running.values() if i.cancel_at is None]
         if not items:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for item in items:
-            pipe.get(self.keys.cancel(item.run_id))
-            pipe.hget(self.keys.task_cancel(item.run_id), str(item.index))
-        flags = pipe.execute()
-        for n, item in enumerate(items):
-            reason = flags[2 * n] or flags[2 * n + 1]
+        flags = self.store.stop_flags([(i.run_id, i.index) for i in items])
+        for item, (reason, _) in zip(items, flags, strict=True):
             if reason:
-                self.cancel(item, str(reason), time.time())
+                self.cancel(item, reason, time.time())
 
     def _loop(self) -> None:
-        pubsub = None
+        pubsub: CancelFeed | None = None
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                    pubsub.subscribe(self.keys.cancel_channel)
-                message = pubsub.get_message(timeout=self.poll_s)
-                if message and message.get("type") == "message":
-                    self._dispatch(json.loads(message["data"]))
+                    pubsub = self.store.cancel_feed()
+                message = pubsub.next_message(self.poll_s)
+                if message is not None:
+                    self._dispatch(message)
                 self._check_flags()
             except Exception as exc:  # the connection dropped: reconnect, keep checking flags
                 log.warning("cancel listener: %s; reconnecting", exc)

@@ -13,14 +13,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from workers.models import AgentKind, CatalogEntry
+from workers.names import agent_task_name, merger_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-AGENT_TASK_PREFIX = "agents."
-MERGER_TASK_PREFIX = "mergers."
-#: ``batch.<agent>`` runs several subagents of one agent in one message (tiny subagents lose to
-#: per-message overhead); each still gets its own envelope, validation and cancel check.
-BATCH_TASK_PREFIX = "batch."
 
 
 @dataclass(frozen=True)
@@ -39,9 +34,9 @@ class AgentSpec:
     def task_name(self) -> str | None:
         """Celery task name (validators run inside racers and have none)."""
         if self.kind is AgentKind.AGENT:
-            return AGENT_TASK_PREFIX + self.name
+            return agent_task_name(self.name)
         if self.kind is AgentKind.MERGER:
-            return MERGER_TASK_PREFIX + self.name
+            return merger_task_name(self.name)
         return None
 
     def catalog_entry(self, default_queue: str, published_by: str, now: float) -> CatalogEntry:

@@ -196,6 +196,14 @@ class Settings(BaseSettings):
         )
 
 
+def safe_url(url: str) -> str:
+    """A URL without its password (for messages and logs)."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
 def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 

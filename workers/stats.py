@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workers.keys import Keys
 from workers.models import AgentResult, AgentStatus
-
-if TYPE_CHECKING:
-    from workers.store import RunStore
 
 AGENT = "agent"
 MERGER = "merger"
@@ -57,27 +53,6 @@ def duration_sample(kind: str, name: str, seconds: float) -> Sample:
 def pattern_sample(pattern: str, overhead_s: float, expand_s: float, n: int) -> Sample:
     """Coordinator overhead (submit to canvas sent) and its dispatch time for ``n`` subtasks."""
     return series(PATTERN, pattern), f"{max(0.0, overhead_s):.6f} {max(0.0, expand_s):.6f} {n}"
-
-
-def record_samples(store: RunStore, samples: Sequence[Sample]) -> None:
-    """Append samples outside the finish script (once-per-run measurements), one round trip."""
-    if not samples:
-        return
-    pipe = store.r.pipeline(transaction=False)
-    queue_samples(pipe, store, samples)
-    pipe.execute()
-
-
-def queue_samples(pipe: Any, store: RunStore, samples: Sequence[Sample]) -> None:
-    """Add the commands that append ``samples`` to a caller's pipeline."""
-    k = store.keys
-    for name, text in samples:
-        key = k.stats(name)
-        pipe.lpush(key, text)
-        pipe.ltrim(key, 0, store.stats_samples - 1)
-        pipe.expire(key, store.stats_ttl_s)
-        pipe.hincrby(k.stats_counts, key, 1)
-    pipe.expire(k.stats_counts, store.stats_ttl_s)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -149,15 +124,9 @@ class StatsSnapshot(BaseModel):
     patterns: dict[str, PatternStats] = Field(default_factory=dict)
 
 
-def queue_reads(pipe: Any, keys: Keys, names: Sequence[str]) -> None:
-    """Add the reads of these series to a pipeline (``len(names) + 1`` replies)."""
-    for name in names:
-        pipe.lrange(keys.stats(name), 0, -1)
-    pipe.hmget(keys.stats_counts, [keys.stats(n) for n in names] or ["-"])
-
-
 def snapshot(names: Sequence[str], replies: Sequence[Any]) -> StatsSnapshot:
-    """Parse the replies of :func:`queue_reads` (malformed samples are skipped)."""
+    """Parse the replies of LRANGE per series then HMGET of their counts (malformed samples
+    are skipped); ``workers.store`` reads them."""
     counts = replies[len(names)]
     snap = StatsSnapshot()
     for i, name in enumerate(names):

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from workers.context import AgentContext
 from workers.registry import agent, validator
-from workers.runtime import AgentContext
 
 Strategy = Literal["ascending", "descending", "stride", "random"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from workers.context import AgentContext
 from workers.registry import agent, merger, validator
-from workers.runtime import AgentContext
 
 # ASCII-only dotted identifiers: rules out paths ("../x", "/etc") before anything touches the disk.
 MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"

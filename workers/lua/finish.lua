@@ -3,7 +3,7 @@
 -- ARGV[1] index  ARGV[2] envelope JSON  ARGV[3] status  ARGV[4] ttl seconds
 -- ARGV[5] '1' to try to claim the race win  ARGV[6] now  ARGV[7] events maxlen
 -- Aggregates kept on the run record, so a run whose every subtask reported can be ended
--- without reading a single envelope (workers/outcome.py Aggregates is their reader):
+-- without reading a single envelope (workers/run_result.py Aggregates is their reader):
 -- ARGV[8] seconds ran  ARGV[9] seconds queued before start, or ''  ARGV[10] queued at, or ''
 -- ARGV[11] '1' if a stop had been requested of this subtask
 -- Duration statistics (optional), appended only for a new envelope:

@@ -1,0 +1,317 @@
+"""The application-side API: ``Orchestrator().spawn / gather / race`` and run handles."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TypedDict, Unpack
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from orchestrator.advisor import Preflight, PreflightSource
+from orchestrator.api import aio
+from orchestrator.api.runs import Run
+from orchestrator.catalog import Catalog
+from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
+from orchestrator.service import Admission, Coordinator, check_limits
+from workers import ending
+from workers.app import create_app
+from workers.errors import BrokerUnavailable, InvalidRequest
+from workers.models import CatalogEntry, Pattern, WorkerInfo
+from workers.names import COORDINATOR_TASK, coordinator_id
+from workers.settings import Settings, safe_url
+from workers.store import RunStore, make_store
+
+log = logging.getLogger(__name__)
+#: A client reports a down Redis within about a second instead of waiting it out.
+CLIENT_RETRIES = 3
+
+
+@contextlib.contextmanager
+def _reachable(what: str, url: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the {what} at {safe_url(url)}: {exc}. Is it running? Check "
+            "ORCH_BROKER_URL / ORCH_STATE_URL, or start the embedded stack with `orchestrator up`",
+            url=safe_url(url),
+        ) from exc
+
+
+class SpawnOptions(TypedDict, total=False):
+    """Keyword options of ``spawn`` (see ``Orchestrator.request``)."""
+
+    deadline_s: float | None
+    preflight: PreflightPolicy
+    run_id: str | None
+    batch_size: int | None
+
+
+class GatherOptions(SpawnOptions, total=False):
+    """Keyword options of ``gather``: those of ``spawn`` plus the quorum."""
+
+    quorum: int | None
+
+
+class RaceOptions(TypedDict, total=False):
+    """Keyword options of ``race`` (races never batch)."""
+
+    validate: str | None
+    deadline_s: float | None
+    preflight: PreflightPolicy
+    run_id: str | None
+
+
+class Orchestrator:
+    """Submit orchestrations and follow them.
+
+    ``Orchestrator()`` reads ``ORCH_*`` settings from the environment; pass ``settings`` or
+    ``broker_url`` (and optionally ``state_url``) to configure it explicitly.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker_url: str | None = None,
+        state_url: str | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {}
+        if broker_url is not None:
+            overrides["broker_url"] = broker_url
+        if state_url is not None:
+            overrides["state_url"] = state_url
+        if key_prefix is not None:
+            overrides["key_prefix"] = key_prefix
+        base = settings or Settings()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        self.settings.require_broker()
+        self._app: Celery | None = None
+        self._local: Coordinator | None = None
+        self.store: RunStore = make_store(self.settings, retries=CLIENT_RETRIES)
+        self.catalog = Catalog(self.store)
+        self.preflight_source = PreflightSource(self.store, self.catalog, self.settings)
+        self.admission = Admission(self.store, self.catalog, self.settings)
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app used to send messages (no agents registered here)."""
+        if self._app is None:
+            self._app = create_app(self.settings, load_agents=False)
+        return self._app
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._app is not None:
+            self._app.close()
+        self.store.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the three patterns (and their asyncio twins: nothing blocks the loop) -------------
+    def spawn(self, tasks: Sequence[Task], **options: Unpack[SpawnOptions]) -> Run:
+        """parallel-spawn: run every task independently and collect every output.
+
+        Options: ``deadline_s``, ``preflight`` (warn | refuse | auto | off), ``run_id``,
+        ``batch_size`` (subagents per Celery message, for tiny subagents).
+        """
+        return self.submit(self.request(Pattern.SPAWN, tasks, **options))
+
+    def gather(self, tasks: Sequence[Task], *, merge: str, **options: Unpack[GatherOptions]) -> Run:
+        """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them,
+        default all); options as for ``spawn`` plus ``quorum``."""
+        return self.submit(self.request(Pattern.GATHER, tasks, merge=merge, **options))
+
+    def race(self, tasks: Sequence[Task], **options: Unpack[RaceOptions]) -> Run:
+        """race-then-cancel: the first valid result (``validate``: a validator's name) wins; the
+        other racers are stopped. Options: ``validate``, ``deadline_s``, ``preflight``,
+        ``run_id``."""
+        return self.submit(self.request(Pattern.RACE, tasks, **options))
+
+    async def spawn_async(self, tasks: Sequence[Task], **options: Unpack[SpawnOptions]) -> Run:
+        """``spawn`` for asyncio; ``await run.wait_async()`` for its result."""
+        return await self.submit_async(self.request(Pattern.SPAWN, tasks, **options))
+
+    async def gather_async(
+        self, tasks: Sequence[Task], *, merge: str, **options: Unpack[GatherOptions]
+    ) -> Run:
+        """``gather`` for asyncio; ``await run.wait_async()`` for its result."""
+        req = self.request(Pattern.GATHER, tasks, merge=merge, **options)
+        return await self.submit_async(req)
+
+    async def race_async(self, tasks: Sequence[Task], **options: Unpack[RaceOptions]) -> Run:
+        """``race`` for asyncio; ``await run.wait_async()`` for its result."""
+        return await self.submit_async(self.request(Pattern.RACE, tasks, **options))
+
+    async def submit_async(self, req: OrchestrationRequest) -> Run:
+        """``submit`` for asyncio: the catalog check, the run record and the send run in the
+        loop's default executor; the request was already validated by the caller."""
+        # Build the Celery app and its producer pool here, once: their lazy creation is not
+        # thread-safe, and many submits may run in executor threads at the same time.
+        self.app.amqp.producer_pool  # noqa: B018
+        return await aio.in_thread(self.submit, req)
+
+    # -- building blocks ------------------------------------------------------------------
+    def request(
+        self,
+        pattern: Pattern,
+        tasks: Sequence[Task],
+        *,
+        merge: str | None = None,
+        quorum: int | None = None,
+        validate: str | None = None,
+        deadline_s: float | None = None,
+        preflight: PreflightPolicy = "warn",
+        run_id: str | None = None,
+        batch_size: int | None = None,
+    ) -> OrchestrationRequest:
+        """Build and check a request (InvalidRequest on a malformed one)."""
+        if isinstance(tasks, Task):
+            raise InvalidRequest("pass a list of Task, not a single Task")
+        bad = [t for t in tasks if not isinstance(t, Task)]
+        if bad:
+            raise InvalidRequest(f"tasks must be Task objects; got {type(bad[0]).__name__}")
+        fields: dict[str, Any] = {
+            "pattern": pattern,
+            "tasks": [t.spec() for t in tasks],
+            "merge": merge,
+            "quorum": quorum,
+            "validate": validate,
+            "deadline_s": deadline_s,
+            "preflight": preflight,
+            "batch_size": batch_size,
+        }
+        if run_id is not None:
+            fields["run_id"] = run_id
+        try:
+            return OrchestrationRequest.model_validate(fields)
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid {pattern.value} request: {exc}") from exc
+
+    def submit(self, req: OrchestrationRequest) -> Run:
+        """Validate against the catalog, record the run and hand it to the coordinator.
+
+        A run of at most ``ORCH_CLIENT_EXPAND_MAX_N`` subagents is expanded here instead (same
+        code, no hop). On any error nothing is enqueued.
+        """
+        check_limits(req, self.settings, len(req.model_dump_json(by_alias=True)))
+        with _reachable("state Redis", self.settings.redis_url()):
+            self.catalog.check_request(
+                req.pattern,
+                [(t.agent, t.payload) for t in req.tasks],
+                req.merge,
+                req.validate_with,
+            )
+            req.payloads_checked = True
+            if self.store.run_exists(req.run_id):
+                raise InvalidRequest(f"run id {req.run_id!r} is already in use")
+            # Refuse raises ParallelismDoesNotPay here, before anything is written or sent.
+            self.admission.admit(req, checked=True)
+        try:
+            with _reachable("broker", self.settings.require_broker()):
+                self._send(req)
+        except BrokerUnavailable as exc:
+            with contextlib.suppress(Exception):
+                ending.fail(self.store, req.run_id, f"not enqueued: {exc}")
+            raise
+        return Run(self, req.run_id)
+
+    def _send(self, req: OrchestrationRequest) -> None:
+        """Hand the request to a coordinator, or expand a narrow run here (latency first)."""
+        wire = req.model_dump(mode="json", by_alias=True)
+        if len(req.tasks) <= self.settings.client_expand_max_n:
+            self._coordinator().run(wire)
+            return
+        self.app.send_task(
+            COORDINATOR_TASK,
+            args=[wire],
+            queue=self.settings.coordinator_queue,
+            task_id=coordinator_id(req.run_id),
+            argsrepr=f"run={req.run_id} pattern={req.pattern.value} width={len(req.tasks)}",
+            kwargsrepr="",
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    def _coordinator(self) -> Coordinator:
+        if self._local is None:
+            self._local = Coordinator(
+                self.app,
+                self.settings,
+                store=self.store,
+                catalog=self.catalog,
+                raise_send_errors=True,
+            )
+        return self._local
+
+    def preflight(
+        self,
+        pattern: Pattern | str,
+        tasks: Sequence[Task],
+        *,
+        merge: str | None = None,
+        quorum: int | None = None,
+        validate: str | None = None,
+    ) -> Preflight:
+        """Should this plan run in parallel? A verdict, predicted times and one line per check.
+
+        Nothing is submitted. Predictions use the duration statistics of past runs and the live
+        worker capacity; with no history for an agent the verdict is 'unknown'.
+        """
+        try:
+            kind = Pattern(pattern)
+        except ValueError as exc:
+            known = ", ".join(p.value for p in Pattern)
+            raise InvalidRequest(f"unknown pattern {pattern!r}; use one of {known}") from exc
+        req = self.request(kind, tasks, merge=merge, quorum=quorum, validate=validate)
+        return self.preflight_request(req)
+
+    def preflight_request(self, req: OrchestrationRequest) -> Preflight:
+        """:meth:`preflight` for a complete request (e.g. read from JSON)."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.preflight_source.preflight(req)
+
+    def get_run(self, run_id: str) -> Run:
+        """A handle on a run submitted anywhere (RunNotFound if unknown or expired)."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            self.store.run_fields(run_id, ["run_id"])
+        return Run(self, run_id)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Best-effort Celery revoke (queued tasks show REVOKED in Flower)."""
+        try:
+            self.app.control.revoke(task_ids)
+        except Exception as exc:
+            log.warning("revoke failed: %s (cancel flags still hold)", exc)
+
+    def agents(self) -> list[CatalogEntry]:
+        """The catalog published by the workers."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.catalog.entries()
+
+    def recent_runs(self, limit: int = 20) -> list[str]:
+        """Most recent run ids first."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.store.recent_runs(limit)
+
+    def live_processes(self, max_age_s: float = 30.0) -> list[WorkerInfo]:
+        """Workers and coordinators whose heartbeat is fresh."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            return self.store.live_processes(max_age_s)
+
+    def ping(self, timeout_s: float = 2.0) -> float:
+        """Round trip to the state Redis in ms (BrokerUnavailable when down)."""
+        start = time.perf_counter()
+        with _reachable("state Redis", self.settings.redis_url()):
+            self.store.ping()
+        return (time.perf_counter() - start) * 1000

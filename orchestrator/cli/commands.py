@@ -1,0 +1,346 @@
+"""The ``orchestrator`` command: a thin layer over typed functions."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.api import Orchestrator
+from orchestrator.cli.demo import run_demo
+from orchestrator.cli.report import preflight_lines, report_lines, timeline_lines, timeline_svg
+from orchestrator.cli.watch import result_lines, watch_run
+from orchestrator.embedded import EmbeddedStack
+from orchestrator.embedded.processes import run_coordinator, run_flower, run_worker
+from orchestrator.request import OrchestrationRequest
+from workers.errors import OrchestratorError, RunNotFound, RunTimedOut
+from workers.models import RunResult, Verdict
+from workers.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:
+        raise click.ClickException(f"bad ORCH_* settings: {exc}") from exc
+
+
+def _orch() -> Orchestrator:
+    """A client for this command, closed when the command ends (exit codes included)."""
+    try:
+        orch = Orchestrator(_settings())
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(orch.close)
+    return orch
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def _embedded(workers: int, concurrency: int, flower: bool = False) -> Iterator[EmbeddedStack]:
+    _sigterm_as_interrupt()
+    settings = _settings()
+    stack = EmbeddedStack(
+        workers=workers,
+        concurrency=concurrency,
+        broker_url=settings.broker_url,
+        key_prefix=settings.key_prefix,
+        agent_modules=settings.agent_modules or ["workers.agents"],
+    )
+    where = settings.broker_url or "an embedded valkey-server on 127.0.0.1"
+    click.echo(f"starting coordinator and {workers} workers x{concurrency} against {where} ...")
+    started = time.monotonic()
+    stack.start()
+    click.echo(
+        f"ready in {time.monotonic() - started:.1f}s (broker {stack.url}, logs {stack.log_dir})"
+    )
+    try:
+        if flower:
+            stack.extra_env["ORCH_FLOWER__LOCAL_ONLY"] = "true"
+            stack.start_process("flower", ["flower"])
+        yield stack
+    finally:
+        click.echo("stopping every process started ...")
+        stack.stop()
+        click.echo("stopped.")
+
+
+@click.group()
+@click.version_option(package_name="celery-orchestrator")
+def main() -> None:
+    """Multi-agent orchestration patterns on Celery + Redis."""
+
+
+@main.command()
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--concurrency", default=2, show_default=True, help="Pool size of each worker.")
+@click.option("--difficulty", default=5, show_default=True, help="Race difficulty (hex zeros).")
+def demo(workers: int, concurrency: int, difficulty: int) -> None:
+    """Start an embedded stack (unless ORCH_BROKER_URL is set), run the three patterns, stop."""
+    try:
+        with _embedded(workers, concurrency) as stack:
+            orch = Orchestrator(broker_url=stack.url, key_prefix=stack.key_prefix)
+            try:
+                ok = run_demo(orch, click.echo, difficulty=difficulty)
+            finally:
+                orch.close()
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--workers", default=2, show_default=True)
+@click.option("--concurrency", default=2, show_default=True)
+@click.option("--flower/--no-flower", default=True, show_default=True)
+def up(workers: int, concurrency: int, flower: bool) -> None:
+    """Run an embedded stack (Redis, coordinator, workers, Flower) until Ctrl-C."""
+    try:
+        with _embedded(workers, concurrency, flower) as stack:
+            click.echo(f"export ORCH_BROKER_URL={stack.url}   # for clients")
+            if flower:
+                click.echo(f"Flower: http://127.0.0.1:{_settings().flower.port} (local only)")
+            while all(p.poll() is None for p in stack.procs.values()):
+                time.sleep(0.5)
+            click.echo("a process exited; see its log", err=True)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=2, show_default=True)
+@click.option(
+    "--pool",
+    "-P",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
+@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all agents').")
+@click.option("--hostname", "-n", default="worker@%h", show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(concurrency: int, pool: str, queues: str | None, hostname: str, loglevel: str) -> None:
+    """Run a worker for the agents in ORCH_AGENT_MODULES."""
+    try:
+        run_worker(
+            _settings(),
+            concurrency=concurrency,
+            pool=pool,
+            queues=queues.split(",") if queues else None,
+            hostname=hostname,
+            loglevel=loglevel,
+        )
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=4, show_default=True)
+@click.option("--hostname", "-n", default="coordinator@%h", show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def coordinator(concurrency: int, hostname: str, loglevel: str) -> None:
+    """Run the coordinator (validates and expands orchestrations)."""
+    try:
+        run_coordinator(_settings(), concurrency=concurrency, hostname=hostname, loglevel=loglevel)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--port", default=None, type=int)
+@click.option("--address", default=None)
+def flower(port: int | None, address: str | None) -> None:
+    """Run Flower with basic auth from settings."""
+    try:
+        run_flower(_settings(), port=port, address=address)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def agents(as_json: bool) -> None:
+    """List the agents, mergers and validators the workers published."""
+    entries = _call(lambda: _orch().agents())
+    if as_json:
+        click.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("no agents published yet: is a worker running with ORCH_AGENT_MODULES set?")
+    for e in entries:
+        fields = ", ".join(sorted(e.input_schema.get("properties", {})))
+        click.echo(
+            f"{e.kind.value:<9} {e.name:<18} queue={e.queue:<10} input({fields})  {e.description}"
+        )
+
+
+def _call(fn: Any) -> Any:
+    try:
+        return fn()
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _print_result(res: RunResult) -> None:
+    click.echo(res.model_dump_json(indent=2))
+
+
+@main.command()
+@click.argument("file", type=click.File("r"), default="-")
+@click.option("--wait", is_flag=True, help="Wait and print the result.")
+@click.option("--timeout", "timeout_s", default=None, type=float)
+def submit(file: Any, wait: bool, timeout_s: float | None) -> None:
+    """Submit an orchestration from a JSON file (or stdin); prints the run id."""
+    try:
+        req = OrchestrationRequest.model_validate_json(file.read())
+    except ValueError as exc:
+        raise click.ClickException(f"invalid orchestration request: {exc}") from exc
+    orch = _orch()
+    run = _call(lambda: orch.submit(req))
+    if not wait:
+        click.echo(run.id)
+        return
+    res = _call(lambda: run.wait(timeout_s=timeout_s))
+    _print_result(res)
+    sys.exit(0 if res.ok else 1)
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--limit", default=20, show_default=True)
+def status(run_id: str | None, limit: int) -> None:
+    """Show one run's progress, or list recent runs."""
+    orch = _orch()
+    ids = [run_id] if run_id else _call(lambda: orch.recent_runs(limit))
+    if not ids:
+        click.echo("no runs yet (or they expired: ORCH_RUN_TTL_S)")
+    for rid in ids:
+        try:
+            p = orch.get_run(rid).status()
+        except RunNotFound as exc:
+            if run_id:
+                raise click.ClickException(str(exc)) from exc
+            continue  # listed but expired since
+        except OrchestratorError as exc:
+            raise click.ClickException(str(exc)) from exc
+        counts = " ".join(f"{k}={v}" for k, v in sorted(p.counts.items()))
+        click.echo(
+            f"{p.run_id}  {p.pattern.value:<18} {p.status.value:<10} "
+            f"{p.finished}/{p.n} done  {_ago(p.created_at):>8}  {counts}"
+        )
+
+
+def _ago(ts: float) -> str:
+    s = max(0.0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    return f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--timeout", "timeout_s", default=None, type=float, help="Stop watching after.")
+@click.option("--json", "as_json", is_flag=True, help="End with the result as JSON.")
+def watch(run_id: str, timeout_s: float | None, as_json: bool) -> None:
+    """Follow a run live (progress bar, subtasks' states, elapsed time), then its result.
+
+    Exit code 0 when the run succeeded, 1 when it did not, 2 when watching timed out.
+    """
+    orch = _orch()
+    try:
+        res = watch_run(
+            orch.store,
+            orch.revoke,
+            run_id,
+            click.echo,
+            tty=sys.stdout.isatty(),
+            timeout_s=timeout_s,
+        )
+    except RunTimedOut as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(res.model_dump_json(indent=2) if as_json else "\n".join(result_lines(res)))
+    sys.exit(0 if res.ok else 1)
+
+
+@main.command()
+@click.argument("run_id")
+def cancel(run_id: str) -> None:
+    """Cancel a run: queued subtasks skip, running ones are interrupted."""
+    orch = _orch()
+    res = _call(lambda: orch.get_run(run_id).cancel())
+    click.echo(f"{run_id}: {res.status.value}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--svg", "svg_path", default=None, help="SVG timeline file [default: run-<id>.svg].")
+@click.option("--no-svg", is_flag=True, help="Do not write the SVG file.")
+@click.option("--width", default=60, show_default=True, help="Terminal timeline width.")
+@click.option("--color/--no-color", default=None, help="ANSI colours [default: if a terminal].")
+def report(run_id: str, svg_path: str | None, no_svg: bool, width: int, color: bool | None) -> None:
+    """Print a run's ROI report (actual beside predicted) and draw its timeline."""
+    orch = _orch()
+    run = _call(lambda: orch.get_run(run_id))
+    res = _call(run.refreshed)
+    click.echo("\n".join(report_lines(res)))
+    click.echo()
+    click.echo("\n".join(timeline_lines(res, width=max(20, width))), color=color)
+    if not no_svg:
+        path = Path(svg_path or f"run-{run_id}.svg")
+        path.write_text(timeline_svg(res), encoding="utf-8")
+        click.echo(f"timeline written to {path}")
+
+
+@main.command()
+@click.argument("file", type=click.File("r"), default="-")
+@click.option("--json", "as_json", is_flag=True, help="Print the Preflight as JSON.")
+def preflight(file: Any, as_json: bool) -> None:
+    """Judge an orchestration (a JSON file or stdin, as for `submit`) without running it.
+
+    Exits 0, or 3 when the verdict is does-not-pay.
+    """
+    try:
+        req = OrchestrationRequest.model_validate_json(file.read())
+    except ValueError as exc:
+        raise click.ClickException(f"invalid orchestration request: {exc}") from exc
+    orch = _orch()
+    pf = _call(lambda: orch.preflight_request(req))
+    click.echo(pf.model_dump_json(indent=2) if as_json else "\n".join(preflight_lines(pf)))
+    sys.exit(3 if pf.verdict is Verdict.DOES_NOT_PAY else 0)
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["any", "worker", "coordinator"]), default="any")
+@click.option("--hostname", default=None, help="This process's hostname to look for.")
+def check(role: str, hostname: str | None) -> None:
+    """Health probe: exit 0 when Redis answers and a live worker/coordinator is registered."""
+    orch = _orch()
+    ms = _call(orch.ping)
+    live = [
+        w.hostname
+        for w in orch.live_processes()
+        if (role == "any" or w.role == role) and (hostname is None or w.hostname == hostname)
+    ]
+    click.echo(f"redis {ms:.1f} ms; live {role}: {', '.join(live) or 'none'}")
+    sys.exit(0 if live else 3)

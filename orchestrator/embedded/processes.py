@@ -1,0 +1,94 @@
+"""Starting the long-running processes: worker, coordinator, Flower."""
+
+from __future__ import annotations
+
+import sys
+
+from orchestrator.service import register_coordinator
+from workers.app import agent_queues, create_app
+from workers.errors import ConfigError
+from workers.presence import presence_step
+from workers.registry import REGISTRY
+from workers.settings import Settings
+
+_COMMON = ["--without-mingle", "--without-gossip", "-E"]
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    concurrency: int,
+    pool: str,
+    queues: list[str] | None,
+    hostname: str,
+    loglevel: str,
+) -> None:
+    """Run a Celery worker for the agents (blocks)."""
+    if pool not in ("prefork", "threads", "solo"):
+        raise ConfigError(f"pool {pool!r} is not supported: use prefork, threads or solo")
+    app = create_app(settings)
+    queues = queues or agent_queues(settings)
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        hostname,
+        "-l",
+        loglevel,
+        *_COMMON,
+    ]
+    app.worker_main(argv)
+
+
+def run_coordinator(settings: Settings, *, concurrency: int, hostname: str, loglevel: str) -> None:
+    """Run the coordinator: a threads-pool worker on the coordinator queue (blocks)."""
+    app = create_app(settings, load_agents=False)
+    register_coordinator(app, settings)
+    app.steps["worker"].add(presence_step(settings, REGISTRY, "coordinator"))
+    argv = [
+        "worker",
+        "-Q",
+        settings.coordinator_queue,
+        "-c",
+        str(concurrency),
+        "-P",
+        "threads",
+        "-n",
+        hostname,
+        "-l",
+        loglevel,
+        *_COMMON,
+    ]
+    app.worker_main(argv)
+
+
+def flower_argv(settings: Settings, *, port: int | None, address: str | None) -> list[str]:
+    """Arguments for Flower; refuses to run without auth unless local-only on loopback."""
+    fl = settings.flower
+    address = address or fl.address
+    argv = ["flower", f"--port={port or fl.port}", f"--address={address}"]
+    if fl.basic_auth:
+        if ":" not in fl.basic_auth:
+            raise ConfigError("ORCH_FLOWER__BASIC_AUTH must be 'user:password'")
+        argv.append(f"--basic-auth={fl.basic_auth}")
+    elif not fl.local_only:
+        raise ConfigError(
+            "Flower needs credentials: set ORCH_FLOWER__BASIC_AUTH=user:password, or "
+            "ORCH_FLOWER__LOCAL_ONLY=true to serve it without auth on 127.0.0.1 only"
+        )
+    elif address not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"local-only Flower must bind to loopback, not {address!r}")
+    return argv
+
+
+def run_flower(settings: Settings, *, port: int | None, address: str | None) -> None:
+    """Run Flower against the configured broker (blocks)."""
+    argv = flower_argv(settings, port=port, address=address)
+    app = create_app(settings, load_agents=False)
+    sys.argv = ["celery", *argv]
+    app.start(argv=argv)

@@ -1,0 +1,98 @@
+"""Admitting a run: its limits, its record and its pre-flight, the same for a client that
+submits it and for a coordinator that receives it from a non-Python client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from orchestrator.advisor import PreflightSource, apply_policy
+from orchestrator.catalog import Catalog
+from workers.errors import InvalidRequest, OrchestratorError, ParallelismDoesNotPay
+from workers.models import RunStatus
+from workers.request import OrchestrationRequest
+from workers.settings import Settings
+from workers.store import RunStore
+
+log = logging.getLogger(__name__)
+
+
+def deadline_s_of(req: OrchestrationRequest, settings: Settings) -> float:
+    """The run's deadline in seconds from its creation (the request's, or the default)."""
+    return req.deadline_s or settings.default_deadline_s
+
+
+def check_limits(req: OrchestrationRequest, settings: Settings, size: int) -> None:
+    """InvalidRequest when the request is over a limit (``size``: its JSON in bytes)."""
+    deadline_s = deadline_s_of(req, settings)
+    if deadline_s > settings.max_deadline_s:
+        raise InvalidRequest(
+            f"deadline_s {deadline_s} exceeds ORCH_MAX_DEADLINE_S {settings.max_deadline_s}; "
+            "raise that setting (it also sizes the broker's visibility timeout) or shorten the "
+            "deadline"
+        )
+    if size > settings.max_request_bytes:
+        raise InvalidRequest(
+            f"request is {size} bytes, over ORCH_MAX_REQUEST_BYTES {settings.max_request_bytes}: "
+            "put large inputs in storage and pass references in the payloads",
+            size=size,
+        )
+
+
+def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
+    """The run record a new run starts with."""
+    return {
+        "run_id": req.run_id,
+        "pattern": req.pattern.value,
+        "n": len(req.tasks),
+        "created_at": repr(req.created_at),
+        "deadline_at": repr(deadline_at),
+        "quorum": req.quorum or len(req.tasks),
+        "merge": req.merge or "",
+        "validate": req.validate_with or "",
+        "status": RunStatus.SUBMITTED.value,
+        "preflight": req.preflight,
+        "agents": [t.agent for t in req.tasks],
+        "done": 0,
+        # Subagents per message: set by the caller, or by adaptive batching at pre-flight.
+        "batching": str(req.batch_size) if req.batch_size and req.batch_size > 1 else "",
+    }
+
+
+class Admission:
+    """Records new runs, applying their pre-flight policy."""
+
+    def __init__(self, store: RunStore, catalog: Catalog, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.source = PreflightSource(store, catalog, settings)
+
+    def admit(self, req: OrchestrationRequest, *, checked: bool) -> None:
+        """Write the run record with its pre-flight verdict.
+
+        Policy 'refuse' raises ParallelismDoesNotPay before anything is written; unknown
+        agents and bad payloads raise unless ``checked`` (the caller validated them).
+        """
+        record = run_record(req, req.created_at + deadline_s_of(req, self.settings))
+        events: list[dict[str, str]] = []
+        if req.preflight != "off":
+            fields, events = apply_policy(self.source.preflight(req, checked=checked), req)
+            record.update(fields)
+        self.store.create_run(record, events)
+
+    def admit_unrecorded(self, req: OrchestrationRequest) -> str | None:
+        """Record a run sent without a record (a non-Python client), as the client would
+        have; returns the refusal, if refused (the run is then written and ended failed)."""
+        try:
+            self.admit(req, checked=False)
+            return None
+        except ParallelismDoesNotPay as exc:
+            refused = f"ParallelismDoesNotPay: {exc}"
+        except OrchestratorError as exc:  # unknown agent, bad payload: expansion says so
+            log.info("run %s: no pre-flight (%s)", req.run_id, exc)
+            self.store.create_run(
+                run_record(req, req.created_at + deadline_s_of(req, self.settings))
+            )
+            return None
+        self.store.create_run(run_record(req, req.created_at + deadline_s_of(req, self.settings)))
+        return refused

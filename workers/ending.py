@@ -1,0 +1,263 @@
+"""The one place where a run ends.
+
+Every way a run can end goes through here: its last subtask reporting (a spawn ends from the
+record's aggregates, a race with no valid racer fails), a race won, a gather merged, a cancel,
+the deadline passing, a send the broker failed, a request refused. Each ending is stored once
+(``finalize.lua``: the first finaliser's result stands), and an ending decided by a stop
+(cancel, deadline, send failure) is recorded *before* the stop reaches the workers, so that the
+subtask whose interruption completes the run reports it as cancelled or timed out, never merely
+failed.
+
+The deadline rule lives here too: :func:`overdue`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from workers.models import AgentResult, AgentStatus, RunResult, RunStatus
+from workers.names import other_subtask_ids, run_task_ids
+from workers.run_result import (
+    Aggregates,
+    build_result,
+    failure_reasons,
+    fill_missing,
+    roi_of_all_ok,
+)
+from workers.store import RunStore
+
+__all__ = [
+    "DEADLINE_GRACE_S",
+    "Revoke",
+    "cancel",
+    "expire",
+    "fail",
+    "fail_race",
+    "fail_send",
+    "finish",
+    "finish_all_reported",
+    "overdue",
+    "refresh",
+    "win",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long past its deadline a run may stay open before a waiting client ends it itself
+#: (normally a coordinator's sweeper does it first).
+DEADLINE_GRACE_S = 2.0
+
+#: Best-effort Celery revoke of task ids (Flower shows them REVOKED; our flags stop them).
+Revoke = Callable[[list[str]], None]
+
+
+def overdue(deadline_at: float, now: float | None = None, *, grace_s: float = 0.0) -> bool:
+    """The deadline rule: a run is overdue once ``now`` is past its deadline (plus ``grace_s``,
+    which a waiting client gives the coordinators before it ends the run itself)."""
+    return (time.time() if now is None else now) > deadline_at + grace_s
+
+
+def finish(
+    store: RunStore,
+    run_id: str,
+    status: RunStatus,
+    *,
+    error: str | None = None,
+    merged: Any = None,
+    merge_s: float = 0.0,
+    winner: int | None = None,
+    envelopes: dict[int, AgentResult] | None = None,
+) -> RunResult | None:
+    """Build and store the RunResult unless another finaliser was first (then None).
+
+    ``envelopes``: every envelope, already read by a caller that had to look at them. A run
+    being stopped has its 'ending' recorded; any finaliser but a race winner honours it.
+    """
+    ended, rec, started, envs = store.final_inputs(run_id, with_envelopes=envelopes is None)
+    if ended or not rec:
+        return None
+    envs = envelopes if envelopes is not None else envs or {}
+    if rec.get("ending") and winner is None:
+        status = RunStatus(rec["ending"])
+        error = rec.get("ending_error") or error
+    cancel_at = rec.get("cancel_requested_at")
+    results = fill_missing(
+        rec, envs, started, json.loads(rec["agents"]), float(cancel_at) if cancel_at else None
+    )
+    result = build_result(
+        rec,
+        results,
+        status=status,
+        finished_at=time.time(),
+        error=error,
+        merged=merged,
+        merge_s=merge_s,
+        winner=winner,
+    )
+    if not store.store_result(result, in_hash=len(envs) == len(results)):
+        return None
+    # Subtasks that never started get their 'skipped' envelope now: revoked ones never will
+    # run, and one that still starts sees its envelope and stops (start.lua 'reported').
+    store.write_stand_ins(
+        run_id,
+        {
+            r.index: r.model_dump_json()
+            for r in results
+            if r.index not in envs and r.status is AgentStatus.SKIPPED
+        },
+    )
+    return result
+
+
+def finish_all_reported(store: RunStore, run_id: str) -> None:
+    """End a run whose every subtask reported: succeeded, or failed naming the failures.
+
+    The common case (all ok, nobody stopped) ends from the record's aggregates alone: the
+    finisher of a large run reads and writes no envelope.
+    """
+    if _finish_all_ok(store, run_id):
+        return
+    envs = store.envelopes(run_id)
+    results = sorted(envs.values(), key=_index)
+    bad = failure_reasons(results)
+    failed = sum(1 for r in results if r.status is not AgentStatus.OK)
+    finish(
+        store,
+        run_id,
+        RunStatus.FAILED if bad else RunStatus.SUCCEEDED,
+        envelopes=envs,
+        error=f"{failed} of {len(results)} subagents failed: {bad}" if bad else None,
+    )
+
+
+def _finish_all_ok(store: RunStore, run_id: str) -> bool:
+    """True when the run ended (or had ended) from its aggregates; False when some subtask did
+    not succeed or the run is being stopped (the caller then ends it from the envelopes)."""
+    ended, rec = store.ended_and_record(run_id)
+    if ended or not rec:
+        return True
+    n = int(rec["n"])
+    agg = Aggregates.of(rec)
+    if not agg.all_ok(n) or rec.get("ending") or rec.get("cancel_requested_at"):
+        return False
+    now = time.time()
+    report = roi_of_all_ok(agg, n, created_at=float(rec["created_at"]), finished_at=now)
+    result = build_result(rec, [], status=RunStatus.SUCCEEDED, finished_at=now, report=report)
+    store.store_result(result, in_hash=True)
+    return True
+
+
+def fail_race(store: RunStore, run_id: str) -> None:
+    """Every racer reported and none won: the race fails with every reason."""
+    if store.winner(run_id) is not None:
+        return
+    envs = store.envelopes(run_id)
+    reasons = failure_reasons(sorted(envs.values(), key=_index))
+    finish(
+        store,
+        run_id,
+        RunStatus.FAILED,
+        envelopes=envs,
+        error=f"no racer produced a valid result: {reasons}",
+    )
+
+
+def win(store: RunStore, revoke: Revoke, run_id: str, env: AgentResult, n: int) -> None:
+    """A racer claimed the win: stop the others first (one round trip), then end the run.
+
+    Celery's revoke only shows the losers REVOKED in Flower (our flag and message stop them),
+    so it goes last.
+    """
+    store.request_cancel(
+        run_id,
+        f"race won by #{env.index}",
+        keep=env.index,
+        event={"type": "won", "index": str(env.index), "worker": env.worker or ""},
+    )
+    finish(store, run_id, RunStatus.SUCCEEDED, winner=env.index)
+    revoke(other_subtask_ids(run_id, n, env.index))
+
+
+def _stop(store: RunStore, revoke: Revoke, run_id: str, reason: str, status: RunStatus) -> None:
+    """Record how the run ends, flag it, tell every worker, revoke every message it sent."""
+    rec = store.record(run_id)
+    store.request_cancel(run_id, reason, ending=status)
+    batches = json.loads(rec["batches"]) if rec.get("batches") else []
+    revoke(run_task_ids(run_id, int(rec["n"]), len(batches)))
+
+
+def cancel(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResult | None:
+    """Stop every queued and running subtask and end the run ``cancelled``."""
+    _stop(store, revoke, run_id, reason, RunStatus.CANCELLED)
+    return finish(store, run_id, RunStatus.CANCELLED, error=reason)
+
+
+def expire(store: RunStore, revoke: Revoke, run_id: str) -> RunResult | None:
+    """End a run whose deadline has passed: cancel what is left, keep what arrived."""
+    if store.has_ended(run_id):
+        return None
+    rec = store.record(run_id)
+    deadline_at = float(rec["deadline_at"])
+    if not overdue(deadline_at):
+        return None
+    n = int(rec["n"])
+    deadline_s = deadline_at - float(rec["created_at"])
+    error = (
+        f"deadline of {deadline_s:.1f}s passed with {rec.get('done', '0')} of {n} subagents "
+        f"finished; unfinished: {_unfinished(store, run_id, json.loads(rec['agents']))}; they "
+        "were cancelled (raise deadline_s, add workers, or shrink the tasks)"
+    )
+    _stop(store, revoke, run_id, error, RunStatus.TIMED_OUT)
+    return finish(store, run_id, RunStatus.TIMED_OUT, error=error)
+
+
+def _unfinished(store: RunStore, run_id: str, agents: list[str], shown: int = 8) -> str:
+    """Which subagents had not reported, and where each was running."""
+    done, started = store.unreported(run_id)
+    missing = [i for i in range(len(agents)) if i not in done]
+    parts = [
+        f"#{i} {agents[i]} " + (f"running on {started[i]}" if i in started else "never started")
+        for i in missing[:shown]
+    ]
+    if len(missing) > shown:
+        parts.append(f"and {len(missing) - shown} more")
+    return ", ".join(parts) or "none"
+
+
+def fail_send(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> None:
+    """The broker failed while a run's messages were being sent: stop what was sent and end
+    the run failed with the reason, rather than leave it to its deadline."""
+    _stop(store, revoke, run_id, reason, RunStatus.FAILED)
+    finish(store, run_id, RunStatus.FAILED, error=reason)
+    log.error("run %s: %s", run_id, reason)
+
+
+def fail(store: RunStore, run_id: str, reason: str) -> None:
+    """End a run that never started anything (refused, malformed, not enqueued)."""
+    finish(store, run_id, RunStatus.FAILED, error=reason)
+
+
+def refresh(store: RunStore, result: RunResult) -> RunResult:
+    """A final result rebuilt from every envelope that has arrived since (late losers too)."""
+    rec = store.record(result.run_id)
+    envs = store.envelopes(result.run_id)
+    started = store.started_by(result.run_id)
+    results = fill_missing(rec, envs, started, [r.agent for r in result.results], None)
+    return build_result(
+        rec,
+        results,
+        status=result.status,
+        finished_at=result.finished_at,
+        error=result.error,
+        merged=result.merged,
+        merge_s=result.report.merge_s,
+        winner=result.winner.index if result.winner else None,
+    )
+
+
+def _index(env: AgentResult) -> int:
+    return env.index

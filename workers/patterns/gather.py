@@ -1,0 +1,139 @@
+"""gather-then-merge: the members, then the merger, sent by the last member to report.
+
+This is a chord with the counter in our own run record instead of Celery's result backend: the
+members are sent like a spawn (pipelined, no result stored or subscribed), and the
+``finish.lua`` call that records the n-th envelope tells its worker to send the merger's
+message, which the coordinator stored on the run record. A Celery chord would store and count
+every member's Celery result besides the envelope, which made a gather about 10% slower than a
+raw chord. Members return envelopes instead of raising, so the merger always runs; it reads the
+envelopes by index (a redelivered member counts once) and applies the quorum.
+
+If the worker of the last member dies before sending, its redelivery sends the message, or a
+coordinator does after ``ORCH_LOST_WORKER_S`` (``orchestrator/service/recovery.py``). A second
+merger is harmless: the first result stands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, ClassVar
+
+from celery import Celery, chain
+from celery.canvas import Signature
+
+from workers.models import AgentKind, CatalogEntry, Pattern, TaskMeta
+from workers.names import merge_id
+from workers.patterns.base import Completion, Expansion, PatternSpec
+from workers.patterns.members import agent_signature, member_signatures
+
+if TYPE_CHECKING:
+    from workers.request import OrchestrationRequest
+
+log = logging.getLogger(__name__)
+
+
+def merger_message(sig: Signature) -> str:
+    """The JSON the coordinator stores for the merger's signature."""
+    return json.dumps({"task": sig.task, "kwargs": sig.kwargs, "options": sig.options})
+
+
+def send_merger_message(app: Celery, message: str) -> None:
+    """Send a stored merger message. Its first argument (a chord's results) is None."""
+    spec = json.loads(message)
+    app.send_task(spec["task"], args=[None], kwargs=spec["kwargs"], **spec["options"])
+
+
+def merge_signature(
+    app: Celery, req: OrchestrationRequest, merger: CatalogEntry, meta: TaskMeta, note: str = ""
+) -> Signature:
+    """The merger's signature. Its first argument (a chord's member results, when it is one) is
+    ignored: it reads the envelopes from Redis, each index once."""
+    n = len(req.tasks)
+    quorum = req.quorum or n
+    return app.signature(
+        merger.task_name,
+        kwargs={"run_id": req.run_id, "meta": meta.model_dump(mode="json"), "quorum": quorum},
+        queue=merger.queue,
+        task_id=merge_id(req.run_id),
+        argsrepr=f"run={req.run_id} merge={merger.name} members={n}{note}",
+        kwargsrepr=f"quorum={quorum}",
+    )
+
+
+def send_merger(done: Completion, *, only_if_unsent: bool = False) -> None:
+    """Send the merger's message, recording when; ``only_if_unsent`` from a redelivered member
+    (its worker may have died before it could send)."""
+    message, sent, all_reported = done.store.merger_message(done.run_id)
+    if not message or (only_if_unsent and (sent or not all_reported)):
+        return
+    try:
+        done.send(message)
+    except Exception as exc:  # broker away past its retries: this subtask itself succeeded
+        log.warning(
+            "run %s: could not send the merger (%s); a coordinator sends it after "
+            "ORCH_LOST_WORKER_S",
+            done.run_id,
+            exc,
+        )
+        return
+    done.store.mark_merger_sent(done.run_id, time.time())
+
+
+class Gather(PatternSpec):
+    """Structured research, then one merged, typed output."""
+
+    pattern: ClassVar[Pattern] = Pattern.GATHER
+    progress_unit: ClassVar[str] = "steps"  # the merge is a step
+
+    def check_options(self, req: OrchestrationRequest) -> None:
+        if not req.merge:
+            raise ValueError("gather-then-merge needs merge=<merger name>")
+        if req.validate_with:
+            raise ValueError("validate applies only to race-then-cancel")
+
+    def consumer(self, req: OrchestrationRequest) -> tuple[AgentKind, str] | None:
+        return (AgentKind.MERGER, req.merge) if req.merge else None
+
+    def expand(
+        self,
+        app: Celery,
+        req: OrchestrationRequest,
+        entries: list[CatalogEntry],
+        merger: CatalogEntry | None,
+        meta: TaskMeta,
+    ) -> Expansion:
+        assert merger is not None
+        members = member_signatures(app, req, entries, meta, batches=self.batches)
+        return Expansion(meta=meta, members=members, merger=merge_signature(app, req, merger, meta))
+
+    def expand_sequential(
+        self,
+        app: Celery,
+        req: OrchestrationRequest,
+        entries: list[CatalogEntry],
+        merger: CatalogEntry | None,
+        meta: TaskMeta,
+    ) -> Expansion:
+        assert merger is not None
+        links = [
+            agent_signature(app, req, i, entries[i], meta).set(immutable=True)
+            for i in range(len(req.tasks))
+        ]
+        # In a chain nothing fills the merger's first argument (which it ignores): pass None.
+        body = merge_signature(app, req, merger, meta, note=" sequential")
+        links.append(body.clone(args=(None,)).set(immutable=True))
+        return Expansion(meta=meta, chain=chain(*links, app=app))
+
+    def on_all_reported(self, done: Completion) -> None:
+        send_merger(done)
+
+    def on_reported_again(self, done: Completion) -> None:
+        send_merger(done, only_if_unsent=True)
+
+    def progress(self, done: int, n: int, *, merged: bool, decided: bool) -> tuple[int, int]:
+        return done + (1 if merged else 0), n + 1
+
+
+GATHER = Gather()

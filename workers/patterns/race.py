@@ -1,0 +1,89 @@
+"""race-then-cancel: a group of racers; the first valid one claims the win (SET NX in
+``finish.lua``) in its worker, then stops and revokes its siblings (``workers.ending.win``).
+The last failure ends an all-failed race."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from workers import ending
+from workers.models import AgentKind, Pattern
+from workers.patterns.base import Completion, PatternSpec, Timing
+
+if TYPE_CHECKING:
+    from workers.request import OrchestrationRequest
+
+
+def first_valid(ends: Sequence[float], ok_rates: Sequence[float]) -> float:
+    """Expected moment of the first valid result, given one arrives (else the last end)."""
+    p_none, weighted = 1.0, 0.0
+    for end, ok in sorted(zip(ends, ok_rates, strict=True)):
+        weighted += end * ok * p_none
+        p_none *= 1.0 - ok
+    p_any = 1.0 - p_none
+    return weighted / p_any if p_any > 0 else max(ends)
+
+
+def in_order(durations: Sequence[float], ok_rates: Sequence[float]) -> float:
+    """Expected time of trying racers one by one until one is valid."""
+    total, p_reach = 0.0, 1.0
+    for d, ok in zip(durations, ok_rates, strict=True):
+        total += d * p_reach
+        p_reach *= 1.0 - ok
+    return total
+
+
+class Race(PatternSpec):
+    """First valid result wins; the rest are stopped."""
+
+    pattern: ClassVar[Pattern] = Pattern.RACE
+    # Each racer must be stoppable on its own, and a batch would run racers one after another.
+    batches: ClassVar[bool] = False
+    claims_win: ClassVar[bool] = True
+    # Identical racers make sense for a nondeterministic agent: a warning, not a failure.
+    duplicates_fail: ClassVar[bool] = False
+    report_note: ClassVar[str | None] = (
+        "(race: the actual speedup compares with the winner alone; the prediction with "
+        "trying racers one by one)"
+    )
+
+    def check_options(self, req: OrchestrationRequest) -> None:
+        if req.merge or req.quorum:
+            raise ValueError("merge and quorum apply only to gather-then-merge")
+
+    def consumer(self, req: OrchestrationRequest) -> tuple[AgentKind, str] | None:
+        return (AgentKind.VALIDATOR, req.validate_with) if req.validate_with else None
+
+    def on_all_reported(self, done: Completion) -> None:
+        ending.fail_race(done.store, done.run_id)
+
+    def progress(self, done: int, n: int, *, merged: bool, decided: bool) -> tuple[int, int]:
+        return (n, n) if decided else (done, n)  # decided: the rest is being stopped
+
+    def timing(
+        self,
+        durations: Sequence[float],
+        starts: Sequence[float],
+        ends: Sequence[float],
+        ok_rates: Sequence[float],
+        *,
+        merge_mean_s: float,
+        merge_wall_s: float,
+    ) -> Timing:
+        if not any(ok_rates):
+            ok_rates = [1.0] * len(durations)  # history says nothing valid: time it as if all were
+        won = first_valid(ends, ok_rates)
+        return Timing(
+            parallel_s=won,
+            sequential_s=in_order(durations, ok_rates),
+            # Losers are paid until the win stops them.
+            cost_s=sum(min(d, max(0.0, won - s)) for d, s in zip(durations, starts, strict=True)),
+        )
+
+    def marginal_speedup_fails(self) -> bool:
+        # Racers of similar times: the first alone would usually do, at a fraction of the cost.
+        return True
+
+
+RACE = Race()

@@ -1,0 +1,75 @@
+"""The store for asyncio code: the reads a waiter needs, through the loop's multiplexer."""
+
+from __future__ import annotations
+
+from workers.errors import RunNotFound
+from workers.models import AgentResult, RunResult
+from workers.names import indices as fields_of
+from workers.scripts import RESULT
+from workers.store.multiplexer import Entry, Multiplexer, Subscription, close_async, multiplexer
+from workers.stored_result import assemble_result, parse_envelopes, result_args
+
+__all__ = ["AsyncStore", "async_store", "close_async"]
+
+
+class AsyncStore:
+    """Run reads for one event loop (no thread and no connection per awaited run)."""
+
+    def __init__(self, mux: Multiplexer) -> None:
+        self.mux = mux
+        self.keys = mux.keys
+
+    async def deadline_and_width(self, run_id: str) -> tuple[float, int]:
+        """The run's deadline (epoch s) and width, or RunNotFound."""
+        deadline_at, n = await self.mux.hmget(self.keys.run(run_id), ["deadline_at", "n"])
+        if deadline_at is None:
+            raise RunNotFound.under(run_id, self.keys.prefix)
+        return float(deadline_at), int(n or 0)
+
+    async def status(self, run_id: str) -> str | None:
+        """The run record's status field."""
+        return await self.mux.hget(self.keys.run(run_id), "status")
+
+    async def has_ended(self, run_id: str) -> bool:
+        """Whether the final result is stored."""
+        return await self.mux.get(self.keys.result(run_id)) is not None
+
+    async def result(
+        self, run_id: str, have: dict[int, AgentResult] | None = None, n: int = 0
+    ) -> RunResult | None:
+        """The final result once the run has ended (``have``: envelopes already read)."""
+        args, missing = result_args(have, n)
+        k = self.keys
+        keys = [k.result(run_id), k.run(run_id), k.results(run_id)]
+        reply = await self.mux.script(RESULT, keys, args)
+        return assemble_result(reply, have, missing) if reply is not None else None
+
+    async def subscribe_done(self, run_id: str) -> Subscription:
+        """Be told when the run ends."""
+        return await self.mux.subscribe(self.keys.done(run_id))
+
+    async def subscribe_events(self, run_id: str, since: str = "0-0") -> Subscription:
+        """Receive the run's events after ``since``."""
+        return await self.mux.subscribe(self.keys.events(run_id), since)
+
+    async def next_entries(self, sub: Subscription, timeout_s: float) -> list[Entry] | None:
+        """The next entries of a subscription, or None after ``timeout_s``."""
+        return await self.mux.next_entries(sub, timeout_s)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop receiving (safe to call twice)."""
+        self.mux.unsubscribe(sub)
+
+    async def events_after(self, run_id: str, cursor: str) -> list[Entry]:
+        """The run's events after ``cursor``, no waiting."""
+        return await self.mux.xrange_after(self.keys.events(run_id), cursor)
+
+    async def some_envelopes(self, run_id: str, indices: list[int]) -> dict[int, AgentResult]:
+        """The recorded envelopes of these subtasks."""
+        raws = await self.mux.hmget(self.keys.results(run_id), fields_of(indices))
+        return parse_envelopes([r for r in raws if r is not None])
+
+
+def async_store(url: str, prefix: str) -> AsyncStore:
+    """The running loop's store for this state Redis and key prefix."""
+    return AsyncStore(multiplexer(url, prefix))

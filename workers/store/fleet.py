@@ -1,0 +1,105 @@
+"""The fleet: workers' and coordinators' heartbeats, the agent catalog, the queues' backlog and
+the duration statistics the advisor reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from workers.models import CatalogEntry, WorkerInfo
+from workers.stats import Sample, StatsSnapshot, snapshot
+from workers.store.base import StoreBase
+
+#: A heartbeat entry silent this long is dropped: every run it could matter to has ended.
+FORGET_AFTER_S = 7 * 86_400.0
+
+
+class FleetStore(StoreBase):
+    """Presence, catalog and statistics."""
+
+    # -- heartbeats ------------------------------------------------------------------------
+    def beat(self, info: WorkerInfo) -> None:
+        """Publish one process's heartbeat."""
+        self.r.hset(self.keys.workers, info.hostname, info.model_dump_json())
+
+    def leave(self, hostname: str) -> None:
+        """Remove a process's heartbeat (it is stopping)."""
+        self.r.hdel(self.keys.workers, hostname)
+
+    def processes(self) -> list[WorkerInfo]:
+        """Every heartbeat on record, fresh or not."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.workers)  # type: ignore[assignment]
+        return [WorkerInfo.model_validate_json(v) for v in raw.values()]
+
+    def live_processes(self, max_age_s: float) -> list[WorkerInfo]:
+        """Processes whose heartbeat is fresher than ``max_age_s``, by hostname."""
+        now = time.time()
+        return sorted(
+            (w for w in self.processes() if now - w.heartbeat_at < max_age_s),
+            key=lambda w: w.hostname,
+        )
+
+    def lost_workers(self, lost_after_s: float, now: float) -> set[str]:
+        """Hostnames silent for more than ``lost_after_s`` (long-dead entries are dropped)."""
+        lost, forgotten = set(), []
+        for info in self.processes():
+            age = now - info.heartbeat_at
+            if age > max(FORGET_AFTER_S, self.ttl_s):
+                forgotten.append(info.hostname)
+            elif age > lost_after_s:
+                lost.add(info.hostname)
+        if forgotten:
+            self.r.hdel(self.keys.workers, *forgotten)
+        return lost
+
+    # -- the catalog -----------------------------------------------------------------------
+    def publish_catalog(self, entries: Mapping[str, CatalogEntry]) -> None:
+        """Write catalog entries (field -> entry)."""
+        if entries:
+            mapping = {k: e.model_dump_json() for k, e in entries.items()}
+            self.r.hset(self.keys.catalog, mapping=dict[Any, Any](mapping))
+
+    def catalog_entries(self) -> dict[str, CatalogEntry]:
+        """The whole catalog (field -> entry)."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.catalog)  # type: ignore[assignment]
+        return {k: CatalogEntry.model_validate_json(v) for k, v in raw.items()}
+
+    # -- statistics ------------------------------------------------------------------------
+    def queue_samples(self, pipe: Any, samples: Sequence[Sample]) -> None:
+        """Add the commands that append ``samples`` to a pipeline of this store."""
+        k = self.keys
+        for name, text in samples:
+            key = k.stats(name)
+            pipe.lpush(key, text)
+            pipe.ltrim(key, 0, self.stats_samples - 1)
+            pipe.expire(key, self.stats_ttl_s)
+            pipe.hincrby(k.stats_counts, key, 1)
+        pipe.expire(k.stats_counts, self.stats_ttl_s)
+
+    def record_samples(self, samples: Sequence[Sample]) -> None:
+        """Append once-per-run samples (merge time, coordinator overhead), one round trip."""
+        if not samples:
+            return
+        pipe = self.pipeline()
+        self.queue_samples(pipe, samples)
+        pipe.execute()
+
+    def planning_facts(
+        self, series: Sequence[str], queues: Sequence[str]
+    ) -> tuple[StatsSnapshot, list[WorkerInfo], dict[str, int]]:
+        """What pre-flight reads, in one round trip: the statistics of ``series``, every
+        heartbeat, and the backlog of ``queues`` (pass none when the broker is elsewhere)."""
+        k = self.keys
+        pipe = self.pipeline()
+        for name in series:
+            pipe.lrange(k.stats(name), 0, -1)
+        pipe.hmget(k.stats_counts, [k.stats(n) for n in series] or ["-"])
+        pipe.hgetall(k.workers)
+        for q in queues:
+            pipe.llen(q)
+        replies = pipe.execute()
+        stats = snapshot(series, replies[: len(series) + 1])
+        workers = [WorkerInfo.model_validate_json(v) for v in replies[len(series) + 1].values()]
+        backlog = dict(zip(queues, replies[len(series) + 2 :], strict=True))
+        return stats, workers, {q: int(v) for q, v in backlog.items() if v}

@@ -1,0 +1,135 @@
+"""What the coordinator service reads and writes: expansion bookkeeping, the merger message a
+gather's last member sends, and the views lost-worker recovery works from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workers.names import indices as fields_of
+from workers.stats import Sample
+from workers.store.fleet import FleetStore
+from workers.store.records import RecordStore
+
+#: Run record fields: the JSON of the merger's message (stored by the coordinator), and when it
+#: was sent (by the member whose envelope completed the gather, or a coordinator).
+MERGER_MESSAGE = "merger_message"
+MERGER_SENT_AT = "merger_sent_at"
+
+
+@dataclass(frozen=True)
+class RecoveryView:
+    """What lost-worker recovery needs of one open run."""
+
+    started: dict[str, str]
+    reported: set[str]
+    resent: dict[str, str]
+    fields: dict[str, str | None]
+
+
+class ServiceStore(RecordStore, FleetStore):
+    """The coordinator's bookkeeping."""
+
+    def expansion_state(self, run_id: str) -> tuple[bool, bool, bool, str | None]:
+        """(ended, has a record, already expanded, execution), one round trip."""
+        pipe = self.pipeline()
+        pipe.exists(self.keys.result(run_id))
+        pipe.hmget(self.keys.run(run_id), ["run_id", "expanded_at", "execution"])
+        ended, (known, expanded, execution) = pipe.execute()
+        return bool(ended), bool(known), bool(expanded), execution
+
+    def execution_of(self, run_id: str) -> str | None:
+        """How the run executes (parallel or sequential), as pre-flight recorded it."""
+        value: str | None = self.r.hget(self.keys.run(run_id), "execution")  # type: ignore[assignment]
+        return value
+
+    def record_expanded(
+        self,
+        run_id: str,
+        *,
+        expanded_at: float,
+        n: int,
+        samples: Sequence[Sample],
+        payloads: list[Any] | None,
+        batches: list[list[int]] | None,
+    ) -> None:
+        """After the send, in one round trip: when, the 'queued' and 'expanded' events, the
+        coordinator's samples, and what recovery may resend (payloads, batch layout)."""
+        k = self.keys
+        pipe = self.pipeline()
+        pipe.hset(k.run(run_id), "expanded_at", repr(expanded_at))
+        for kind in ("queued", "expanded"):  # every subtask message sent
+            pipe.xadd(
+                k.events(run_id),
+                {"type": kind, "n": str(n), "ts": repr(expanded_at)},
+                maxlen=self.maxlen,
+                approximate=True,
+            )
+        self.queue_samples(pipe, samples)
+        if payloads is not None:
+            # Kept while the run is open (finalize deletes them), to resend lost subtasks.
+            key = k.payloads(run_id)
+            pipe.hset(key, mapping={str(i): json.dumps(p) for i, p in enumerate(payloads)})
+            pipe.expire(key, self.ttl_s)
+        if batches:  # which subtasks go down with a lost batch message
+            pipe.hset(k.run(run_id), "batches", json.dumps(batches))
+        pipe.execute()
+
+    # -- the merger message --------------------------------------------------------------
+    def merger_message(self, run_id: str) -> tuple[str | None, bool, bool]:
+        """(the stored merger message, already sent?, every member reported?)."""
+        values: list[str | None] = self.r.hmget(  # type: ignore[assignment]
+            self.keys.run(run_id), ["done", "n", MERGER_MESSAGE, MERGER_SENT_AT]
+        )
+        done, n, message, sent = values
+        return message, bool(sent), int(done or 0) >= int(n or 0)
+
+    def mark_merger_sent(self, run_id: str, at: float) -> None:
+        """Record that the merger's message went out."""
+        self.r.hset(self.keys.run(run_id), MERGER_SENT_AT, repr(at))
+
+    def claim_merger_send(self, run_id: str, at: float) -> bool:
+        """Claim the late send of a merger (one coordinator wins)."""
+        return bool(self.r.hsetnx(self.keys.run(run_id), MERGER_SENT_AT, repr(at)))
+
+    def mergers_due(self, run_ids: Sequence[str]) -> list[tuple[str, str, float]]:
+        """(run, merger message, when every member had reported) of the gathers among
+        ``run_ids`` whose members all reported and whose merger nobody sent."""
+        pipe = self.pipeline()
+        for run_id in run_ids:
+            pipe.hmget(self.keys.run(run_id), [MERGER_MESSAGE, MERGER_SENT_AT, "all_reported_at"])
+        out = []
+        for run_id, (message, sent, reported) in zip(run_ids, pipe.execute(), strict=True):
+            if message and not sent and reported:
+                out.append((run_id, message, float(reported)))
+        return out
+
+    # -- recovery --------------------------------------------------------------------------
+    def recovery_view(self, run_id: str, fields: Sequence[str]) -> RecoveryView:
+        """Started, reported and resent subtasks, and some record fields, one round trip."""
+        k = self.keys
+        pipe = self.pipeline()
+        pipe.hgetall(k.started_by(run_id))
+        pipe.hkeys(k.results(run_id))
+        pipe.hgetall(k.resent(run_id))
+        pipe.hmget(k.run(run_id), list(fields))
+        started, reported, resent, values = pipe.execute()
+        return RecoveryView(started, set(reported), resent, dict(zip(fields, values, strict=True)))
+
+    def payloads(self, run_id: str, indices: Sequence[str]) -> list[str | None]:
+        """The kept payload JSON of these subtasks (None: not kept)."""
+        values: list[str | None] = self.r.hmget(
+            self.keys.payloads(run_id), fields_of(map(int, indices))
+        )  # type: ignore[assignment]
+        return values
+
+    def mark_resent(self, run_id: str, index: str, lost_on: str) -> None:
+        """Record that a subtask was sent again for a lost worker (and say so in the events)."""
+        k = self.keys
+        pipe = self.pipeline()
+        pipe.hset(k.resent(run_id), index, lost_on)
+        pipe.expire(k.resent(run_id), self.ttl_s)
+        pipe.execute()
+        self.event(run_id, "resent", index=index, lost_worker=lost_on)

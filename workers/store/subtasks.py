@@ -1,0 +1,243 @@
+"""Subtasks: their start and their envelope (once per index), and the stop flags they obey."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workers.models import AgentResult, RunStatus
+from workers.names import indices as fields_of
+from workers.run_result import finish_args
+from workers.scripts import FINISH, START
+from workers.stats import Sample, agent_sample
+from workers.store.base import StoreBase
+from workers.stored_result import parse_envelopes
+
+
+@dataclass(frozen=True)
+class FinishOutcome:
+    """What recording one envelope changed."""
+
+    new: bool
+    done: int
+    n: int
+    won: bool
+
+
+class CancelFeed:
+    """The cancel channel as one worker process reads it (pub/sub, reconnected by the caller)."""
+
+    def __init__(self, store: StoreBase) -> None:
+        self._pubsub = store.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub.subscribe(store.keys.cancel_channel)
+
+    def next_message(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next cancel message, or None after ``timeout_s``."""
+        message = self._pubsub.get_message(timeout=timeout_s)
+        if message and message.get("type") == "message":
+            return json.loads(message["data"])  # type: ignore[no-any-return]
+        return None
+
+    def close(self) -> None:
+        """Drop the subscription."""
+        self._pubsub.close()
+
+
+class SubtaskStore(StoreBase):
+    """Starting and finishing subtasks; cancel flags."""
+
+    def start_task(self, run_id: str, index: int, worker: str) -> tuple[int, str]:
+        """Count the attempt and return (attempt, reason not to run or '')."""
+        k = self.keys
+        attempt, reason = START(
+            self.r,
+            keys=[
+                k.run(run_id),
+                k.attempts(run_id),
+                k.cancel(run_id),
+                k.task_cancel(run_id),
+                k.events(run_id),
+                k.results(run_id),
+                k.started_by(run_id),
+            ],
+            args=[index, repr(time.time()), worker, self.ttl_s, self.maxlen],
+        )
+        return int(attempt), str(reason)
+
+    def finish_task(
+        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+    ) -> FinishOutcome:
+        """Record the envelope once; with claim, try to win the race.
+
+        The agent's duration sample (and any extra ``stats``, e.g. its validator's time) is
+        appended in the same script, so statistics cost no extra round trip.
+        """
+        k = self.keys
+        own = agent_sample(env)
+        samples = [own, *stats] if own is not None else list(stats)
+        new, done, n, won = FINISH(
+            self.r,
+            keys=[
+                k.results(run_id),
+                k.run(run_id),
+                k.events(run_id),
+                k.winner(run_id),
+                k.stats_counts,
+                *[k.stats(name) for name, _ in samples],
+            ],
+            args=[
+                env.index,
+                env.model_dump_json(),
+                env.status.value,
+                self.ttl_s,
+                "1" if claim else "0",
+                repr(time.time()),
+                self.maxlen,
+                *finish_args(env),
+                self.stats_samples,
+                self.stats_ttl_s,
+                *[text for _, text in samples],
+            ],
+        )
+        return FinishOutcome(new=bool(new), done=int(done), n=int(n), won=bool(won))
+
+    def envelope(self, run_id: str, index: int) -> AgentResult | None:
+        """The recorded envelope of one subtask."""
+        raw = self.r.hget(self.keys.results(run_id), str(index))
+        return AgentResult.model_validate_json(raw) if raw else None
+
+    def some_envelopes(self, run_id: str, indices: list[int]) -> dict[int, AgentResult]:
+        """The recorded envelopes of these subtasks (parsed in one call)."""
+        raw: list[str | None] = self.r.hmget(self.keys.results(run_id), fields_of(indices))  # type: ignore[assignment]
+        return parse_envelopes([v for v in raw if v is not None])
+
+    def envelopes(self, run_id: str) -> dict[int, AgentResult]:
+        """Every recorded envelope by index."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.results(run_id))  # type: ignore[assignment]
+        return {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
+
+    def reported_count(self, run_id: str) -> int:
+        """How many subtasks have an envelope."""
+        return int(self.r.hlen(self.keys.results(run_id)))
+
+    def started_by(self, run_id: str) -> dict[int, str]:
+        """Subtask index -> the worker that last started it."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.started_by(run_id))  # type: ignore[assignment]
+        return {int(i): w for i, w in raw.items()}
+
+    def unreported(self, run_id: str) -> tuple[set[int], dict[int, str]]:
+        """(indices reported, index -> worker that started it), one round trip."""
+        pipe = self.pipeline()
+        pipe.hkeys(self.keys.results(run_id))
+        pipe.hgetall(self.keys.started_by(run_id))
+        reported, started = pipe.execute()
+        return {int(i) for i in reported}, {int(i): w for i, w in started.items()}
+
+    def winner(self, run_id: str) -> int | None:
+        """The index that won a race, if one has."""
+        raw = self.r.get(self.keys.winner(run_id))
+        return int(raw) if raw is not None else None
+
+    # -- stop flags ------------------------------------------------------------------------
+    def request_cancel(
+        self,
+        run_id: str,
+        reason: str,
+        *,
+        keep: int | None = None,
+        indices: list[int] | None = None,
+        ending: RunStatus | None = None,
+        event: dict[str, str] | None = None,
+    ) -> float:
+        """Flag the run (or some subtasks) cancelled and tell every worker process at once.
+
+        The flag is what queued subtasks see when they start; the message interrupts running
+        ones. ``event``: an event to append first, in the same round trip (a race's 'won').
+        Call it through :mod:`workers.ending`, which decides how a run ends.
+        """
+        now = time.time()
+        k = self.keys
+        pipe = self.pipeline()
+        if event is not None:
+            pipe.xadd(
+                k.events(run_id), {**event, "ts": repr(now)}, maxlen=self.maxlen, approximate=True
+            )
+        if ending is not None:
+            # Whoever ends the run next (maybe the subtask this cancel interrupts) ends it so.
+            pipe.hsetnx(k.run(run_id), "ending", ending.value)
+            pipe.hsetnx(k.run(run_id), "ending_error", reason)
+        if indices is None:
+            pipe.set(k.cancel(run_id), reason, nx=True, ex=self.ttl_s)
+            pipe.hsetnx(k.run(run_id), "cancel_requested_at", repr(now))
+        else:
+            pipe.hset(k.task_cancel(run_id), mapping={str(i): reason for i in indices})
+            pipe.expire(k.task_cancel(run_id), self.ttl_s)
+        message = {"run": run_id, "indices": indices, "keep": keep, "reason": reason, "at": now}
+        pipe.publish(k.cancel_channel, json.dumps(message))
+        pipe.xadd(
+            k.events(run_id),
+            {"type": "cancel_requested", "reason": reason, "ts": repr(now)},
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+        pipe.execute()
+        return now
+
+    def cancel_reason(self, run_id: str, index: int) -> str | None:
+        """Why this subtask should stop, if it should."""
+        return self.stop_flags([(run_id, index)])[0][0]
+
+    def stop_flags(self, items: Sequence[tuple[str, int]]) -> list[tuple[str | None, int | None]]:
+        """For each (run, index): why it should stop (or None) and the race's winner (or None),
+        one round trip for them all."""
+        if not items:
+            return []
+        k = self.keys
+        pipe = self.pipeline()
+        for run_id, index in items:
+            pipe.get(k.cancel(run_id))
+            pipe.hget(k.task_cancel(run_id), str(index))
+            pipe.get(k.winner(run_id))
+        flags = pipe.execute()
+        out: list[tuple[str | None, int | None]] = []
+        for n in range(len(items)):
+            run_reason, task_reason, winner = flags[3 * n : 3 * n + 3]
+            reason = task_reason or run_reason
+            out.append((str(reason) if reason else None, int(winner) if winner else None))
+        return out
+
+    def cancel_requested_at(self, run_id: str) -> float | None:
+        """When a stop of the whole run was first requested."""
+        raw = self.r.hget(self.keys.run(run_id), "cancel_requested_at")
+        return float(raw) if raw else None
+
+    def cancel_feed(self) -> CancelFeed:
+        """A subscription to the cancel channel."""
+        return CancelFeed(self)
+
+    def batch_progress(
+        self, batches: Sequence[tuple[str, list[int]]]
+    ) -> list[tuple[list[Any], list[Any]]]:
+        """For each (run, indices) of a batch message: the attempts and envelopes of its items
+        (the item running is the first started and not reported)."""
+        k = self.keys
+        pipe = self.pipeline()
+        for run_id, idx in batches:
+            pipe.hmget(k.attempts(run_id), fields_of(idx))
+            pipe.hmget(k.results(run_id), fields_of(idx))
+        replies = pipe.execute()
+        return [(replies[2 * n], replies[2 * n + 1]) for n in range(len(batches))]
+
+    def merge_inputs(self, run_id: str, started_at: float) -> tuple[bool, dict[int, AgentResult]]:
+        """(run ended already?, every envelope), recording when the merge started; one round
+        trip."""
+        k = self.keys
+        pipe = self.pipeline()
+        pipe.exists(k.result(run_id))
+        pipe.hset(k.run(run_id), "merge_started_at", repr(started_at))
+        pipe.hgetall(k.results(run_id))
+        ended, _, raw = pipe.execute()
+        return bool(ended), {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}

@@ -1,0 +1,157 @@
+"""The Celery tasks of a worker: one per agent (and its batch twin) and one per merger, each a
+thin shell over :mod:`workers.runtime`, and the per-process services they share."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import redis
+from celery import Celery
+
+from workers.cancel import CancelListener
+from workers.models import AgentKind, AgentResult, TaskMeta
+from workers.names import batch_task_name, subtask_id
+from workers.patterns import send_merger_message
+from workers.registry import AgentSpec, Registry
+from workers.runtime import Services, execute_agent, execute_merge
+from workers.settings import Settings
+from workers.store import make_store
+
+log = logging.getLogger(__name__)
+
+
+class _ProcessServices:
+    """Lazily built per process (after fork), shared by every task in it."""
+
+    def __init__(self, app: Celery, settings: Settings, registry: Registry) -> None:
+        self.app = app
+        self.settings = settings
+        self.registry = registry
+        self._pid = -1
+        self._services: Services | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Services:
+        with self._lock:
+            if self._services is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                store = make_store(self.settings)
+                listener = CancelListener(store, poll_s=self.settings.cancel.poll_s)
+                listener.start()
+                self._services = Services(
+                    store=store,
+                    listener=listener,
+                    registry=self.registry,
+                    revoke=self._revoke,
+                    send=self._send,
+                )
+            return self._services
+
+    def _send(self, message: str) -> None:
+        send_merger_message(self.app, message)
+
+    def _revoke(self, task_ids: list[str]) -> None:
+        # Our flag makes queued siblings skip anyway; the revoke shows them REVOKED in Flower.
+        try:
+            self.app.control.revoke(task_ids)
+        except Exception as exc:
+            log.warning(
+                "revoke of %d siblings failed: %s (their cancel flag still holds)",
+                len(task_ids),
+                exc,
+            )
+
+
+def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
+    def run_agent(self: Any, run_id: str, index: int, payload: Any, meta: dict[str, Any]) -> Any:
+        env = execute_agent(
+            services.get(),
+            spec,
+            task_id=self.request.id,
+            worker=self.request.hostname or socket.gethostname(),
+            run_id=run_id,
+            index=index,
+            payload=payload,
+            meta=TaskMeta.model_validate(meta),
+        )
+        return _summary(run_id, env)
+
+    app.task(name=spec.task_name, **_agent_task_options(queue))(run_agent)
+
+    def run_batch(self: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
+        svc = services.get()
+        task_meta = TaskMeta.model_validate(meta)
+        worker = self.request.hostname or socket.gethostname()
+        envs = [
+            execute_agent(
+                svc,
+                spec,
+                task_id=subtask_id(run_id, int(index)),
+                worker=worker,
+                run_id=run_id,
+                index=int(index),
+                payload=payload,
+                meta=task_meta,
+            )
+            for index, payload in items
+        ]
+        return [_summary(run_id, env) for env in envs]
+
+    app.task(name=batch_task_name(spec.name), **_agent_task_options(queue))(run_batch)
+
+
+def _agent_task_options(queue: str) -> dict[str, Any]:
+    return {
+        "bind": True,
+        "queue": queue,
+        "typing": False,
+        # start.lua records the start; Celery's STARTED write would cost two more round trips.
+        "track_started": False,
+        # State Redis away for longer than the client's own retries: try the message again
+        # later rather than lose it (envelopes are recorded once per index, so it is safe).
+        "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+        "retry_backoff": 1,
+        "retry_backoff_max": 30,
+        "max_retries": 10,
+    }
+
+
+def _summary(run_id: str, env: AgentResult) -> dict[str, Any]:
+    """The Celery result of a subagent: the envelope itself lives in the run's results hash,
+    so the backend (and Flower, and the worker's log line) gets only what identifies it."""
+    return {
+        "run_id": run_id,
+        "index": env.index,
+        "status": env.status.value,
+        "error": env.error.model_dump(mode="json") if env.error else None,
+    }
+
+
+def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
+    def run_merge(
+        self: Any, _members: Any, run_id: str, meta: dict[str, Any], quorum: int
+    ) -> dict[str, Any]:
+        return execute_merge(
+            services.get(),
+            spec,
+            task_id=self.request.id,
+            worker=self.request.hostname or socket.gethostname(),
+            run_id=run_id,
+            meta=TaskMeta.model_validate(meta),
+            quorum=quorum,
+        )
+
+    app.task(name=spec.task_name, bind=True, queue=queue, typing=False)(run_merge)
+
+
+def register_agents(app: Celery, settings: Settings, registry: Registry) -> None:
+    """Register a task for every agent and merger of the registry on the app."""
+    services = _ProcessServices(app, settings, registry)
+    for spec in registry.of_kind(AgentKind.AGENT):
+        _register_agent(app, spec, services, spec.queue or settings.agent_queue)
+    for spec in registry.of_kind(AgentKind.MERGER):
+        _register_merger(app, spec, services, spec.queue or settings.agent_queue)
