@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import errors
+from workers import errors, models
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestrator", "workers")
@@ -591,7 +591,8 @@ def _check_error(cls: type[BaseException]) -> list[str]:
         where = cls.__init__.__qualname__
         return [f"{name}: {where} takes **kwargs; declare each field as a typed parameter"]
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        # Forward references (RunFailed.result: RunResult) resolve in the lower layer's models.
+        hints = typing.get_type_hints(cls.__init__, {**vars(models), **vars(errors)})
     except Exception as exc:
         return [f"{name}.__init__: its annotations do not resolve ({exc!r})"]
     problems = [f"{name}.__init__({p.name}) has no type" for p in params if p.name not in hints]

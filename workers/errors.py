@@ -1,49 +1,86 @@
-"""The one error tree. Every error says what was wrong and what to do.
+"""The one error tree. Every error says what was wrong and what to do, and carries its facts as
+typed attributes (as taskiq's errors do), so callers read ``err.run_id``, not the message.
 
 Errors cross Redis as :class:`workers.models.ErrorInfo`, never pickled.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.models import RunResult
 
 
 class OrchestratorError(Exception):
     """Base of every error this project raises."""
 
-    def __init__(self, message: str, **fields: Any) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.fields = fields
-        for key, value in fields.items():
-            setattr(self, key, value)
 
     def __str__(self) -> str:
         return self.message
 
 
 class ConfigError(OrchestratorError):
-    """Settings are missing or inconsistent."""
+    """Settings are missing or inconsistent; ``setting`` names the one to fix."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class UnknownAgent(OrchestratorError):
     """A task names an agent (or merger, validator) no worker has published."""
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        kind: str | None = None,
+        known: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.kind = kind
+        self.known = known or []
+
 
 class InvalidPayload(OrchestratorError):
     """A payload does not match the agent's input schema."""
+
+    def __init__(
+        self, message: str, *, agent: str | None = None, errors: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.errors = errors or []
 
 
 class InvalidRequest(OrchestratorError):
     """An orchestration request is malformed (empty, too large, bad options)."""
 
+    def __init__(self, message: str, *, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+
 
 class BrokerUnavailable(OrchestratorError):
-    """The broker or the state Redis cannot be reached."""
+    """The broker or the state Redis cannot be reached; ``url`` has no password."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class RunNotFound(OrchestratorError):
     """No run with that id exists (or it expired)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
     @classmethod
     def under(cls, run_id: str, prefix: str) -> RunNotFound:
@@ -58,16 +95,32 @@ class RunNotFound(OrchestratorError):
 class RunFailed(OrchestratorError):
     """A run ended failed or cancelled; ``result`` holds every subtask's envelope."""
 
+    def __init__(self, message: str, *, result: RunResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
 
 class ParallelismDoesNotPay(OrchestratorError):
     """Pre-flight judged the plan not worth running in parallel (policy 'refuse').
 
-    Nothing was enqueued; ``reasons`` lists why and ``preflight`` holds the full verdict.
+    Nothing was enqueued; ``reasons`` lists why and ``preflight`` holds the full verdict
+    (an ``orchestrator.Preflight``).
     """
+
+    def __init__(
+        self, message: str, *, preflight: Any = None, reasons: list[str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.preflight = preflight
+        self.reasons = reasons or []
 
 
 class RunTimedOut(OrchestratorError):
     """Waiting for a run took longer than the caller allowed."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class TaskCancelled(BaseException):
@@ -75,3 +128,7 @@ class TaskCancelled(BaseException):
 
     A BaseException so that an agent's ``except Exception`` does not swallow it.
     """
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)
+        self.message = message

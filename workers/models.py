@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.errors import RunFailed
+
 
 class Pattern(StrEnum):
     """The three orchestration patterns."""
@@ -209,8 +211,6 @@ class RunResult(BaseModel):
 
     def raise_for_status(self) -> RunResult:
         """Return self when succeeded, else raise RunFailed carrying this result."""
-        from workers.errors import RunFailed
-
         if not self.ok:
             raise RunFailed(
                 f"run {self.run_id} ({self.pattern.value}) ended {self.status.value}: {self.error}",

@@ -9,7 +9,6 @@ import socket
 import threading
 from typing import Any
 
-import redis
 from celery import Celery
 
 from workers.cancel import CancelListener
@@ -19,7 +18,7 @@ from workers.patterns import send_merger_message
 from workers.registry import AgentSpec, Registry
 from workers.runtime import Services, execute_agent, execute_merge
 from workers.settings import Settings
-from workers.store import make_store
+from workers.store import CONNECTION_ERRORS, make_store
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def _agent_task_options(queue: str) -> dict[str, Any]:
         "track_started": False,
         # State Redis away for longer than the client's own retries: try the message again
         # later rather than lose it (envelopes are recorded once per index, so it is safe).
-        "autoretry_for": (redis.ConnectionError, redis.TimeoutError),
+        "autoretry_for": CONNECTION_ERRORS,
         "retry_backoff": 1,
         "retry_backoff_max": 30,
         "max_retries": 10,

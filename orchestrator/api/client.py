@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict, Unpack
 
-import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
@@ -24,7 +23,7 @@ from workers.errors import BrokerUnavailable, InvalidRequest
 from workers.models import CatalogEntry, Pattern, WorkerInfo
 from workers.names import COORDINATOR_TASK, coordinator_id
 from workers.settings import Settings, safe_url
-from workers.store import RunStore, make_store
+from workers.store import ERRORS, RunStore, make_store
 
 log = logging.getLogger(__name__)
 #: A client reports a down Redis within about a second instead of waiting it out.
@@ -35,7 +34,7 @@ CLIENT_RETRIES = 3
 def _reachable(what: str, url: str) -> Iterator[None]:
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError) as exc:
+    except (*ERRORS, OperationalError) as exc:
         raise BrokerUnavailable(
             f"cannot reach the {what} at {safe_url(url)}: {exc}. Is it running? Check "
             "ORCH_BROKER_URL / ORCH_STATE_URL, or start the embedded stack with `orchestrator up`",

@@ -6,14 +6,13 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-import redis
-
 from orchestrator.api import aio
 from orchestrator.api.host import RunHost
 from orchestrator.api.live_envelopes import LIVE_MIN_N, LiveEnvelopes
 from workers import ending
 from workers.errors import RunTimedOut
 from workers.models import RoiReport, RunProgress, RunResult
+from workers.store import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 
 #: The connection errors a wait rides out within the caller's limit (Redis restarting or
 #: failing over).
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+_TRANSIENT = CONNECTION_ERRORS
 
 
 class Run:

@@ -50,8 +50,14 @@ def run_demo(
     orch: Orchestrator, out: Callable[[str], None] = print, *, difficulty: int = 5
 ) -> bool:
     """Run all three patterns; True when all three succeeded."""
-    ok = True
+    ok = _spawn(orch, out)
+    ok &= _gather(orch, out)
+    ok &= _race(orch, out, difficulty)
+    out("\nall three patterns succeeded" if ok else "\nsome pattern did not succeed (see above)")
+    return ok
 
+
+def _spawn(orch: Orchestrator, out: Callable[[str], None]) -> bool:
     out("== parallel-spawn: statistics of 12 standard-library modules (real files) ==")
     run = orch.spawn([Task("module_stats", {"module": m}) for m in SPAWN_MODULES], deadline_s=120)
     res = run.wait(timeout_s=150)
@@ -66,8 +72,10 @@ def run_demo(
         else:
             out(f"  #{env.index:<2} {env.status.value}: {env.error}")
     out("\n".join(roi_lines(res)))
-    ok &= res.ok
+    return res.ok
 
+
+def _gather(orch: Orchestrator, out: Callable[[str], None]) -> bool:
     out("\n== gather-then-merge: findings about 6 modules, merged into one report ==")
     run = orch.gather(
         [Task("module_findings", {"module": m}) for m in GATHER_MODULES],
@@ -81,8 +89,10 @@ def run_demo(
             out(f"   - {fact}")
         out(f"   ... {len(res.merged['facts'])} facts in all")
     out("\n".join(roi_lines(res)))
-    ok &= res.ok
+    return res.ok
 
+
+def _race(orch: Orchestrator, out: Callable[[str], None], difficulty: int) -> bool:
     out(f"\n== race-then-cancel: proof-of-work nonce, difficulty {difficulty}, 4 racers ==")
     challenge = f"demo-{secrets.token_hex(4)}"
     racers = [Task("pow_guess", {"challenge": challenge, "difficulty": difficulty})] + [
@@ -110,6 +120,4 @@ def run_demo(
             f"{stop}{why}"
         )
     out("\n".join(roi_lines(res.model_copy(update={"report": settled.report}))))
-    ok &= res.ok
-    out("\nall three patterns succeeded" if ok else "\nsome pattern did not succeed (see above)")
-    return ok
+    return res.ok

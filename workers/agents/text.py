@@ -271,6 +271,7 @@ def _preview(names: list[str], limit: int = 8) -> str:
     output=Finding,
     description="A handful of facts about a stdlib module, computed from its syntax tree.",
 )
+# long function: one fact after another, each a few lines, reads best as one list
 def module_findings(ref: ModuleRef, ctx: AgentContext) -> Finding:
     """Parse one stdlib module and state facts about its structure.
 

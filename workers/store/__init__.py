@@ -6,13 +6,14 @@ event loop's :class:`Multiplexer` (one blocked XREAD for every awaited stream).
 
 from workers.store.aio import AsyncStore, async_store, close_async
 from workers.store.client import RETRIES, answers, make_store, redis_client, store_at
-from workers.store.multiplexer import ERRORS, Multiplexer, Subscription
+from workers.store.multiplexer import CONNECTION_ERRORS, ERRORS, Multiplexer, Subscription
 from workers.store.records import stream_entries
 from workers.store.run_store import RunStore
 from workers.store.service import RecoveryView
 from workers.store.subtasks import CancelFeed, FinishOutcome
 
 __all__ = [
+    "CONNECTION_ERRORS",
     "ERRORS",
     "RETRIES",
     "AsyncStore",

@@ -45,7 +45,9 @@ BATCH = 500
 COMMAND_TIMEOUT_S = 10.0
 
 Entry = tuple[str, dict[str, Any]]
-ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: The errors of a connection that is gone (or a server that is away).
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+ERRORS = (*CONNECTION_ERRORS, OSError)
 
 
 def _sid(entry_id: str) -> tuple[int, int]:
