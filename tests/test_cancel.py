@@ -201,3 +201,24 @@ def test_cancel_of_one_subtask_by_index(
     assert res.results[0].status is AgentStatus.CANCELLED
     assert res.results[1].status is AgentStatus.OK
     assert res.status is RunStatus.FAILED  # a spawn with a cancelled member did not succeed
+
+
+def test_cancel_revokes_the_batch_messages_of_a_batched_run(
+    orch: Orchestrator, tmp_marker: Callable[[str], str]
+) -> None:
+    """A batched run's messages have their own ids (``<run>.b<n>``): a cancel revokes them too,
+    so the ones still queued show REVOKED in Flower (before, only ``<run>.<i>`` ids were)."""
+    marker = tmp_marker(f"batch-{uuid.uuid4().hex[:4]}")
+    tasks = [
+        Task("work", {"seconds": 30, "marker": f"{marker}{i}", "mode": "sleep"}) for i in range(6)
+    ]
+    run = orch.spawn(tasks, batch_size=2, deadline_s=60, preflight="off")
+    wait_for(lambda: run.status().started >= 1, 15, "a batch to start")
+    run.cancel("stop the batches")
+    expected = {f"{run.id}.b{n}" for n in range(3)}
+
+    def revoked() -> set[str]:
+        replies = orch.app.control.inspect(timeout=1.0).revoked() or {}
+        return {task_id for ids in replies.values() for task_id in ids} & expected
+
+    wait_for(lambda: revoked() == expected, 15, "every batch message revoked on the workers")
