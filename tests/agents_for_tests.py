@@ -1,8 +1,10 @@
 """Deliberately shaped agents for the integration tests (loaded by the test workers)."""
 
 import os
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -109,3 +111,32 @@ def explodes(e: Echo) -> bool:
     if "boom" in e.text:
         raise RuntimeError("validator blew up on purpose")
     return e.text.startswith("good")
+
+
+class Misbehaviour(BaseModel):
+    mode: str = Field(pattern="^(object|bytes|die|fine)$")
+
+
+class Loose(BaseModel):
+    value: Any = None
+
+
+@agent("misbehave", input=Misbehaviour, output=Loose, description="Returns what JSON cannot hold.")
+def misbehave(m: Misbehaviour, ctx: AgentContext) -> Loose:
+    if m.mode == "die":
+        os.kill(os.getpid(), signal.SIGKILL)  # the agent takes its own process down
+    if m.mode == "object":
+        return Loose(value=object())
+    if m.mode == "bytes":
+        return Loose(value=b"\xff\xfe")
+    return Loose(value="fine")
+
+
+class _NoTruth:
+    def __bool__(self) -> bool:
+        raise TypeError("this verdict has no truth value")
+
+
+@validator("unreadable", input=Loose, description="Returns a verdict that cannot be a bool.")
+def unreadable(item: Loose) -> bool:
+    return _NoTruth()  # type: ignore[return-value]

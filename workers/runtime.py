@@ -37,6 +37,8 @@ class Services:
     revoke: ending.Revoke
     #: Sends a message the coordinator stored on the run record (a gather's merger).
     send: Callable[[str], None]
+    #: Starts of one subtask after which it is given up (ORCH_MAX_ATTEMPTS).
+    max_attempts: int = 3
 
     def completion(self, run_id: str) -> Completion:
         """What a pattern's completion rule gets."""
@@ -128,6 +130,9 @@ def execute_agent(
         return previous if previous is not None else env
     if not reason and ending.overdue(meta.deadline_at, started):
         reason = "deadline passed while queued"
+    if not reason and env.attempt > services.max_attempts:
+        _give_up(services, env, run_id, meta)
+        return env
     if reason:
         env.status = AgentStatus.SKIPPED
         env.error = ErrorInfo(type="Skipped", message=reason)
@@ -178,6 +183,29 @@ def _run_agent(
         env.error = _validation_error(
             "InvalidOutput", exc, f"agent {spec.name!r} returned data its output model rejects"
         )
+    except Exception as exc:  # valid but not JSON (bytes, an object in an Any field, NaN, ...)
+        env.status = AgentStatus.INVALID
+        env.error = ErrorInfo(
+            type="InvalidOutput",
+            message=f"the output cannot be sent as JSON: {type(exc).__name__}"[:2000],
+            hint=f"agent {spec.name!r} must return JSON-compatible data (str, numbers, lists, "
+            "dicts, or pydantic models of those)",
+        )
+
+
+def _give_up(services: Services, env: AgentResult, run_id: str, meta: TaskMeta) -> None:
+    """Started more often than ORCH_MAX_ATTEMPTS: every earlier delivery died with its process
+    (the agent killed it, ran out of memory, or its machine keeps dying). Record an error
+    envelope instead of running it again, so the run ends instead of redelivering forever."""
+    env.status = AgentStatus.ERROR
+    env.error = ErrorInfo(
+        type="WorkerLost",
+        message=f"a worker process died while running it, {env.attempt - 1} times; not run again",
+        hint="the agent may kill its own process (os._exit, a crash in C code, running out of "
+        "memory); ORCH_MAX_ATTEMPTS sets how often a subtask is delivered",
+    )
+    env.finished_at = time.time()
+    _record(services, env, run_id, meta)
 
 
 def _check_candidate(services: Services, env: AgentResult, meta: TaskMeta) -> list[Sample]:
@@ -203,7 +231,9 @@ def _validate_candidate(services: Services, env: AgentResult, name: str) -> None
         )
         return
     try:
-        verdict = check.fn(check.input.model_validate(env.output))
+        # bool() inside the try: a verdict that cannot be read as True/False is the validator's
+        # error too.
+        verdict = bool(check.fn(check.input.model_validate(env.output)))
     except Exception as exc:
         env.status = AgentStatus.INVALID
         env.error = _error(exc, hint=f"validator {name!r} raised; it should return True/False")

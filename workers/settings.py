@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         "Must be well above heartbeat_s.",
     )
     events_maxlen: int = Field(10_000, gt=0, description="Approximate cap of each run's events.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Deliveries of one subtask before it is given up with an error envelope: a "
+        "subtask whose agent kills its own process (or whose worker keeps dying) would otherwise "
+        "be redelivered without end.",
+    )
     cancel: CancelSettings = Field(default_factory=CancelSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)

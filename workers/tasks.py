@@ -47,6 +47,7 @@ class _ProcessServices:
                     registry=self.registry,
                     revoke=self._revoke,
                     send=self._send,
+                    max_attempts=self.settings.max_attempts,
                 )
             return self._services
 
