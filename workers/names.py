@@ -189,6 +189,16 @@ class Keys:
         """Stream of the run's events (capped)."""
         return f"{self.prefix}:run:{run_id}:events"
 
+    def request(self, run_id: str) -> str:
+        """String: the run's wire request (JSON), kept so that another coordinator can finish
+        sending a run whose coordinator died while sending it."""
+        return f"{self.prefix}:run:{run_id}:request"
+
+    def expander(self, run_id: str) -> str:
+        """String (short TTL, renewed while sending): the coordinator sending the run's
+        messages."""
+        return f"{self.prefix}:run:{run_id}:expander"
+
     def winner(self, run_id: str) -> str:
         """String: index of the race winner (SET NX)."""
         return f"{self.prefix}:run:{run_id}:winner"
@@ -219,6 +229,8 @@ class Keys:
             self.payloads(run_id),
             self.resent(run_id),
             self.events(run_id),
+            self.request(run_id),
+            self.expander(run_id),
             self.winner(run_id),
             self.cancel(run_id),
             self.task_cancel(run_id),

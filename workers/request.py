@@ -50,7 +50,9 @@ class OrchestrationRequest(BaseModel):
     quorum: int | None = Field(
         None, ge=1, description="Successful members a gather needs (default: all)."
     )
-    deadline_s: float | None = Field(None, gt=0, description="Deadline of the whole run.")
+    deadline_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Deadline of the whole run."
+    )
     preflight: PreflightPolicy = "warn"
     payloads_checked: bool = Field(
         False,
@@ -64,7 +66,12 @@ class OrchestrationRequest(BaseModel):
         description="Subagents per Celery message (spawn and gather; races never batch). "
         "Tiny subagents lose to per-message overhead; each still gets its own envelope.",
     )
-    created_at: float = Field(default_factory=time.time)
+    created_at: float = Field(
+        default_factory=time.time,
+        allow_inf_nan=False,
+        description="When the client created the run; a coordinator that records the run "
+        "itself (a client that wrote no record) uses its own clock instead.",
+    )
 
     @model_validator(mode="after")
     def _pattern_options(self) -> OrchestrationRequest:

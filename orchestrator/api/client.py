@@ -203,7 +203,8 @@ class Orchestrator:
         A run of at most ``ORCH_CLIENT_EXPAND_MAX_N`` subagents is expanded here instead (same
         code, no hop). On any error nothing is enqueued.
         """
-        check_limits(req, self.settings, len(req.model_dump_json(by_alias=True)))
+        wire = req.model_dump_json(by_alias=True)
+        check_limits(req, self.settings, len(wire))
         with _reachable("state Redis", self.settings.redis_url()):
             self.catalog.check_request(
                 req.pattern,
@@ -215,7 +216,7 @@ class Orchestrator:
             if self.store.run_exists(req.run_id):
                 raise InvalidRequest(f"run id {req.run_id!r} is already in use")
             # Refuse raises ParallelismDoesNotPay here, before anything is written or sent.
-            self.admission.admit(req, checked=True)
+            self.admission.admit(req, checked=True, wire=wire)
         try:
             with _reachable("broker", self.settings.require_broker()):
                 self._send(req)

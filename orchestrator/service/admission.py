@@ -67,8 +67,9 @@ class Admission:
         self.settings = settings
         self.source = PreflightSource(store, catalog, settings)
 
-    def admit(self, req: OrchestrationRequest, *, checked: bool) -> None:
-        """Write the run record with its pre-flight verdict.
+    def admit(self, req: OrchestrationRequest, *, checked: bool, wire: str | None = None) -> None:
+        """Write the run record with its pre-flight verdict (and ``wire``, the request's JSON,
+        which a coordinator needs to finish sending the run if its own coordinator dies).
 
         Policy 'refuse' raises ParallelismDoesNotPay before anything is written; unknown
         agents and bad payloads raise unless ``checked`` (the caller validated them).
@@ -78,21 +79,20 @@ class Admission:
         if req.preflight != "off":
             fields, events = apply_policy(self.source.preflight(req, checked=checked), req)
             record.update(fields)
-        self.store.create_run(record, events)
+        self.store.create_run(record, events, request=wire)
 
-    def admit_unrecorded(self, req: OrchestrationRequest) -> str | None:
+    def admit_unrecorded(self, req: OrchestrationRequest, wire: str) -> str | None:
         """Record a run sent without a record (a non-Python client), as the client would
         have; returns the refusal, if refused (the run is then written and ended failed)."""
         try:
-            self.admit(req, checked=False)
+            self.admit(req, checked=False, wire=wire)
             return None
         except ParallelismDoesNotPay as exc:
             refused = f"ParallelismDoesNotPay: {exc}"
         except OrchestratorError as exc:  # unknown agent, bad payload: expansion says so
             log.info("run %s: no pre-flight (%s)", req.run_id, exc)
-            self.store.create_run(
-                run_record(req, req.created_at + deadline_s_of(req, self.settings))
-            )
+            record = run_record(req, req.created_at + deadline_s_of(req, self.settings))
+            self.store.create_run(record, request=wire)
             return None
         self.store.create_run(run_record(req, req.created_at + deadline_s_of(req, self.settings)))
         return refused

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from typing import Any
@@ -26,6 +27,12 @@ from workers.stats import Sample, pattern_sample
 from workers.store import RunStore, make_store
 
 log = logging.getLogger(__name__)
+
+#: How long a coordinator's claim on sending a run lasts without renewal (it renews it every
+#: send batch): after a coordinator dies mid-send, another one goes on about this much later.
+LEASE_S = 5.0
+#: A run id a malformed request can be tied to.
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def expand(
@@ -103,7 +110,8 @@ class Coordinator:
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Validate, record and expand one orchestration."""
         try:
-            size = len(json.dumps(request))
+            wire = json.dumps(request)
+            size = len(wire)
             if size > self.settings.max_request_bytes:
                 raise ValueError(
                     f"request is {size} bytes, over ORCH_MAX_REQUEST_BYTES "
@@ -116,7 +124,8 @@ class Coordinator:
         if ended:
             return {"run_id": req.run_id, "skipped": "run already ended"}
         if not known:
-            refused = self._admit_unrecorded(req)
+            req.created_at = time.time()  # the server's clock, not the sender's
+            refused = self._admit_unrecorded(req, wire)
             if refused is not None:
                 return {"run_id": req.run_id, "error": refused}
             execution = self.store.execution_of(req.run_id)
@@ -125,7 +134,11 @@ class Coordinator:
         sequential = execution == Execution.SEQUENTIAL.value
         return self._expand_and_send(req, sequential)
 
-    def _expand_and_send(self, req: OrchestrationRequest, sequential: bool) -> dict[str, Any]:
+    def _expand_and_send(
+        self, req: OrchestrationRequest, sequential: bool, *, start: int = 0, leased: bool = False
+    ) -> dict[str, Any]:
+        """Expand and send from member ``start`` on (``leased``: this coordinator already holds
+        the run's lease: it is resuming a stalled send)."""
         deadline_s = deadline_s_of(req, self.settings)
         deadline_at = req.created_at + deadline_s
         try:
@@ -139,19 +152,23 @@ class Coordinator:
             ending.fail(self.store, req.run_id, f"{type(exc).__name__}: {exc}")
             return {"run_id": req.run_id, "error": str(exc)}
         # Record 'running' before any subtask can finish and end the run, and the merger's
-        # message, which the last member to report sends.
-        merger = (
-            {} if expansion.merger is None else {"merger_message": merger_message(expansion.merger)}
-        )
-        self.store.update_run(
-            req.run_id,
-            status=RunStatus.RUNNING.value,
-            queued_at=repr(expansion.meta.queued_at),
-            coordinator=socket.gethostname(),
-            **merger,
-        )
+        # message, which the last member to report sends; and take the lease on sending it.
+        host = socket.gethostname()
+        fields: dict[str, Any] = {
+            "status": RunStatus.RUNNING.value,
+            "queued_at": repr(expansion.meta.queued_at),
+            "coordinator": host,
+        }
+        if expansion.merger is not None:
+            fields["merger_message"] = merger_message(expansion.merger)
+        if not self.store.start_expansion(req.run_id, host, LEASE_S, fields) and not leased:
+            return {"run_id": req.run_id, "skipped": "another coordinator is sending it"}
+
+        def progress(sent: int) -> None:
+            self.store.expansion_progress(req.run_id, sent, host, LEASE_S)
+
         try:
-            expansion.send(self.app, group_id=group_id(req.run_id))
+            expansion.send(self.app, group_id(req.run_id), start=start, on_flush=progress)
         except Exception as exc:
             return self._send_failed(req, exc)
         self._bookkeep(req, expansion, sequential)
@@ -203,10 +220,10 @@ class Coordinator:
             batches=expansion.batches if recoverable else None,
         )
 
-    def _admit_unrecorded(self, req: OrchestrationRequest) -> str | None:
+    def _admit_unrecorded(self, req: OrchestrationRequest, wire: str) -> str | None:
         """A run sent without a record (a non-Python client): record it as the client would
         have; a refusal ends it failed."""
-        refused = Admission(self.store, self.catalog, self.settings).admit_unrecorded(req)
+        refused = Admission(self.store, self.catalog, self.settings).admit_unrecorded(req, wire)
         if refused is not None:
             ending.fail(self.store, req.run_id, refused)
         return refused
@@ -221,12 +238,67 @@ class Coordinator:
         )
         msg = f"malformed orchestration request: {detail}"[:2000]
         run_id = request.get("run_id") if isinstance(request, dict) else None
-        log.error("%s (run %r)", msg, run_id)
-        if isinstance(run_id, str) and self.store.run_exists(run_id):
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            log.error("%s (no run id to tie it to: dropped)", msg)
+            return {"run_id": None, "error": msg}
+        log.error("%s (run %s)", msg, run_id)
+        created = request.get("created_at") if isinstance(request, dict) else None
+        if not self.store.run_exists(run_id):
+            # Nobody recorded it: record it ended, so a waiter on its done stream hears why.
+            self.store.create_run(_failed_record(run_id))
             ending.fail(self.store, run_id, msg)
+        elif self.store.run_fields(run_id, ["created_at"])[0] == repr(created):
+            ending.fail(self.store, run_id, msg)  # the record its own client wrote
+        else:
+            log.error("run %s: a malformed request names this live run; left alone", run_id)
         return {"run_id": run_id, "error": msg}
+
+    def resume_stalled(self) -> int:
+        """Finish sending every run whose coordinator died while sending it (or before it
+        started); returns how many were resumed."""
+        store = self.store
+        host = socket.gethostname()
+        resumed = 0
+        stalled = store.stalled_expansions(
+            store.open_runs(), time.time(), max(self.settings.lost_worker_s, LEASE_S)
+        )
+        for run_id in stalled:
+            if not store.take_expansion(run_id, host, LEASE_S):
+                continue  # another coordinator took it
+            wire, sent = store.expansion_to_resume(run_id)
+            if wire is None:
+                continue
+            req = OrchestrationRequest.model_validate_json(wire)
+            created_at, execution = store.run_fields(run_id, ["created_at", "execution"])
+            req.created_at = float(created_at or req.created_at)
+            log.warning(
+                "run %s: its coordinator stopped after sending %d of its messages; sending the "
+                "rest",
+                run_id,
+                sent,
+            )
+            sequential = execution == Execution.SEQUENTIAL.value
+            self._expand_and_send(req, sequential, start=sent, leased=True)
+            store.event(run_id, "expansion_resumed", sent_before=str(sent), by=host)
+            resumed += 1
+        return resumed
 
     def deadline(self, run_id: str) -> dict[str, Any]:
         """End the run if its deadline passed and it is still open."""
         result = ending.expire(self.store, self.revoke, run_id)
         return {"run_id": run_id, "timed_out": result is not None}
+
+
+def _failed_record(run_id: str) -> dict[str, Any]:
+    """The record of a run known only by the id of a malformed request (no tasks)."""
+    now = time.time()
+    return {
+        "run_id": run_id,
+        "pattern": "parallel-spawn",
+        "n": 0,
+        "created_at": repr(now),
+        "deadline_at": repr(now),
+        "status": RunStatus.SUBMITTED.value,
+        "agents": [],
+        "done": 0,
+    }

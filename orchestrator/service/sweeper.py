@@ -59,6 +59,7 @@ class DeadlineSweeper:
                 sweep(self.coord)
                 if rounds % RECOVER_EVERY == 0:
                     coord = self.coord
+                    coord.resume_stalled()
                     recover(coord.app, coord.store, coord.catalog, coord.settings.lost_worker_s)
             except Exception as exc:  # Redis away: the next round tries again
                 log.warning("deadline sweep failed: %s", exc)

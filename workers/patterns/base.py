@@ -47,13 +47,20 @@ class Expansion:
         """The subtask indices of each batch message, when batched."""
         return self.members.chunks if isinstance(self.members, LazySignatures) else None
 
-    def send(self, app: Celery, group_id: str) -> None:
-        """Publish the expansion."""
+    def send(
+        self,
+        app: Celery,
+        group_id: str,
+        *,
+        start: int = 0,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
+        """Publish the expansion (from member ``start`` on; see :func:`send_members`)."""
         if self.members is None:
             assert self.chain is not None
             self.chain.apply_async()  # only its first link is sent now
             return
-        send_members(app, self.members, group_id)
+        send_members(app, self.members, group_id, start=start, on_flush=on_flush)
 
 
 @dataclass(frozen=True)

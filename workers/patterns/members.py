@@ -30,7 +30,14 @@ RIDE_OUT = {"max_retries": 10, "interval_start": 0.1, "interval_step": 0.2, "int
 log = logging.getLogger(__name__)
 
 
-def send_members(app: Celery, members: Sequence[Signature], group_id: str) -> None:
+def send_members(
+    app: Celery,
+    members: Sequence[Signature],
+    group_id: str,
+    *,
+    start: int = 0,
+    on_flush: Callable[[int], None] | None = None,
+) -> None:
     """Send every member, pipelined, under one group id (index = position).
 
     A Celery group applied as a canvas subscribes to every member's result channel (two Redis
@@ -42,8 +49,12 @@ def send_members(app: Celery, members: Sequence[Signature], group_id: str) -> No
     fails, the rest, from the first message of that flush, are sent one by one with publish
     retries that ride out a broker restart (RIDE_OUT): some may go twice, which at-least-once
     delivery allows (a subtask's envelope is recorded once).
+
+    ``start``: the first member to send (those before were sent by a coordinator that died);
+    ``on_flush(sent)``: called after each full batch, so another coordinator can go on from
+    there (not after the first message: it must leave at once).
     """
-    sent = 0  # members confirmed by a successful flush
+    sent = start  # members confirmed by a successful flush
 
     def publish(producer: Any, index: int, **retry: Any) -> None:
         sig = members[index]
@@ -62,11 +73,13 @@ def send_members(app: Celery, members: Sequence[Signature], group_id: str) -> No
     with app.producer_or_acquire() as producer:
         try:
             with producer.batch(max_size=UNBOUNDED) as batch:  # flushed here, not by size
-                for index in range(len(members)):
+                for index in range(start, len(members)):
                     publish(producer, index)
-                    if index == 0 or (index + 1) % SEND_BATCH == 0 or index == len(members) - 1:
+                    if index == start or (index + 1) % SEND_BATCH == 0 or index == len(members) - 1:
                         batch.flush()
                         sent = index + 1
+                        if on_flush is not None and (index + 1) % SEND_BATCH == 0:
+                            on_flush(sent)
         except BatchPublishError as exc:
             log.warning(
                 "pipelined send failed after %d of %d messages (%s): sending the rest one by one",

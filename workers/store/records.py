@@ -34,16 +34,25 @@ def stream_entries(reply: Any) -> StreamReply:
 class RecordStore(StoreBase):
     """Run records and events."""
 
-    def create_run(self, record: dict[str, Any], events: Sequence[dict[str, str]] = ()) -> None:
+    def create_run(
+        self,
+        record: dict[str, Any],
+        events: Sequence[dict[str, str]] = (),
+        *,
+        request: str | None = None,
+    ) -> None:
         """Write a new run record (status submitted) and index it as recent.
 
-        ``events`` (e.g. the pre-flight verdict) follow 'submitted' in the same round trip.
+        ``events`` (e.g. the pre-flight verdict) follow 'submitted' in the same round trip;
+        ``request``: the wire request's JSON, kept for a coordinator that must finish sending.
         """
         run_id = record["run_id"]
         key = self.keys.run(run_id)
         pipe = self.pipeline()
         pipe.hset(key, mapping=flat(record))
         pipe.expire(key, self.ttl_s)
+        if request is not None:
+            pipe.set(self.keys.request(run_id), request, ex=self.ttl_s)
         stream = self.keys.events(run_id)
         ts = str(record["created_at"])
         pipe.xadd(

@@ -10,6 +10,7 @@ from typing import Any
 
 from workers.names import indices as fields_of
 from workers.stats import Sample
+from workers.store.base import flat
 from workers.store.fleet import FleetStore
 from workers.store.records import RecordStore
 
@@ -17,6 +18,8 @@ from workers.store.records import RecordStore
 #: was sent (by the member whose envelope completed the gather, or a coordinator).
 MERGER_MESSAGE = "merger_message"
 MERGER_SENT_AT = "merger_sent_at"
+#: Run record field: how many of the run's messages its coordinator has sent so far.
+SENT = "sent"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,58 @@ class ServiceStore(RecordStore, FleetStore):
         if batches:  # which subtasks go down with a lost batch message
             pipe.hset(k.run(run_id), "batches", json.dumps(batches))
         pipe.execute()
+
+    # -- the expansion lease: who sends a run's messages ----------------------------------
+    def start_expansion(
+        self, run_id: str, host: str, lease_s: float, fields: dict[str, Any]
+    ) -> bool:
+        """Take the run's expansion lease and record ``fields`` (status running, ...), one
+        round trip; False (fields still written, harmless) when another coordinator holds it."""
+        pipe = self.pipeline()
+        pipe.set(self.keys.expander(run_id), host, nx=True, px=int(lease_s * 1000))
+        pipe.hset(self.keys.run(run_id), mapping=flat(fields))
+        took, _ = pipe.execute()
+        return bool(took)
+
+    def take_expansion(self, run_id: str, host: str, lease_s: float) -> bool:
+        """Take the expansion lease of a run whose coordinator stopped sending."""
+        return bool(self.r.set(self.keys.expander(run_id), host, nx=True, px=int(lease_s * 1000)))
+
+    def expansion_progress(self, run_id: str, sent: int, host: str, lease_s: float) -> None:
+        """Messages sent so far, and the lease renewed (one round trip per send batch)."""
+        pipe = self.pipeline()
+        pipe.hset(self.keys.run(run_id), SENT, str(sent))
+        pipe.set(self.keys.expander(run_id), host, px=int(lease_s * 1000))
+        pipe.execute()
+
+    def stalled_expansions(self, run_ids: Sequence[str], now: float, grace_s: float) -> list[str]:
+        """Runs among ``run_ids`` that nobody is sending and that were never fully sent: their
+        coordinator died while sending (running), or before it started (submitted more than
+        ``grace_s`` ago), and their request is kept."""
+        k = self.keys
+        pipe = self.pipeline()
+        for run_id in run_ids:
+            pipe.hmget(k.run(run_id), ["status", "expanded_at", "created_at"])
+            pipe.exists(k.expander(run_id))
+            pipe.exists(k.request(run_id))
+        replies = pipe.execute()
+        out = []
+        for n, run_id in enumerate(run_ids):
+            (status, expanded, created), leased, kept = replies[3 * n : 3 * n + 3]
+            if expanded or leased or not kept:
+                continue
+            waited = status == "submitted" and created and now - float(created) > grace_s
+            if status == "running" or waited:
+                out.append(run_id)
+        return out
+
+    def expansion_to_resume(self, run_id: str) -> tuple[str | None, int]:
+        """(the kept wire request, messages already sent)."""
+        pipe = self.pipeline()
+        pipe.get(self.keys.request(run_id))
+        pipe.hget(self.keys.run(run_id), SENT)
+        request, sent = pipe.execute()
+        return request, int(sent or 0)
 
     # -- the merger message --------------------------------------------------------------
     def merger_message(self, run_id: str) -> tuple[str | None, bool, bool]:
