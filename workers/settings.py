@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         "Must be well above heartbeat_s.",
     )
     events_maxlen: int = Field(10_000, gt=0, description="Approximate cap of each run's events.")
+    client_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest a client (Orchestrator, the CLI) waits for one reply of the state "
+        "Redis or the broker before it raises BrokerUnavailable (a frozen or cut-off server); "
+        "a wait's own timeout_s bounds it further. Workers and coordinators wait servers out.",
+    )
     cancel: CancelSettings = Field(default_factory=CancelSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)

@@ -75,6 +75,7 @@ class ServiceStore(RecordStore, FleetStore):
             pipe.expire(key, self.ttl_s)
         if batches:  # which subtasks go down with a lost batch message
             pipe.hset(k.run(run_id), "batches", json.dumps(batches))
+        self.keep(pipe, k.run(run_id), k.events(run_id))
         pipe.execute()
 
     # -- the merger message --------------------------------------------------------------
@@ -88,11 +89,11 @@ class ServiceStore(RecordStore, FleetStore):
 
     def mark_merger_sent(self, run_id: str, at: float) -> None:
         """Record that the merger's message went out."""
-        self.r.hset(self.keys.run(run_id), MERGER_SENT_AT, repr(at))
+        self.update_run(run_id, **{MERGER_SENT_AT: repr(at)})
 
     def claim_merger_send(self, run_id: str, at: float) -> bool:
         """Claim the late send of a merger (one coordinator wins)."""
-        return bool(self.r.hsetnx(self.keys.run(run_id), MERGER_SENT_AT, repr(at)))
+        return self.set_run_field_once(run_id, MERGER_SENT_AT, repr(at))
 
     def mergers_due(self, run_ids: Sequence[str]) -> list[tuple[str, str, float]]:
         """(run, merger message, when every member had reported) of the gathers among
