@@ -113,10 +113,11 @@ def _raised_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[obj
 
 
 def test_restart_without_persistence_the_catalog_comes_back(rs: EmbeddedStack) -> None:
-    o = _client(rs)
+    with _client(rs) as before:
+        assert before.spawn([Task("echo", {"text": "before"})]).wait(timeout_s=30).ok
+    _restart(rs.redis)
+    o = _client(rs)  # nothing cached: it sees the catalog as the restarted server has it
     try:
-        assert o.spawn([Task("echo", {"text": "before"})]).wait(timeout_s=30).ok
-        _restart(rs.redis)
 
         def submitted() -> Run | None:
             try:
