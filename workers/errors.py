@@ -92,6 +92,29 @@ class RunNotFound(OrchestratorError):
         )
 
 
+class RunLost(OrchestratorError):
+    """The state server forgot a run while it was being waited on: its record, there when the
+    wait began, is gone (a restart without persistence, a flush, or its TTL passed)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+    @classmethod
+    def of(cls, run_id: str, where: str) -> RunLost:
+        """The error for a run whose record disappeared from the state server at ``where``."""
+        return cls(
+            f"run {run_id!r} was lost by the state server at {where}: its record disappeared "
+            "while waiting (the server restarted without persistence, was flushed, or the "
+            "record's TTL ORCH_RUN_TTL_S passed). Its result can no longer be recorded: submit "
+            "it again. To survive restarts, enable persistence: the embedded server with "
+            "EmbeddedRedis(persist=True, workdir=<dir>) (an append-only file replayed on "
+            "start), a real Redis with `appendonly yes` (redis.conf, or CONFIG SET appendonly "
+            "yes; deploy/ does this) and `maxmemory-policy noeviction`",
+            run_id=run_id,
+        )
+
+
 class RunFailed(OrchestratorError):
     """A run ended failed or cancelled; ``result`` holds every subtask's envelope."""
 

@@ -160,6 +160,11 @@ class Keys:
         one more run (orchestrator/aio.py)."""
         return f"{self.prefix}:aio:{token}:wake"
 
+    def swept(self, hostname: str) -> str:
+        """String (TTL'd): when this coordinator's sweeper last completed a round (epoch s);
+        `orchestrator check --role coordinator` reads it."""
+        return f"{self.prefix}:swept:{hostname}"
+
     def run(self, run_id: str) -> str:
         """Hash: the run record."""
         return f"{self.prefix}:run:{run_id}"

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 from celery import bootsteps
@@ -23,13 +24,41 @@ from workers.store import RunStore, make_store
 log = logging.getLogger(__name__)
 
 
-class Heartbeat:
-    """A thread that publishes one process's heartbeat until stopped, then removes it."""
+class CatalogPublisher:
+    """What one worker publishes to the catalog, and publishing it (again)."""
 
-    def __init__(self, store: RunStore, info: WorkerInfo, every_s: float) -> None:
+    def __init__(self, store: RunStore, settings: Settings, registry: Registry, hostname: str):
+        self.store = store
+        self.settings = settings
+        self.registry = registry
+        self.hostname = hostname
+        #: The catalog fields of this worker's registry (what a beat checks is still there).
+        self.fields = frozenset(catalog_fields(registry))
+
+    def publish(self, only: Collection[str] | None = None) -> None:
+        """Write this worker's entries (``only``: those fields) to the catalog hash."""
+        publish_catalog(self.store, self.settings, self.registry, self.hostname, only=only)
+
+
+class Heartbeat:
+    """A thread that publishes one process's heartbeat until stopped, then removes it.
+
+    A worker's beat also checks that the catalog still holds its entries, and publishes again
+    what is missing: a state server restarted without persistence (or flushed) knows every
+    agent again within one heartbeat, instead of refusing every submit with UnknownAgent.
+    """
+
+    def __init__(
+        self,
+        store: RunStore,
+        info: WorkerInfo,
+        every_s: float,
+        catalog: CatalogPublisher | None = None,
+    ) -> None:
         self.store = store
         self.info = info
         self.every_s = every_s
+        self.catalog = catalog
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="orch-heartbeat", daemon=True)
 
@@ -41,10 +70,18 @@ class Heartbeat:
         self._thread.join(timeout=2)
 
     def _beat(self) -> None:
+        fields = self.catalog.fields if self.catalog is not None else frozenset()
         while True:
             self.info.heartbeat_at = time.time()
             try:
-                self.store.beat(self.info)
+                missing = self.store.beat(self.info, fields)
+                if missing and self.catalog is not None:
+                    log.warning(
+                        "the catalog lost %d of this worker's entries (state server restarted "
+                        "without persistence, or flushed?): publishing them again",
+                        len(missing),
+                    )
+                    self.catalog.publish(missing)
             except Exception as exc:  # Redis away: the next beat tries again
                 log.warning("heartbeat failed: %s", exc)
             if self._stop.wait(self.every_s):
@@ -70,8 +107,10 @@ def presence_step(
 
         def start(self, worker: Any) -> None:
             store = make_store(settings)
+            catalog = None
             if role == "worker":
-                publish_catalog(store, settings, registry, worker.hostname)
+                catalog = CatalogPublisher(store, settings, registry, worker.hostname)
+                catalog.publish()
             info = WorkerInfo(
                 hostname=worker.hostname,
                 role=role,
@@ -81,7 +120,7 @@ def presence_step(
                 pid=os.getpid(),
                 heartbeat_at=time.time(),
             )
-            self._heartbeat = Heartbeat(store, info, settings.heartbeat_s)
+            self._heartbeat = Heartbeat(store, info, settings.heartbeat_s, catalog)
             self._heartbeat.start()
             if role == "worker" and info.pool == "prefork":
                 self._killer = GraceKiller(
@@ -98,15 +137,27 @@ def presence_step(
     return Presence
 
 
-def publish_catalog(store: RunStore, settings: Settings, registry: Registry, hostname: str) -> None:
-    """Write every registered agent, merger and validator to the catalog hash."""
+def catalog_fields(registry: Registry) -> list[str]:
+    """The catalog fields of every registered agent, merger and validator."""
+    return [catalog_field(spec.kind.value, spec.name) for spec in registry.all()]
+
+
+def publish_catalog(
+    store: RunStore,
+    settings: Settings,
+    registry: Registry,
+    hostname: str,
+    *,
+    only: Collection[str] | None = None,
+) -> None:
+    """Write every registered agent, merger and validator (``only``: those fields) to the
+    catalog hash."""
     now = time.time()
-    entries = {
-        catalog_field(spec.kind.value, spec.name): spec.catalog_entry(
-            settings.agent_queue, hostname, now
-        )
-        for spec in registry.all()
-    }
+    entries = {}
+    for spec in registry.all():
+        field = catalog_field(spec.kind.value, spec.name)
+        if only is None or field in only:
+            entries[field] = spec.catalog_entry(settings.agent_queue, hostname, now)
     store.publish_catalog(entries)
     log.info("published %d catalog entries: %s", len(entries), json.dumps(sorted(entries)))
 

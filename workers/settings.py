@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         "subtask whose agent kills its own process (or whose worker keeps dying) would otherwise "
         "be redelivered without end.",
     )
+    client_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest a client (Orchestrator, the CLI) waits for one reply of the state "
+        "Redis or the broker before it raises BrokerUnavailable (a frozen or cut-off server); "
+        "a wait's own timeout_s bounds it further. Workers and coordinators wait servers out.",
+    )
     cancel: CancelSettings = Field(default_factory=CancelSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)

@@ -17,17 +17,23 @@ from orchestrator.api.runs import Run
 from orchestrator.catalog import Catalog
 from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
 from orchestrator.service import Admission, Coordinator, check_limits
+from orchestrator.service.sweeper import sweep_stale_s
 from workers import ending
-from workers.app import create_app
+from workers.app import create_app, load_agent_modules
 from workers.errors import BrokerUnavailable, InvalidRequest
 from workers.models import CatalogEntry, Pattern, WorkerInfo
-from workers.names import COORDINATOR_TASK, coordinator_id
+from workers.names import COORDINATOR_TASK, catalog_field, coordinator_id
+from workers.registry import REGISTRY
 from workers.settings import Settings, safe_url
 from workers.store import ERRORS, RunStore, make_store
 
 log = logging.getLogger(__name__)
 #: A client reports a down Redis within about a second instead of waiting it out.
 CLIENT_RETRIES = 3
+#: Deepest nesting of lists and objects accepted in a payload: pydantic stops serialising at
+#: about 255 levels and many JSON parsers (other languages' clients, the workers' tools) at
+#: fewer; real inputs are far flatter.
+MAX_PAYLOAD_DEPTH = 64
 
 
 @contextlib.contextmanager
@@ -40,6 +46,43 @@ def _reachable(what: str, url: str) -> Iterator[None]:
             "ORCH_BROKER_URL / ORCH_STATE_URL, or start the embedded stack with `orchestrator up`",
             url=safe_url(url),
         ) from exc
+
+
+def _defined_in(fn: Any, module: str) -> bool:
+    name = str(getattr(fn, "__module__", ""))
+    return name == module or name.startswith(module + ".")
+
+
+def _is_redis(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in {"redis", "rediss", "unix"}
+
+
+def check_depth(req: OrchestrationRequest, limit: int = MAX_PAYLOAD_DEPTH) -> None:
+    """InvalidRequest when a payload nests lists and objects deeper than ``limit``."""
+    for i, task in enumerate(req.tasks):
+        if _deeper_than(task.payload, limit):
+            raise InvalidRequest(
+                f"task #{i}: payload for agent {task.agent!r} nests lists/objects more than "
+                f"{limit} levels deep, more than JSON tools handle: flatten it, or pass a "
+                "reference to stored data instead"
+            )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    # Iterative: a payload deep enough to matter would overflow a recursive walk.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 class SpawnOptions(TypedDict, total=False):
@@ -93,7 +136,9 @@ class Orchestrator:
         self.settings.require_broker()
         self._app: Celery | None = None
         self._local: Coordinator | None = None
-        self.store: RunStore = make_store(self.settings, retries=CLIENT_RETRIES)
+        self.store: RunStore = make_store(
+            self.settings, retries=CLIENT_RETRIES, timeout_s=self.settings.client_timeout_s
+        )
         self.catalog = Catalog(self.store)
         self.preflight_source = PreflightSource(self.store, self.catalog, self.settings)
         self.admission = Admission(self.store, self.catalog, self.settings)
@@ -102,7 +147,16 @@ class Orchestrator:
     def app(self) -> Celery:
         """The Celery app used to send messages (no agents registered here)."""
         if self._app is None:
-            self._app = create_app(self.settings, load_agents=False)
+            app = create_app(self.settings, load_agents=False)
+            if _is_redis(self.settings.require_broker()):
+                # A frozen broker must not hold a send forever (kombu has no timeout by default).
+                timeout_s = self.settings.client_timeout_s
+                app.conf.broker_transport_options = {
+                    **(app.conf.broker_transport_options or {}),
+                    "socket_timeout": timeout_s,
+                    "socket_connect_timeout": timeout_s,
+                }
+            self._app = app
         return self._app
 
     def close(self) -> None:
@@ -203,6 +257,7 @@ class Orchestrator:
         A run of at most ``ORCH_CLIENT_EXPAND_MAX_N`` subagents is expanded here instead (same
         code, no hop). On any error nothing is enqueued.
         """
+        check_depth(req)
         wire = req.model_dump_json(by_alias=True)
         check_limits(req, self.settings, len(wire))
         with _reachable("state Redis", self.settings.redis_url()):
@@ -278,6 +333,7 @@ class Orchestrator:
 
     def preflight_request(self, req: OrchestrationRequest) -> Preflight:
         """:meth:`preflight` for a complete request (e.g. read from JSON)."""
+        check_depth(req)
         with _reachable("state Redis", self.settings.redis_url()):
             return self.preflight_source.preflight(req)
 
@@ -308,6 +364,29 @@ class Orchestrator:
         """Workers and coordinators whose heartbeat is fresh."""
         with _reachable("state Redis", self.settings.redis_url()):
             return self.store.live_processes(max_age_s)
+
+    def catalog_gaps(self, agent_modules: Sequence[str] | None = None) -> list[str]:
+        """The catalog fields (``agent:<name>``, ...) that the agents, mergers and validators
+        of ``agent_modules`` (default ORCH_AGENT_MODULES, imported here) register but the
+        catalog lacks: a worker running them cannot be used until it publishes them again."""
+        modules = list(self.settings.agent_modules if agent_modules is None else agent_modules)
+        load_agent_modules(modules)
+        expected = {
+            catalog_field(spec.kind.value, spec.name)
+            for spec in REGISTRY.all()
+            if any(_defined_in(spec.fn, m) for m in modules)
+        }
+        with _reachable("state Redis", self.settings.redis_url()):
+            return sorted(expected - self.store.catalog_fields()) if expected else []
+
+    def stalled_sweepers(self, hostnames: Sequence[str]) -> list[str]:
+        """The coordinators among ``hostnames`` whose sweeper has not completed a round within
+        ``sweep_stale_s`` (frozen, stuck, or failing every round)."""
+        stale_s = sweep_stale_s(self.settings.heartbeat_s)
+        now = time.time()
+        with _reachable("state Redis", self.settings.redis_url()):
+            swept = self.store.swept_at(hostnames)
+        return [h for h, at in swept.items() if at is None or now - at > stale_s]
 
     def ping(self, timeout_s: float = 2.0) -> float:
         """Round trip to the state Redis in ms (BrokerUnavailable when down)."""

@@ -7,15 +7,19 @@ import time
 from typing import TYPE_CHECKING
 
 from orchestrator.api import aio
+from orchestrator.api.aio import LOST_CHECK_S, REPLY_MARGIN_S
 from orchestrator.api.host import RunHost
 from orchestrator.api.live_envelopes import LIVE_MIN_N, LiveEnvelopes
 from workers import ending
-from workers.errors import RunTimedOut
+from workers.errors import RunLost, RunNotFound, RunTimedOut
 from workers.models import RoiReport, RunProgress, RunResult
-from workers.store import CONNECTION_ERRORS
+from workers.settings import safe_url
+from workers.store import CONNECTION_ERRORS, RunStore
+from workers.store.multiplexer import unavailable
+from workers.store.timeouts import replies_within
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from orchestrator.events import RunEvent
 
@@ -34,17 +38,32 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.id!r})"
 
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """The state server's connection errors as BrokerUnavailable (never a raw one)."""
+        try:
+            yield
+        except _TRANSIENT as exc:
+            raise unavailable(self.orch.settings.redis_url(), exc) from exc
+
     def result(self) -> RunResult | None:
         """The final result if the run has ended, else None (no waiting)."""
-        return self.orch.store.result(self.id)
+        with self._reachable():
+            return self.orch.store.result(self.id)
 
     def wait(self, timeout_s: float | None = None) -> RunResult:
         """Block until the run ends (no polling: a blocking read on Redis).
 
-        Raises RunTimedOut if ``timeout_s`` passes first; the run itself goes on.
+        Raises RunTimedOut if ``timeout_s`` passes first; the run itself goes on. A state
+        server that does not answer (frozen, cut off) raises BrokerUnavailable by then; one
+        that forgot the run meanwhile (restarted without persistence) raises RunLost.
         """
-        store = self.orch.store
         limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
+        margin = None if timeout_s is None else max(timeout_s, 0.0) + REPLY_MARGIN_S
+        with self._reachable(), replies_within(margin):
+            return self._wait(self.orch.store, limit, timeout_s)
+
+    def _wait(self, store: RunStore, limit: float, timeout_s: float | None) -> RunResult:
         deadline_raw, n_raw = store.run_fields(self.id, ["deadline_at", "n"])
         deadline_at, n = float(deadline_raw or 0), int(n_raw or 0)
         # A wide run's envelopes are read while it runs: little is left to fetch at the end.
@@ -52,6 +71,8 @@ class Run:
         while True:
             try:
                 result = store.result(self.id, live.have, n) if live else store.result(self.id)
+                if result is None and not store.has_record(self.id):
+                    raise self._lost()
             except _TRANSIENT:
                 if time.monotonic() >= limit:
                     raise
@@ -61,21 +82,36 @@ class Run:
                 return result
             if ending.overdue(deadline_at, grace_s=ending.DEADLINE_GRACE_S):
                 # The coordinator should have ended it; it may be gone. End it from here.
-                ending.expire(store, self.orch.revoke, self.id)
+                self._lost_as_run_lost(lambda: ending.expire(store, self.orch.revoke, self.id))
                 continue
             remaining = limit - time.monotonic()
             if remaining <= 0:
+                status = self._lost_as_run_lost(lambda: store.progress(self.id).status.value)
                 raise RunTimedOut(
-                    f"run {self.id} still {store.progress(self.id).status.value} after "
-                    f"{timeout_s}s of waiting; it goes on: wait again, or run.cancel()",
+                    f"run {self.id} still {status} after {timeout_s}s of waiting; it goes on: "
+                    "wait again, or run.cancel()",
                     run_id=self.id,
                 )
-            step = min(remaining, deadline_at + ending.DEADLINE_GRACE_S - time.time() + 0.05)
+            step = min(
+                remaining,
+                deadline_at + ending.DEADLINE_GRACE_S - time.time() + 0.05,
+                LOST_CHECK_S,
+            )
             with contextlib.suppress(*_TRANSIENT):
                 if live:
                     live.wait(max(step, 0.001))
                 else:
                     store.wait_done(self.id, max(step, 0.001))
+
+    def _lost(self) -> RunLost:
+        return RunLost.of(self.id, safe_url(self.orch.settings.redis_url()))
+
+    def _lost_as_run_lost(self, call: Callable[[], object]) -> object:
+        """``call()``; a RunNotFound from it means the run was lost since the wait began."""
+        try:
+            return call()
+        except RunNotFound as exc:
+            raise self._lost() from exc
 
     async def wait_async(self, timeout_s: float | None = None) -> RunResult:
         """``wait`` for asyncio: awaits the end without blocking the loop, and without a thread
@@ -89,12 +125,14 @@ class Run:
 
     def status(self) -> RunProgress:
         """A live snapshot: status, started, finished, counts per outcome."""
-        return self.orch.store.progress(self.id)
+        with self._reachable():
+            return self.orch.store.progress(self.id)
 
     def cancel(self, reason: str = "cancelled by user") -> RunResult:
         """Stop the run everywhere; returns the final result (cancelled, or how it had ended)."""
-        ending.cancel(self.orch.store, self.orch.revoke, self.id, reason)
-        result = self.orch.store.result(self.id)
+        with self._reachable():
+            ending.cancel(self.orch.store, self.orch.revoke, self.id, reason)
+            result = self.orch.store.result(self.id)
         assert result is not None
         return result
 

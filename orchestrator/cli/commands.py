@@ -334,7 +334,9 @@ def preflight(file: Any, as_json: bool) -> None:
 @click.option("--role", type=click.Choice(["any", "worker", "coordinator"]), default="any")
 @click.option("--hostname", default=None, help="This process's hostname to look for.")
 def check(role: str, hostname: str | None) -> None:
-    """Health probe: exit 0 when Redis answers and a live worker/coordinator is registered."""
+    """Health probe: exit 0 when Redis answers and a live worker/coordinator is registered that
+    can make progress: for workers, the catalog holds every agent of ORCH_AGENT_MODULES; for
+    coordinators, the sweeper completed a round lately. 3 when not, 1 when Redis is away."""
     orch = _orch()
     ms = _call(orch.ping)
     live = [
@@ -342,5 +344,24 @@ def check(role: str, hostname: str | None) -> None:
         for w in orch.live_processes()
         if (role == "any" or w.role == role) and (hostname is None or w.hostname == hostname)
     ]
+    problems = []
+    if role == "worker" and live:
+        gaps = _call(orch.catalog_gaps)
+        if gaps:
+            problems.append(
+                f"the catalog lacks {len(gaps)} entries of ORCH_AGENT_MODULES "
+                f"({', '.join(gaps[:5])}): the state server lost it (restart without "
+                "persistence, flush)? Workers publish theirs again at their next heartbeat"
+            )
+    if role == "coordinator" and live:
+        stalled = _call(lambda: orch.stalled_sweepers(live))
+        live = [h for h in live if h not in stalled]
+        if stalled:
+            problems.append(
+                f"no sweeper round completed lately on {', '.join(stalled)}: overdue runs are "
+                "not being ended (coordinator frozen or stuck? see its log)"
+            )
     click.echo(f"redis {ms:.1f} ms; live {role}: {', '.join(live) or 'none'}")
-    sys.exit(0 if live else 3)
+    for problem in problems:
+        click.echo(problem)
+    sys.exit(0 if live and not problems else 3)

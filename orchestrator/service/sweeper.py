@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 
 #: Sweeper rounds between looks for lost workers (every second at the default interval).
 RECOVER_EVERY = 4
+#: How often a sweeper records that it completed a round (what `orchestrator check` reads).
+MARK_EVERY_S = 1.0
+
+
+def sweep_stale_s(heartbeat_s: float) -> float:
+    """A sweeper whose last completed round is older than this cannot make progress (stuck,
+    frozen, or failing every round): `orchestrator check --role coordinator` fails then."""
+    return max(3 * heartbeat_s, 5 * MARK_EVERY_S)
 
 
 def sweep(coord: Coordinator, limit: int = 100) -> int:
@@ -42,10 +50,14 @@ class DeadlineSweeper:
     def __init__(self, coord: Coordinator, interval_s: float = 0.25) -> None:
         self.coord = coord
         self.interval_s = interval_s
+        self.hostname: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="orch-deadlines", daemon=True)
 
-    def start(self) -> None:
+    def start(self, hostname: str | None = None) -> None:
+        """Start sweeping; with ``hostname`` (the coordinator's node name), record each
+        completed round under it, so that a health check sees a sweeper that cannot run."""
+        self.hostname = hostname
         self._thread.start()
 
     def stop(self) -> None:
@@ -53,6 +65,7 @@ class DeadlineSweeper:
 
     def _loop(self) -> None:
         rounds = 0
+        marked_at = 0.0
         while not self._stop.wait(self.interval_s):
             rounds += 1
             try:
@@ -61,8 +74,15 @@ class DeadlineSweeper:
                     coord = self.coord
                     coord.resume_stalled()
                     recover(coord.app, coord.store, coord.catalog, coord.settings.lost_worker_s)
+                if self.hostname and time.monotonic() - marked_at >= MARK_EVERY_S:
+                    self._mark(self.hostname)
+                    marked_at = time.monotonic()
             except Exception as exc:  # Redis away: the next round tries again
                 log.warning("deadline sweep failed: %s", exc)
+
+    def _mark(self, hostname: str) -> None:
+        stale_s = sweep_stale_s(self.coord.settings.heartbeat_s)
+        self.coord.store.mark_swept(hostname, time.time(), keep_s=int(max(60.0, 10 * stale_s)))
 
 
 def sweeper_step(coord: Coordinator) -> type[bootsteps.StartStopStep]:
@@ -74,7 +94,7 @@ def sweeper_step(coord: Coordinator) -> type[bootsteps.StartStopStep]:
             self.sweeper = DeadlineSweeper(coord)
 
         def start(self, worker: Any) -> None:
-            self.sweeper.start()
+            self.sweeper.start(worker.hostname)
 
         def stop(self, worker: Any) -> None:
             self.sweeper.stop()

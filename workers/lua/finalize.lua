@@ -17,6 +17,10 @@ else
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'type', 'run_finished', 'status', ARGV[2],
   'ts', ARGV[3])
+-- The record and the events get their TTL again: a server that lost them (a restart without
+-- persistence) got them back from the writes above, without one.
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'status', ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('ZREM', KEYS[5], ARGV[6])

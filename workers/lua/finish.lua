@@ -43,6 +43,8 @@ if new == 1 then
     table.insert(update, tonumber(rec[8] or '0') + 1)
   end
   redis.call('HSET', KEYS[2], unpack(update))
+  -- Written keys keep a TTL even when the server had lost them (a restart without persistence).
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
   if ARGV[5] == '1' then
     if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'EX', ARGV[4]) then
       won = 1
@@ -53,6 +55,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 if new == 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'finished', 'index', ARGV[1],
     'status', ARGV[3], 'won', won, 'ts', ARGV[6])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
   for i = 6, #KEYS do
     redis.call('LPUSH', KEYS[i], ARGV[i + 8])
     redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[12]) - 1)

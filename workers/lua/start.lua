@@ -24,4 +24,6 @@ redis.call('HSET', KEYS[7], ARGV[1], ARGV[3])
 redis.call('EXPIRE', KEYS[7], ARGV[4])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'type', 'started', 'index', ARGV[1],
   'worker', ARGV[3], 'attempt', attempt, 'ts', ARGV[2])
+-- The stream may be new (the server lost it, not the record): it keeps a TTL all the same.
+redis.call('EXPIRE', KEYS[5], ARGV[4])
 return {attempt, ''}

@@ -26,6 +26,10 @@ class AsyncStore:
             raise RunNotFound.under(run_id, self.keys.prefix)
         return float(deadline_at), int(n or 0)
 
+    async def has_record(self, run_id: str) -> bool:
+        """Whether the run's record is the one it was created with (see RunStore.has_record)."""
+        return await self.mux.hget(self.keys.run(run_id), "run_id") is not None
+
     async def status(self, run_id: str) -> str | None:
         """The run record's status field."""
         return await self.mux.hget(self.keys.run(run_id), "status")

@@ -42,6 +42,15 @@ class StoreBase:
         """A non-transactional pipeline: several commands, one round trip."""
         return self.r.pipeline(transaction=False)
 
+    def keep(self, pipe: Any, *keys: str) -> None:
+        """Add an EXPIRE of each run key to a pipeline that writes them.
+
+        A server that lost the run (restarted without persistence, flushed) gets the key back
+        from the write alone, without a TTL: it would stay forever.
+        """
+        for key in keys:
+            pipe.expire(key, self.ttl_s)
+
     def ping(self) -> None:
         """One round trip (raises redis' connection errors when the server is away)."""
         self.r.ping()

@@ -4,7 +4,7 @@ the duration statistics the advisor reads."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from workers.models import CatalogEntry, WorkerInfo
@@ -19,9 +19,16 @@ class FleetStore(StoreBase):
     """Presence, catalog and statistics."""
 
     # -- heartbeats ------------------------------------------------------------------------
-    def beat(self, info: WorkerInfo) -> None:
-        """Publish one process's heartbeat."""
-        self.r.hset(self.keys.workers, info.hostname, info.model_dump_json())
+    def beat(self, info: WorkerInfo, catalog: Collection[str] = ()) -> set[str]:
+        """Publish one process's heartbeat; returns which of the ``catalog`` fields (the ones
+        this worker publishes) the catalog lacks, in the same round trip: a server that lost
+        the catalog (restarted without persistence, flushed) gets it back at the next beat."""
+        pipe = self.pipeline()
+        pipe.hset(self.keys.workers, info.hostname, info.model_dump_json())
+        if catalog:
+            pipe.hkeys(self.keys.catalog)
+        replies = pipe.execute()
+        return set(catalog) - set(replies[1]) if catalog else set()
 
     def leave(self, hostname: str) -> None:
         """Remove a process's heartbeat (it is stopping)."""
@@ -60,10 +67,27 @@ class FleetStore(StoreBase):
             mapping = {k: e.model_dump_json() for k, e in entries.items()}
             self.r.hset(self.keys.catalog, mapping=dict[Any, Any](mapping))
 
+    def catalog_fields(self) -> set[str]:
+        """The fields of the catalog (``agent:<name>``, ...), without their entries."""
+        fields: list[str] = self.r.hkeys(self.keys.catalog)  # type: ignore[assignment]
+        return set(fields)
+
     def catalog_entries(self) -> dict[str, CatalogEntry]:
         """The whole catalog (field -> entry)."""
         raw: dict[str, str] = self.r.hgetall(self.keys.catalog)  # type: ignore[assignment]
         return {k: CatalogEntry.model_validate_json(v) for k, v in raw.items()}
+
+    # -- the sweeper's progress ------------------------------------------------------------
+    def mark_swept(self, hostname: str, at: float, keep_s: int) -> None:
+        """Record that this coordinator's sweeper completed a round (kept ``keep_s``)."""
+        self.r.set(self.keys.swept(hostname), repr(at), ex=keep_s)
+
+    def swept_at(self, hostnames: Sequence[str]) -> dict[str, float | None]:
+        """When each coordinator's sweeper last completed a round (None: not recently)."""
+        if not hostnames:
+            return {}
+        raw: list[str | None] = self.r.mget([self.keys.swept(h) for h in hostnames])  # type: ignore[assignment]
+        return {h: float(v) if v else None for h, v in zip(hostnames, raw, strict=True)}
 
     # -- statistics ------------------------------------------------------------------------
     def queue_samples(self, pipe: Any, samples: Sequence[Sample]) -> None:

@@ -29,6 +29,7 @@ from workers.names import Keys
 from workers.scripts import Script
 from workers.settings import safe_url
 from workers.store.records import stream_entries
+from workers.store.timeouts import left_s
 
 #: Longest single XREAD BLOCK: how long a silently dead connection can go unnoticed.
 BLOCK_MS = 5_000
@@ -38,6 +39,8 @@ IDLE_S = 30.0
 COMMAND_CONNECTIONS = 8
 #: Entries read per stream per XREAD.
 BATCH = 500
+#: After a failed read, how long the reader waits before it reads again (the server is away).
+RECONNECT_S = 0.5
 #: A command (or a BLOCK beyond its end) unanswered this long means the connection is dead.
 #: The clients get socket_timeout=None and this asyncio.timeout instead: with a socket timeout,
 #: redis-py sends through asyncio.wait_for, and Python 3.11's wait_for can swallow a cancel
@@ -103,7 +106,8 @@ class Multiplexer:
     async def _command(self, call: Callable[[aioredis.Redis], Any]) -> Any:
         self._busy += 1
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+            # A caller's limit (a wait's timeout_s) bounds every command it makes.
+            async with asyncio.timeout(left_s(COMMAND_TIMEOUT_S)):
                 return await call(self._command_client())
         except ERRORS as exc:
             raise unavailable(self.url, exc) from exc
@@ -239,7 +243,7 @@ class Multiplexer:
                 for sub in subs:
                     if sub.queue.empty():
                         sub.queue.put_nowait(exc)
-            await asyncio.sleep(0.5)  # the failed waiters unsubscribe; do not spin meanwhile
+            await asyncio.sleep(RECONNECT_S)  # the failed waiters unsubscribe; do not spin
             return
         self._reading = {}
         self.reads += 1
@@ -264,8 +268,9 @@ class Multiplexer:
 
 def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
     """The error for a state Redis lost while waiting."""
+    detail = str(exc) or f"no reply in time ({type(exc).__name__})"
     return BrokerUnavailable(
-        f"lost the state Redis at {safe_url(url)} while waiting: {exc}. The runs go on; "
+        f"lost the state Redis at {safe_url(url)} while waiting: {detail}. The runs go on; "
         "wait again once it is back (check ORCH_STATE_URL / ORCH_BROKER_URL)",
         url=safe_url(url),
     )

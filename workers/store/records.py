@@ -10,6 +10,7 @@ from workers.errors import RunNotFound
 from workers.models import Pattern, RunProgress, RunStatus
 from workers.run_result import Aggregates
 from workers.store.base import StoreBase, flat
+from workers.store.timeouts import blocking_for
 
 #: (stream key, [(entry id, fields)]) as an XREAD reply normalised by :func:`stream_entries`.
 StreamReply = list[tuple[str, list[tuple[str, dict[str, Any]]]]]
@@ -71,15 +72,26 @@ class RecordStore(StoreBase):
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set fields of the run record."""
-        self.r.hset(self.keys.run(run_id), mapping=flat(fields))
+        pipe = self.pipeline()
+        pipe.hset(self.keys.run(run_id), mapping=flat(fields))
+        self.keep(pipe, self.keys.run(run_id))
+        pipe.execute()
 
     def set_run_field_once(self, run_id: str, name: str, value: str) -> bool:
         """Set one field of the run record unless it is set (True if this call set it)."""
-        return bool(self.r.hsetnx(self.keys.run(run_id), name, value))
+        pipe = self.pipeline()
+        pipe.hsetnx(self.keys.run(run_id), name, value)
+        self.keep(pipe, self.keys.run(run_id))
+        return bool(pipe.execute()[0])
 
     def run_exists(self, run_id: str) -> bool:
         """Whether the run has a record."""
         return bool(self.r.exists(self.keys.run(run_id)))
+
+    def has_record(self, run_id: str) -> bool:
+        """Whether the run's record is the one it was created with: a late write to a run the
+        server lost (an envelope, an event) recreates a partial record, which does not count."""
+        return bool(self.r.hexists(self.keys.run(run_id), "run_id"))
 
     def record(self, run_id: str) -> dict[str, str]:
         """The run record, or RunNotFound."""
@@ -99,7 +111,10 @@ class RecordStore(StoreBase):
     def event(self, run_id: str, kind: str, **fields: Any) -> None:
         """Append one event to the run's stream."""
         data = {"type": kind, "ts": repr(time.time()), **flat(fields)}
-        self.r.xadd(self.keys.events(run_id), data, maxlen=self.maxlen, approximate=True)
+        pipe = self.pipeline()
+        pipe.xadd(self.keys.events(run_id), data, maxlen=self.maxlen, approximate=True)
+        self.keep(pipe, self.keys.events(run_id))
+        pipe.execute()
 
     def events_after(self, run_id: str, since: str = "0-0") -> list[tuple[str, dict[str, str]]]:
         """Every event after ``since`` that is in the stream now (no waiting)."""
@@ -112,7 +127,8 @@ class RecordStore(StoreBase):
     ) -> list[tuple[str, dict[str, Any]]]:
         """Events after ``cursor``; with ``block_s``, wait up to that long for the first."""
         block = None if block_s is None else max(1, int(block_s * 1000))
-        reply = self.r.xread({self.keys.events(run_id): cursor}, count=count, block=block)
+        with blocking_for(block_s or 0.0):
+            reply = self.r.xread({self.keys.events(run_id): cursor}, count=count, block=block)
         got = stream_entries(reply)
         return got[0][1] if got else []
 
@@ -130,7 +146,8 @@ class RecordStore(StoreBase):
     def ended_within(self, run_id: str, block_s: float) -> bool:
         """Block up to ``block_s`` on the run's done stream; True once the run has ended."""
         block_ms = max(1, int(block_s * 1000))
-        return bool(self.r.xread({self.keys.done(run_id): "0-0"}, count=1, block=block_ms))
+        with blocking_for(block_s):
+            return bool(self.r.xread({self.keys.done(run_id): "0-0"}, count=1, block=block_ms))
 
     def wait_done(self, run_id: str, timeout_s: float) -> bool:
         """Block (no polling) until the run has ended or the timeout passes."""

@@ -78,6 +78,7 @@ class ServiceStore(RecordStore, FleetStore):
             pipe.expire(key, self.ttl_s)
         if batches:  # which subtasks go down with a lost batch message
             pipe.hset(k.run(run_id), "batches", json.dumps(batches))
+        self.keep(pipe, k.run(run_id), k.events(run_id))
         pipe.execute()
 
     # -- the expansion lease: who sends a run's messages ----------------------------------
@@ -89,7 +90,8 @@ class ServiceStore(RecordStore, FleetStore):
         pipe = self.pipeline()
         pipe.set(self.keys.expander(run_id), host, nx=True, px=int(lease_s * 1000))
         pipe.hset(self.keys.run(run_id), mapping=flat(fields))
-        took, _ = pipe.execute()
+        pipe.expire(self.keys.run(run_id), self.ttl_s)  # a server that lost it must not keep it
+        took, *_ = pipe.execute()
         return bool(took)
 
     def take_expansion(self, run_id: str, host: str, lease_s: float) -> bool:
@@ -100,6 +102,7 @@ class ServiceStore(RecordStore, FleetStore):
         """Messages sent so far, and the lease renewed (one round trip per send batch)."""
         pipe = self.pipeline()
         pipe.hset(self.keys.run(run_id), SENT, str(sent))
+        pipe.expire(self.keys.run(run_id), self.ttl_s)
         pipe.set(self.keys.expander(run_id), host, px=int(lease_s * 1000))
         pipe.execute()
 
@@ -143,11 +146,11 @@ class ServiceStore(RecordStore, FleetStore):
 
     def mark_merger_sent(self, run_id: str, at: float) -> None:
         """Record that the merger's message went out."""
-        self.r.hset(self.keys.run(run_id), MERGER_SENT_AT, repr(at))
+        self.update_run(run_id, **{MERGER_SENT_AT: repr(at)})
 
     def claim_merger_send(self, run_id: str, at: float) -> bool:
         """Claim the late send of a merger (one coordinator wins)."""
-        return bool(self.r.hsetnx(self.keys.run(run_id), MERGER_SENT_AT, repr(at)))
+        return self.set_run_field_once(run_id, MERGER_SENT_AT, repr(at))
 
     def mergers_due(self, run_ids: Sequence[str]) -> list[tuple[str, str, float]]:
         """(run, merger message, when every member had reported) of the gathers among

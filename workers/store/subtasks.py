@@ -183,6 +183,7 @@ class SubtaskStore(StoreBase):
             maxlen=self.maxlen,
             approximate=True,
         )
+        self.keep(pipe, k.run(run_id), k.events(run_id))
         pipe.execute()
         return now
 
@@ -239,5 +240,6 @@ class SubtaskStore(StoreBase):
         pipe.exists(k.result(run_id))
         pipe.hset(k.run(run_id), "merge_started_at", repr(started_at))
         pipe.hgetall(k.results(run_id))
-        ended, _, raw = pipe.execute()
+        self.keep(pipe, k.run(run_id))
+        ended, _, raw, _ = pipe.execute()
         return bool(ended), {int(i): AgentResult.model_validate_json(v) for i, v in raw.items()}
