@@ -365,3 +365,24 @@ def test_a_payload_nested_too_deep_is_refused_at_submit(rs: EmbeddedStack) -> No
         assert o.spawn([Task("echo", {"text": "flat", "x": [[[1]]]})]).wait(timeout_s=30).ok
     finally:
         o.close()
+
+
+def test_an_envelope_after_the_server_lost_its_run_writes_no_partial_record(
+    rs: EmbeddedStack, tmp_marker: Callable[[str], str]
+) -> None:
+    """The server forgot a run while a subagent was running (as a restart without persistence
+    does); the subagent's late envelope must not recreate a partial record (a run of 0 that the
+    last-report rule would then try to end, raising KeyError in the worker)."""
+    o = _client(rs)
+    try:
+        marker = tmp_marker("late")
+        run = o.spawn([Task("work", {"seconds": 1.5, "marker": marker, "mode": "sleep"})])
+        wait_for(lambda: run.status().started == 1, 15, "the subagent to start")
+        for key in o.store.keys.run_keys(run.id):
+            o.store.r.delete(key)  # what the server lost
+        wait_for(lambda: os.path.exists(marker), 15, "the agent to finish its work")
+        wait_for(lambda: f"{run.id}.0] succeeded" in rs.log("worker1"), 15, "its task to end")
+        assert not o.store.run_exists(run.id)
+        assert "KeyError" not in rs.log("worker1")
+    finally:
+        o.close()

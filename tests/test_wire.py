@@ -110,3 +110,14 @@ def test_a_coordinator_killed_mid_send_loses_nothing() -> None:
     finally:
         o.close()
         s.stop()
+
+
+def test_one_unusable_record_does_not_stop_the_sweeper_for_the_others(orch: Orchestrator) -> None:
+    bad = _new_id()
+    orch.store.r.hset(orch.store.keys.run(bad), mapping={"run_id": bad, "n": "1"})
+    orch.store.r.expire(orch.store.keys.run(bad), 60)
+    orch.store.r.zadd(orch.store.keys.deadlines, {bad: time.time() - 10})
+    run = orch.spawn([Task("echo", {"text": "slow", "spin_s": 3.0})], deadline_s=0.5)
+    # Not run.wait(): a waiting client ends an overdue run itself; the sweeper must do it.
+    wait_for(lambda: run.status().status is RunStatus.TIMED_OUT, 15, "the sweeper to end it")
+    assert orch.store.r.zscore(orch.store.keys.deadlines, bad) is None

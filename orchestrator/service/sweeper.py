@@ -39,6 +39,12 @@ def sweep(coord: Coordinator, limit: int = 100) -> int:
                 ended += 1
         except RunNotFound:
             pass  # its record expired: nothing left to end
+        except (KeyError, ValueError) as exc:
+            # A record that is not a whole run (partly rewritten after a server restart): it
+            # can never be ended properly; one bad run must not stop the round for the rest.
+            log.warning("run %s: record unusable (%r); dropped from the deadlines", run_id, exc)
+            store.forget_deadline(run_id)
+            continue
         if store.has_ended(run_id) or not store.run_exists(run_id):
             store.forget_deadline(run_id)
     return ended

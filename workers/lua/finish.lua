@@ -9,11 +9,16 @@
 -- Duration statistics (optional), appended only for a new envelope:
 -- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[14..]
 -- ARGV[12] samples kept per list  ARGV[13] stats ttl seconds  ARGV[14..] the samples
--- Returns {new, done, n, won}: new=1 if this envelope was recorded (0: duplicate delivery).
-local new = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+-- Returns {new, done, n, won}: new=1 if this envelope was recorded (0: duplicate delivery, or a
+-- run whose record is gone: a server restarted without persistence; its waiters get RunLost, and
+-- a partial record written here would look like a finished run of 0 subtasks).
 local count_field = 'agg:' .. ARGV[3]
 local rec = redis.call('HMGET', KEYS[2], 'done', 'n', count_field, 'agg:ran', 'agg:wait',
   'agg:waits', 'agg:min_queued', 'agg:stop_requested')
+if not rec[2] then
+  return {0, 0, 0, 0}
+end
+local new = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 local done = tonumber(rec[1] or '0')
 local n = tonumber(rec[2] or '0')
 local won = 0
