@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from workers import AgentContext, agent, merger, validator
 
@@ -109,3 +109,20 @@ def explodes(e: Echo) -> bool:
     if "boom" in e.text:
         raise RuntimeError("validator blew up on purpose")
     return e.text.startswith("good")
+
+
+class Account(BaseModel):
+    iban: str
+
+    @field_validator("iban")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        if not value.startswith("GB"):
+            # The common way a model's own check quotes the value it refuses.
+            raise ValueError(f"{value!r} is not a British IBAN")
+        return value
+
+
+@agent("iban_check", input=Account, output=Echo, description="Refuses a non-GB IBAN (input).")
+def iban_check(account: Account, ctx: AgentContext) -> Echo:
+    return Echo(text=account.iban[:2])
