@@ -3,9 +3,13 @@ importing worker code."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
 from workers.errors import InvalidPayload, UnknownAgent
@@ -60,17 +64,17 @@ class Catalog:
             cls = validator_for(entry.input_schema)
             check = cls(entry.input_schema)
             self._validators[cache_key] = check
-        errors = sorted(check.iter_errors(payload), key=lambda e: list(e.path))
+        errors = sorted(check.iter_errors(payload), key=lambda e: [str(p) for p in e.path])
         if errors:
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e.path) or '<root>'}: {e.message}" for e in errors[:5]
-            )
+            # Never jsonschema's own message: it quotes the value, and the value may be secret
+            # (this text reaches the run's error, the logs, Flower and the caller).
+            problems = [f"{where}: {p}" for e in errors for p in problems_of(e)]
             raise InvalidPayload(
-                f"{where}: payload for agent {entry.name!r} is invalid: {detail}. "
+                f"payload for agent {entry.name!r} is invalid: {'; '.join(problems[:5])}. "
                 f"Expected input schema: {entry.input_schema.get('title', 'object')} with "
                 f"fields {sorted(entry.input_schema.get('properties', {}))}",
                 agent=entry.name,
-                errors=[e.message for e in errors],
+                errors=problems,
             )
 
     def check_request(
@@ -90,4 +94,77 @@ class Catalog:
             self.get(AgentKind.VALIDATOR, validate)
 
 
-__all__ = ["Catalog"]
+_BOUNDS = {
+    "minimum": "must be >= {}",
+    "maximum": "must be <= {}",
+    "exclusiveMinimum": "must be > {}",
+    "exclusiveMaximum": "must be < {}",
+    "multipleOf": "must be a multiple of {}",
+    "minLength": "must have at least {} characters",
+    "maxLength": "must have at most {} characters",
+    "minItems": "must have at least {} items",
+    "maxItems": "must have at most {} items",
+    "minProperties": "must have at least {} fields",
+    "maxProperties": "must have at most {} fields",
+    "pattern": "must match the pattern {!r}",
+    "format": "must be a valid {}",
+}
+
+
+def _field(path: Iterable[Any]) -> str:
+    return "field " + repr(".".join(str(p) for p in path))
+
+
+def _schema_text(value: Any) -> str:
+    """A value from the schema (never from the payload), kept short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def problems_of(error: ValidationError) -> list[str]:
+    """What failed, as 'field ...: rule': the field's path and the schema's rule, never the
+    value (field names, from the schema or the payload's keys, are not values)."""
+    path = list(error.path)
+    instance = error.instance
+    required = error.validator_value if error.validator == "required" else None
+    if isinstance(required, list) and isinstance(instance, dict):
+        missing = [p for p in required if p not in instance]
+        if missing:
+            return [f"{_field([*path, p])} is a required property" for p in missing]
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        known = schema.get("properties", {})
+        patterns = list(schema.get("patternProperties", {}))
+        extra = [
+            k for k in instance if k not in known and not any(re.search(p, k) for p in patterns)
+        ]
+        return [f"{_field([*path, k])}: is not a field of the input schema" for k in extra[:5]]
+    where = _field(path) if path else "the payload"
+    return [f"{where}: {_rule(error)}"]
+
+
+def _rule(error: ValidationError) -> str:
+    rule, value = error.validator, error.validator_value
+    if rule == "type":
+        kinds = value if isinstance(value, list) else [value]
+        return "must be of type " + " or ".join(str(k) for k in kinds)
+    if rule in ("anyOf", "oneOf"):
+        own = [_rule(sub) for sub in error.context or () if not sub.relative_path]
+        if own and all(r.startswith("must be of type ") for r in own):
+            return "must be of type " + " or ".join(r.removeprefix("must be of type ") for r in own)
+        which = "any" if rule == "anyOf" else "exactly one"
+        return f"must match {which} of: " + "; ".join(own) if own else f"must match {rule}"
+    if rule == "enum":
+        return f"must be one of {_schema_text(value)}"
+    if rule == "const":
+        return f"must equal {_schema_text(value)}"
+    if rule == "uniqueItems":
+        return "must not repeat an item"
+    if rule in _BOUNDS and not isinstance(value, bool | dict | list):
+        return _BOUNDS[str(rule)].format(value)
+    if rule is None:  # a `false` schema: nothing is allowed here
+        return "is not allowed"
+    return f"fails the schema rule {rule!r}"
+
+
+__all__ = ["Catalog", "problems_of"]

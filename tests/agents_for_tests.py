@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from workers import AgentContext, agent, merger, validator
 
@@ -140,3 +140,20 @@ class _NoTruth:
 @validator("unreadable", input=Loose, description="Returns a verdict that cannot be a bool.")
 def unreadable(item: Loose) -> bool:
     return _NoTruth()  # type: ignore[return-value]
+
+
+class Account(BaseModel):
+    iban: str
+
+    @field_validator("iban")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        if not value.startswith("GB"):
+            # The common way a model's own check quotes the value it refuses.
+            raise ValueError(f"{value!r} is not a British IBAN")
+        return value
+
+
+@agent("iban_check", input=Account, output=Echo, description="Refuses a non-GB IBAN (input).")
+def iban_check(account: Account, ctx: AgentContext) -> Echo:
+    return Echo(text=account.iban[:2])

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.conftest import ROOT
+from workers.settings import safe_url
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +26,25 @@ def _env() -> dict[str, str]:
     return env
 
 
+#: The broker URL as the CLI prints it: its password masked.
+PRINTED_URL = r"redis://\*\*\*@127\.0\.0\.1:\d+/0"
+
+
+def client_env(path: Path) -> dict[str, str]:
+    """The variables a client environment file written by `orchestrator up` exports."""
+    pairs = [shlex.split(line)[1].split("=", 1) for line in path.read_text().splitlines()]
+    return {k: v for k, v in pairs}
+
+
 def _leftovers(url: str) -> list[str]:
+    """Processes of the stack at ``url`` (printed, password masked, or in full)."""
     port = url.rsplit(":", 1)[1].split("/")[0]
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
-            if f"--port {port}" in cmd or proc.environ().get("ORCH_BROKER_URL") == url:
+            env_url = proc.environ().get("ORCH_BROKER_URL")
+            if f"--port {port}" in cmd or (env_url and safe_url(env_url) == safe_url(url)):
                 found.append(f"{proc.pid}: {cmd}")
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -52,8 +67,9 @@ def test_demo_runs_the_three_patterns_and_stops_everything() -> None:
     assert "all three patterns succeeded" in text
     assert re.search(r"winner #\d \(\w+\): nonce \d+", text)
     assert "validator 'pow_valid' rejected" in text  # the guesser's answer was checked
-    url = re.search(r"broker (redis://127\.0\.0\.1:\d+/0)", text)
+    url = re.search(f"broker ({PRINTED_URL})", text)
     assert url and ":6379/" not in url.group(1)
+    assert not re.search(r"redis://:[^*@\s]+@", out.stdout + out.stderr), "a password was printed"
     assert _leftovers(url.group(1)) == []
 
 
@@ -75,7 +91,7 @@ def test_ctrl_c_stops_every_process_it_started() -> None:
         if "race-then-cancel" in line or not line:
             break
     text = "".join(lines)
-    url = re.search(r"broker (redis://127\.0\.0\.1:\d+/0)", text)
+    url = re.search(f"broker ({PRINTED_URL})", text)
     assert url, text
     assert _leftovers(url.group(1)), "the stack should be running before Ctrl-C"
     proc.send_signal(signal.SIGINT)
@@ -108,11 +124,13 @@ def test_up_serves_until_ctrl_c() -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and url is None:
         line = proc.stdout.readline()
-        found = re.search(r"export ORCH_BROKER_URL=(\S+)", line)
-        url = found.group(1) if found else None
+        # The URL holds the server's password: `up` prints a file to source, not the URL.
+        found = re.search(r"^\. (\S+client\.env)", line)
+        if found:
+            url = client_env(Path(found.group(1)))["ORCH_BROKER_URL"]
         if not line:
             break
-    assert url, "no broker URL printed"
+    assert url, "no client environment file printed"
     try:
         with Orchestrator(broker_url=url) as orch:
             res = orch.spawn([Task("module_stats", {"module": "bisect"})]).wait(timeout_s=60)

@@ -77,6 +77,22 @@ class FlowerSettings(BaseModel):
         False, description="Allow Flower without auth; only when bound to loopback."
     )
 
+    @field_validator("basic_auth")
+    @classmethod
+    def _user_and_password(cls, value: str | None) -> str | None:
+        # A ConfigError, not a ValueError: pydantic would quote the value (the password).
+        if value is None:
+            return value
+        user, sep, password = value.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError(
+                "ORCH_FLOWER__BASIC_AUTH must be 'user:password' with a non-empty user and a "
+                "non-empty password (unset it, with ORCH_FLOWER__LOCAL_ONLY=true, to serve "
+                "Flower without auth on loopback only)",
+                setting="ORCH_FLOWER__BASIC_AUTH",
+            )
+        return value
+
 
 class Settings(BaseSettings):
     """Settings shared by clients, the coordinator and workers."""

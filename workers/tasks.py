@@ -9,7 +9,8 @@ import socket
 import threading
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.canvas import Signature
 
 from workers.cancel import CancelListener
 from workers.models import AgentKind, AgentResult, TaskMeta
@@ -104,8 +105,36 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
     app.task(name=batch_task_name(spec.name), **_agent_task_options(queue))(run_batch)
 
 
+class _KeepsReprs(Task):  # type: ignore[misc]
+    """An agent task whose retries keep the message's ``argsrepr``/``kwargsrepr``.
+
+    Celery's ``retry`` (and so ``autoretry_for``) sends a new message built from the request,
+    which keeps the arguments but not their repr: the new message would show the full payload
+    (a ``Task(..., secret=True)`` one too) in Flower, in events and in the worker's log lines.
+    """
+
+    def signature_from_request(
+        self,
+        request: Any = None,
+        args: Any = None,
+        kwargs: Any = None,
+        queue: str | None = None,
+        **extra_options: Any,
+    ) -> Signature:
+        request = self.request if request is None else request
+        for name in ("argsrepr", "kwargsrepr"):
+            value = getattr(request, name, None)
+            if value is not None:
+                extra_options.setdefault(name, value)
+        sig: Signature = super().signature_from_request(
+            request, args, kwargs, queue, **extra_options
+        )
+        return sig
+
+
 def _agent_task_options(queue: str) -> dict[str, Any]:
     return {
+        "base": _KeepsReprs,
         "bind": True,
         "queue": queue,
         "typing": False,

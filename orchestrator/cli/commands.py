@@ -22,7 +22,7 @@ from orchestrator.embedded.processes import run_coordinator, run_flower, run_wor
 from orchestrator.request import OrchestrationRequest
 from workers.errors import OrchestratorError, RunNotFound, RunTimedOut
 from workers.models import RunResult, Verdict
-from workers.settings import Settings
+from workers.settings import Settings, safe_url
 
 
 def _settings() -> Settings:
@@ -62,12 +62,14 @@ def _embedded(workers: int, concurrency: int, flower: bool = False) -> Iterator[
         key_prefix=settings.key_prefix,
         agent_modules=settings.agent_modules or ["workers.agents"],
     )
-    where = settings.broker_url or "an embedded valkey-server on 127.0.0.1"
+    # Every URL printed is masked: the embedded server's has its password in it.
+    where = safe_url(settings.broker_url or "") or "an embedded valkey-server on 127.0.0.1"
     click.echo(f"starting coordinator and {workers} workers x{concurrency} against {where} ...")
     started = time.monotonic()
     stack.start()
     click.echo(
-        f"ready in {time.monotonic() - started:.1f}s (broker {stack.url}, logs {stack.log_dir})"
+        f"ready in {time.monotonic() - started:.1f}s (broker {stack.safe_url}, "
+        f"logs {stack.log_dir})"
     )
     try:
         if flower:
@@ -115,7 +117,11 @@ def up(workers: int, concurrency: int, flower: bool) -> None:
     """Run an embedded stack (Redis, coordinator, workers, Flower) until Ctrl-C."""
     try:
         with _embedded(workers, concurrency, flower) as stack:
-            click.echo(f"export ORCH_BROKER_URL={stack.url}   # for clients")
+            env_file = stack.write_client_env()
+            click.echo(
+                f". {env_file}   # for clients: sets ORCH_BROKER_URL={stack.safe_url} "
+                "(the file holds the password; only you can read it)"
+            )
             if flower:
                 click.echo(f"Flower: http://127.0.0.1:{_settings().flower.port} (local only)")
             while all(p.poll() is None for p in stack.procs.values()):

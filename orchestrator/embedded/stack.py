@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -16,12 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.errors import ConfigError
 from workers.models import WorkerInfo
+from workers.settings import safe_url
 from workers.store import answers, store_at
 
 
@@ -74,15 +78,14 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
 class EmbeddedRedis:
-    """A private valkey-server bound to 127.0.0.1 on a free port.
+    """A private valkey-server bound to 127.0.0.1 on a free port, with a password.
 
-    ``host`` binds another address (multi-host tests bind a network namespace's address; a
-    password is then required); ``command_prefix`` wraps the server's command line, e.g.
-    ``["ip", "netns", "exec", "ns1"]``.
+    The password is random unless given (any local process could otherwise read or FLUSHALL
+    the server); it is in :attr:`url`, which is what the processes of a stack get, and reaches
+    the server through a file only its owner reads, not its command line. ``host`` binds
+    another address (multi-host tests bind a network namespace's address); ``command_prefix``
+    wraps the server's command line, e.g. ``["ip", "netns", "exec", "ns1"]``.
     """
 
     def __init__(
@@ -95,11 +98,11 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         command_prefix: Sequence[str] = (),
     ) -> None:
-        if host not in _LOOPBACK and not password:
-            raise ConfigError(f"an embedded server bound to {host!r} needs a password")
+        if password is not None and not password:
+            raise ConfigError("an embedded server needs a non-empty password (None: a random one)")
         self.port = port or free_port()
         self.persist = persist
-        self.password = password
+        self.password = password or secrets.token_urlsafe(24)
         self.host = host
         self.command_prefix = list(command_prefix)
         self._own_dir = workdir is None
@@ -108,14 +111,33 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        """The server's URL, password included: for processes and clients, never to print
+        (:attr:`safe_url` is the one to show)."""
+        auth = urllib.parse.quote(self.password, safe="")
+        return f"redis://:{auth}@{self.host}:{self.port}/0"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked."""
+        return safe_url(self.url)
+
+    def _auth_file(self) -> Path:
+        """The password as a config file only its owner reads (a command line is public)."""
+        path = self.dir / "auth.conf"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            f.write(f'requirepass "{quoted}"\n')
+        return path
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         args = [
             *self.command_prefix,
             str(server_binary()),
+            str(self._auth_file()),
             "--bind",
             self.host,
             "--port",
@@ -137,16 +159,12 @@ class EmbeddedRedis:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         else:
             args += ["--appendonly", "no", "--save", ""]
-        if self.password:
-            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise ConfigError(
-                    f"valkey-server exited with {self.proc.returncode}: "
-                    f"{_tail(self.dir / 'server.log')}"
-                )
+                log = _tail(self.dir / "server.log").replace(self.password, "***")
+                raise ConfigError(f"valkey-server exited with {self.proc.returncode}: {log}")
             if answers(self.url):
                 return self
             if time.monotonic() > deadline:
@@ -161,6 +179,8 @@ class EmbeddedRedis:
         if self.proc is not None:
             _stop_process(self.proc, 5.0)
             self.proc = None
+        with contextlib.suppress(OSError):
+            (self.dir / "auth.conf").unlink()
         if self._own_dir and not self.persist:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -179,11 +199,12 @@ class EmbeddedStack:
     concurrency: int = 2
     pool: str = "prefork"
     agent_modules: list[str] = field(default_factory=lambda: ["workers.agents"])
-    broker_url: str | None = None
-    state_url: str | None = None
+    # Not in the repr: these may hold passwords.
+    broker_url: str | None = field(default=None, repr=False)
+    state_url: str | None = field(default=None, repr=False)
     key_prefix: str = "orch"
     coordinator: bool = True
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict, repr=False)
     log_dir: Path | None = None
     redis: EmbeddedRedis | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -194,6 +215,26 @@ class EmbeddedStack:
             return self.broker_url
         assert self.redis is not None, "stack not started"
         return self.redis.url
+
+    @property
+    def safe_url(self) -> str:
+        """The broker URL with its password masked: the one to print."""
+        return safe_url(self.url)
+
+    def write_client_env(self) -> Path:
+        """A shell file (readable by its owner only) that points clients at this stack:
+        ``. <file>`` sets ORCH_BROKER_URL, password included, without printing it."""
+        assert self.log_dir is not None, "stack not started"
+        path = self.log_dir / "client.env"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"export ORCH_BROKER_URL={shlex.quote(self.url)}\n")
+            f.write(f"export ORCH_KEY_PREFIX={shlex.quote(self.key_prefix)}\n")
+            if self.state_url:
+                f.write(f"export ORCH_STATE_URL={shlex.quote(self.state_url)}\n")
+        return path
 
     def env(self) -> dict[str, str]:
         """Environment for processes (and clients) of this stack."""
@@ -307,8 +348,12 @@ class EmbeddedStack:
             time.sleep(0.05)
 
     def tail(self, name: str, lines: int = 30) -> str:
+        """The end of one process's log, for error messages (the server's password masked)."""
         assert self.log_dir is not None
-        return f"--- {name} ---\n{_tail(self.log_dir / f'{name}.log', lines)}"
+        text = _tail(self.log_dir / f"{name}.log", lines)
+        if self.redis is not None:
+            text = text.replace(self.redis.password, "***")
+        return f"--- {name} ---\n{text}"
 
     def stop_process(self, name: str, timeout_s: float = 10.0) -> None:
         """Stop one process (warm shutdown, then kill)."""
