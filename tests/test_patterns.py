@@ -96,6 +96,8 @@ def test_validation_error_inside_the_agent_is_an_error_not_invalid_output(
     env = res.results[0]
     assert env.status is AgentStatus.ERROR
     assert env.error is not None and env.error.type == "ValidationError"
+    # Named by field, never quoting the input (which may be a secret).
+    assert "input_value" not in env.error.message and "text" in env.error.message
 
 
 def test_gather_with_one_failure_still_merges_when_quorum_met(orch: Orchestrator) -> None:

@@ -107,3 +107,9 @@ def test_cli_without_broker_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("ORCH_BROKER_URL", raising=False)
     out = CliRunner().invoke(main, ["agents"])
     assert out.exit_code != 0 and "ORCH_BROKER_URL" in out.output
+
+
+def test_a_password_with_an_at_sign_is_masked_whole() -> None:
+    from workers.settings import safe_url
+
+    assert safe_url("redis://:p@ss@host:6379/0") == "redis://***@host:6379/0"

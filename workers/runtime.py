@@ -50,6 +50,10 @@ class Services:
 def _error(exc: BaseException, hint: str | None = None) -> ErrorInfo:
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    if isinstance(exc, ValidationError):
+        # str() of a ValidationError quotes the input (input_value=...), which may be secret.
+        inner = _validation_error(type(exc).__name__, exc, hint or "")
+        return ErrorInfo(type=inner.type, message=f"{inner.message}{where}"[:2000], hint=hint)
     return ErrorInfo(type=type(exc).__name__, message=f"{exc}{where}"[:2000], hint=hint)
 
 

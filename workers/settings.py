@@ -231,7 +231,8 @@ def safe_url(url: str) -> str:
     if "@" not in url:
         return url
     scheme, rest = url.split("://", 1) if "://" in url else ("", url)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    # The last '@' ends the credentials: a password may contain '@' itself.
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 def _scheme(url: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from orchestrator.api import Orchestrator
 from orchestrator.cli.demo import run_demo
@@ -28,6 +29,13 @@ from workers.settings import Settings, safe_url
 def _settings() -> Settings:
     try:
         return Settings()
+    except ValidationError as exc:
+        # Never the values: a mistyped setting may hold a password.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise click.ClickException(f"bad ORCH_* settings: {problems}") from exc
     except Exception as exc:
         raise click.ClickException(f"bad ORCH_* settings: {exc}") from exc
 
