@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -52,42 +53,70 @@ def _orch() -> Orchestrator:
     return orch
 
 
-def _sigterm_as_interrupt() -> None:
+def _stops_as_interrupt() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) stop the stack like Ctrl-C; a reader that went
+    away (``up | tee`` stopped by Ctrl-C) must not stop the clean-up halfway."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a write to a closed pipe raises instead
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Echo, unless nobody reads any more (the clean-up goes on regardless)."""
+    with contextlib.suppress(OSError):
+        click.echo(text, err=err)
 
 
 @contextmanager
-def _embedded(workers: int, concurrency: int, flower: bool = False) -> Iterator[EmbeddedStack]:
-    _sigterm_as_interrupt()
+def _embedded(
+    workers: int,
+    concurrency: int,
+    flower: bool = False,
+    *,
+    own_server: bool = False,
+    flower_port: int | None = None,
+) -> Iterator[EmbeddedStack]:
+    """The embedded stack; ``own_server``: always start our own server (``up``), whatever
+    ORCH_BROKER_URL / ORCH_STATE_URL say."""
+    _stops_as_interrupt()
     settings = _settings()
+    if own_server and settings.broker_url:
+        _say(
+            f"ignoring ORCH_BROKER_URL={safe_url(settings.broker_url)} from the environment: "
+            "`up` always starts its own server (unset it, or use `orchestrator worker` / "
+            "`coordinator` against that broker)"
+        )
     stack = EmbeddedStack(
         workers=workers,
         concurrency=concurrency,
-        broker_url=settings.broker_url,
+        broker_url=None if own_server else settings.broker_url,
         key_prefix=settings.key_prefix,
         agent_modules=settings.agent_modules or ["workers.agents"],
     )
     # Every URL printed is masked: the embedded server's has its password in it.
-    where = safe_url(settings.broker_url or "") or "an embedded valkey-server on 127.0.0.1"
-    click.echo(f"starting coordinator and {workers} workers x{concurrency} against {where} ...")
+    where = safe_url(stack.broker_url or "") or "an embedded valkey-server on 127.0.0.1"
+    _say(f"starting coordinator and {workers} workers x{concurrency} against {where} ...")
     started = time.monotonic()
-    stack.start()
-    click.echo(
-        f"ready in {time.monotonic() - started:.1f}s (broker {stack.safe_url}, "
-        f"logs {stack.log_dir})"
-    )
     try:
+        stack.start()
+        _say(
+            f"ready in {time.monotonic() - started:.1f}s (broker {stack.safe_url}, "
+            f"logs {stack.log_dir})"
+        )
         if flower:
             stack.extra_env["ORCH_FLOWER__LOCAL_ONLY"] = "true"
+            if flower_port is not None:
+                stack.extra_env["ORCH_FLOWER__PORT"] = str(flower_port)
             stack.start_process("flower", ["flower"])
         yield stack
     finally:
-        click.echo("stopping every process started ...")
+        _say("stopping every process started ...")
         stack.stop()
-        click.echo("stopped.")
+        _say("stopped.")
 
 
 @click.group()
@@ -121,22 +150,43 @@ def demo(workers: int, concurrency: int, difficulty: int) -> None:
 @click.option("--workers", default=2, show_default=True)
 @click.option("--concurrency", default=2, show_default=True)
 @click.option("--flower/--no-flower", default=True, show_default=True)
-def up(workers: int, concurrency: int, flower: bool) -> None:
-    """Run an embedded stack (Redis, coordinator, workers, Flower) until Ctrl-C."""
+@click.option(
+    "--flower-port", type=int, default=None, help="Flower's port (default ORCH_FLOWER__PORT)."
+)
+def up(workers: int, concurrency: int, flower: bool, flower_port: int | None) -> None:
+    """Run an embedded stack (its own server, coordinator, workers, Flower) until Ctrl-C,
+    SIGTERM or SIGHUP; it always starts its own server, whatever ORCH_BROKER_URL says.
+    Exits non-zero, naming the process and its log, if one of them exits."""
+    failed: str | None = None
     try:
-        with _embedded(workers, concurrency, flower) as stack:
+        port = flower_port or _settings().flower.port
+        with _embedded(workers, concurrency, flower, own_server=True, flower_port=port) as stack:
             env_file = stack.write_client_env()
-            click.echo(
+            _say(
                 f". {env_file}   # for clients: sets ORCH_BROKER_URL={stack.safe_url} "
                 "(the file holds the password; only you can read it)"
             )
             if flower:
-                click.echo(f"Flower: http://127.0.0.1:{_settings().flower.port} (local only)")
-            while all(p.poll() is None for p in stack.procs.values()):
-                time.sleep(0.5)
-            click.echo("a process exited; see its log", err=True)
+                _say(f"Flower: http://127.0.0.1:{port} (local only)")
+            failed = _watch_processes(stack)
     except KeyboardInterrupt:
-        pass
+        return
+    if failed is not None:
+        raise click.ClickException(failed)
+
+
+def _watch_processes(stack: EmbeddedStack) -> str:
+    """Block until a process of the stack exits; say which, with its code and log."""
+    while True:
+        for name, proc in stack.procs.items():
+            code = proc.poll()
+            if code is not None:
+                assert stack.log_dir is not None
+                return (
+                    f"{name} exited with code {code}; its log: {stack.log_dir / f'{name}.log'}"
+                    f"\n{stack.tail(name, 15)}"
+                )
+        time.sleep(0.5)  # nothing to block on: the processes are not ours to wait on
 
 
 @main.command()

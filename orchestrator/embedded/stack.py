@@ -238,7 +238,10 @@ class EmbeddedStack:
 
     def env(self) -> dict[str, str]:
         """Environment for processes (and clients) of this stack."""
-        env = dict(os.environ)
+        # The stack names its servers: URLs exported in the caller's shell (a stale
+        # ORCH_STATE_URL, say) must not reach its processes.
+        stale = ("ORCH_STATE_URL", "ORCH_RESULT_BACKEND")
+        env = {k: v for k, v in os.environ.items() if k not in stale}
         env.update(
             ORCH_BROKER_URL=self.url,
             ORCH_KEY_PREFIX=self.key_prefix,
