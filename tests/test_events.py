@@ -118,7 +118,10 @@ def test_watch_race_failure_and_timeout_exit_codes(
         deadline_s=60,
     )
     out = CliRunner().invoke(main, ["watch", slow.id, "--timeout", "0.5"])
-    assert out.exit_code == 2 and "it goes on" in out.output
+    assert out.exit_code == 2, out.output
+    assert f"the run goes on: orchestrator watch {slow.id} / orchestrator cancel {slow.id}" in (
+        out.output
+    )
     slow.cancel()
 
     out = CliRunner().invoke(main, ["watch", "no-such-run"])

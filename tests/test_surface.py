@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -202,6 +204,34 @@ def test_cli_submit_json_and_wait(stack: EmbeddedStack, monkeypatch: pytest.Monk
     assert json.loads(out.output)["merged"] == {"texts": ["x", "y"]}
     bad = CliRunner().invoke(main, ["submit"], input='{"pattern": "nope"}')
     assert bad.exit_code != 0 and "invalid orchestration request" in bad.output
+
+
+@pytest.mark.integration
+def test_cli_submit_wait_timeout_says_what_to_run_next_and_exits_2(
+    stack: EmbeddedStack,
+    orch: Orchestrator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_marker: Callable[[str], str],
+) -> None:
+    monkeypatch.setenv("ORCH_BROKER_URL", stack.url)
+    work = {"seconds": 30, "marker": tmp_marker("slow"), "mode": "cooperative"}
+    request = {
+        "pattern": "parallel-spawn",
+        "deadline_s": 60,
+        "tasks": [{"agent": "work", "payload": work}],
+    }
+    out = CliRunner().invoke(
+        main, ["submit", "--wait", "--timeout", "1"], input=json.dumps(request)
+    )
+    found = re.search(r"run (\S+) has not ended after 1s; the run goes on: ", out.output)
+    assert found, out.output
+    run_id = found.group(1)
+    try:
+        assert out.exit_code == 2, out.output  # as `watch --timeout`
+        assert f"orchestrator watch {run_id} / orchestrator cancel {run_id}" in out.output
+        assert "run.cancel()" not in out.output  # CLI words, not Python advice
+    finally:
+        orch.get_run(run_id).cancel()
 
 
 def test_cli_without_broker_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
