@@ -89,16 +89,17 @@ class Settings(BaseSettings):
 
     broker_url: str | None = Field(
         None,
-        description="Celery broker URL (redis://, rediss://, amqp://). Unset: only the embedded "
-        "stack (`orchestrator demo` / `up`) can run.",
+        description="Celery broker URL (redis://, rediss://, amqp://, amqps://, pyamqp://). "
+        "Unset: only the embedded stack (`orchestrator demo` / `up`) can run.",
     )
     result_backend: str | None = Field(
         None, description="Celery result backend; defaults to the broker URL when it is Redis."
     )
     state_url: str | None = Field(
         None,
-        description="Redis holding run records, events, catalog and cancel flags; defaults to "
-        "the result backend, then the broker, whichever is Redis.",
+        description="Redis holding run records, events, catalog and cancel flags (redis://, "
+        "rediss://, unix://); defaults to the result backend, then the broker, whichever is "
+        "Redis.",
     )
     key_prefix: str = Field(
         "orch", min_length=1, description="Prefix of every Redis key this project writes."
