@@ -157,3 +157,22 @@ class Account(BaseModel):
 @agent("iban_check", input=Account, output=Echo, description="Refuses a non-GB IBAN (input).")
 def iban_check(account: Account, ctx: AgentContext) -> Echo:
     return Echo(text=account.iban[:2])
+
+
+class Ticks(BaseModel):
+    seconds: float = Field(gt=0, le=30)
+
+
+class Ticked(BaseModel):
+    reports: int
+
+
+@agent("ticker", input=Ticks, output=Ticked, description="Reports progress often for a while.")
+def ticker(t: Ticks, ctx: AgentContext) -> Ticked:
+    start = time.monotonic()
+    reports = 0
+    while (elapsed := time.monotonic() - start) < t.seconds:
+        ctx.progress(elapsed / t.seconds, f"{elapsed:.1f}s")
+        reports += 1
+        ctx.sleep(0.05)  # the workload between reports (wakes at once on cancel)
+    return Ticked(reports=reports)

@@ -728,6 +728,64 @@ def test_compose_worker_stop_grace_covers_the_longest_task() -> None:
     assert duration_s(worker["stop_grace_period"]) >= shutdown_budget_s(settings)
 
 
+@pytest.mark.parametrize("name", ["redis", "coordinator", "worker", "flower"])
+def test_compose_containers_are_locked_down_as_in_kubernetes(name: str) -> None:
+    """What deploy/README.md (Security) says holds for every container, in Compose too."""
+    service = compose_services()[name]
+    assert service.get("read_only") is True, f"compose {name}: root file system is writable"
+    assert service.get("cap_drop") == ["ALL"], f"compose {name}: keeps capabilities"
+    assert "no-new-privileges:true" in service.get("security_opt", []), name
+    workload = next(d for d in workloads() if d.name.removeprefix("orchestrator-") == name)
+    pod = pod_template(workload)["spec"]["securityContext"]
+    assert service.get("user", "10001:10001") == f"{pod['runAsUser']}:{pod['runAsGroup']}"
+    for container in containers(workload):
+        # What Kubernetes gives as a writable emptyDir, Compose gives as a tmpfs (not /data).
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == [
+            "ALL"
+        ]
+        volumes = {v["name"]: v for v in pod_template(workload)["spec"].get("volumes", [])}
+        scratch = {
+            m["mountPath"]
+            for m in container.get("volumeMounts", [])
+            if "emptyDir" in volumes.get(m["name"], {})
+        }
+        assert scratch <= set(service.get("tmpfs", [])), f"compose {name}: no tmpfs {scratch}"
+
+
+def test_dockerfile_user_is_the_one_compose_assumes() -> None:
+    users = [args for op, args in dockerfile_instructions() if op == "USER"]
+    assert users[-1] == "10001:10001"  # compose services without `user:` run as this
+
+
+def test_readme_docker_run_is_locked_down_too() -> None:
+    runs = [
+        shlex.split(line)
+        for block in readme_blocks("sh")
+        for line in block.replace("\\\n", " ").splitlines()
+        if "docker run" in line
+    ]
+    assert runs, "README: no docker run example"
+    for words in runs:
+        for option in ("--read-only", "--cap-drop", "--security-opt", "--tmpfs"):
+            assert option in words, f"README docker run without {option}"
+        assert words[words.index("--cap-drop") + 1] == "ALL"
+        assert words[words.index("--security-opt") + 1] == "no-new-privileges"
+        assert words[words.index("--tmpfs") + 1] == "/tmp"
+
+
+def test_deploy_files_describe_deadlines_as_swept_not_as_eta_timers() -> None:
+    stale = re.compile(r"\bETA\b|deadline timers?|fires? (their|its) deadlines", re.I)
+    found = [
+        f"{path.relative_to(DEPLOY)}: {m.group(0)}"
+        for path in DEPLOY.rglob("*")
+        if path.is_file()
+        for m in stale.finditer(path.read_text())
+    ]
+    assert not found, found
+    assert "sweeper" in README.read_text()
+
+
 # -- Kubernetes -------------------------------------------------------------------------------
 
 

@@ -96,6 +96,26 @@ def test_watch_follows_a_live_gather_to_its_result(orch: Orchestrator, cli_env: 
 
 
 @pytest.mark.integration
+def test_watch_in_a_pipe_prints_on_changes_of_state_not_on_progress(
+    orch: Orchestrator, cli_env: None
+) -> None:
+    # Three subtasks reporting progress for 7 s (about 35 progress events each).
+    run = orch.spawn([Task("ticker", {"seconds": 7 + i / 100}) for i in range(3)], deadline_s=60)
+    out = CliRunner().invoke(main, ["watch", run.id])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    blocks = [ln for ln in lines if ln.startswith(f"run {run.id}  ")]
+    progress = [ln for ln in lines if ln.startswith(f"... run {run.id}  ")]
+    # A block per change of state, at most: submitted, running, 3 starts, 3 ends, succeeded.
+    assert 2 <= len(blocks) <= 9, out.output
+    # Progress in between: one line at most every 5 s (7 s of work, the first block at once).
+    assert 1 <= len(progress) <= 2, out.output
+    assert re.search(r"\] \d/3 subtasks .*running=\d.*  #\d \d+%", progress[0]), progress[0]
+    assert len(lines) <= 80, f"{len(lines)} lines"
+    assert "result: succeeded" in out.output
+
+
+@pytest.mark.integration
 def test_watch_race_failure_and_timeout_exit_codes(
     orch: Orchestrator, cli_env: None, tmp_marker: Callable[[str], str]
 ) -> None:
@@ -118,7 +138,10 @@ def test_watch_race_failure_and_timeout_exit_codes(
         deadline_s=60,
     )
     out = CliRunner().invoke(main, ["watch", slow.id, "--timeout", "0.5"])
-    assert out.exit_code == 2 and "it goes on" in out.output
+    assert out.exit_code == 2, out.output
+    assert f"the run goes on: orchestrator watch {slow.id} / orchestrator cancel {slow.id}" in (
+        out.output
+    )
     slow.cancel()
 
     out = CliRunner().invoke(main, ["watch", "no-such-run"])

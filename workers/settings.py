@@ -5,7 +5,11 @@ Nested sections use ``__`` in environment names, e.g. ``ORCH_CANCEL__GRACE_S=5``
 
 from __future__ import annotations
 
-from typing import Annotated
+import difflib
+import os
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -101,16 +105,17 @@ class Settings(BaseSettings):
 
     broker_url: str | None = Field(
         None,
-        description="Celery broker URL (redis://, rediss://, amqp://). Unset: only the embedded "
-        "stack (`orchestrator demo` / `up`) can run.",
+        description="Celery broker URL (redis://, rediss://, amqp://, amqps://, pyamqp://). "
+        "Unset: only the embedded stack (`orchestrator demo` / `up`) can run.",
     )
     result_backend: str | None = Field(
         None, description="Celery result backend; defaults to the broker URL when it is Redis."
     )
     state_url: str | None = Field(
         None,
-        description="Redis holding run records, events, catalog and cancel flags; defaults to "
-        "the result backend, then the broker, whichever is Redis.",
+        description="Redis holding run records, events, catalog and cancel flags (redis://, "
+        "rediss://, unix://); defaults to the result backend, then the broker, whichever is "
+        "Redis.",
     )
     key_prefix: str = Field(
         "orch", min_length=1, description="Prefix of every Redis key this project writes."
@@ -174,6 +179,18 @@ class Settings(BaseSettings):
     cancel: CancelSettings = Field(default_factory=CancelSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_environment(cls, data: Any) -> Any:
+        check_environment(os.environ)
+        return data
+
+    @model_validator(mode="after")
+    def _known_url_schemes(self) -> Settings:
+        check_scheme("ORCH_BROKER_URL", self.broker_url, BROKER_SCHEMES)
+        check_scheme("ORCH_STATE_URL", self.state_url, STATE_SCHEMES)
+        return self
 
     @field_validator("agent_modules", mode="before")
     @classmethod
@@ -241,3 +258,78 @@ def _scheme(url: str) -> str:
 
 def _is_redis(url: str) -> bool:
     return _scheme(url) in {"redis", "rediss", "unix"}
+
+
+#: Broker schemes the project runs on (kombu's Redis and AMQP transports; ``unix://`` is not one).
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+#: Schemes of the Redis that holds run state (redis-py's ``from_url``).
+STATE_SCHEMES = ("redis", "rediss", "unix")
+#: ``ORCH_*`` variables that are not settings, so never refused: the test suite's
+#: (``ORCH_TEST_REDIS_URL``, ``ORCH_TEST_AMQP_URL``: tests/conftest.py, .ci/run) and the
+#: benchmarks' (``ORCH_BENCH_REDIS_URL``: bench/common.py). No setting may be named so.
+NOT_SETTINGS_PREFIXES = ("ORCH_TEST_", "ORCH_BENCH_")
+
+
+def setting_names(model: type[BaseModel] = Settings, prefix: str = "ORCH_") -> frozenset[str]:
+    """Every environment name a setting can be given by: ``ORCH_<FIELD>``, and for a section
+    both ``ORCH_<SECTION>`` (JSON) and ``ORCH_<SECTION>__<FIELD>``."""
+    names: set[str] = set()
+    for field_name, field in model.model_fields.items():
+        name = f"{prefix}{field_name.upper()}"
+        names.add(name)
+        for section in _sections(field.annotation):
+            names |= setting_names(section, f"{name}__")
+    return frozenset(names)
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """ConfigError naming every ``ORCH_*`` variable that is no setting (pydantic-settings would
+    ignore a top-level one silently), with the closest known name. Values are never shown."""
+    known = setting_names()
+    unknown = sorted(
+        k
+        for k in environ
+        if k.upper().startswith("ORCH_")
+        and k.upper() not in known
+        and not k.upper().startswith(NOT_SETTINGS_PREFIXES)
+    )
+    if not unknown:
+        return
+    # Compared without the common prefix, which would make every name look close to every other.
+    bare = {k.removeprefix("ORCH_"): k for k in known}
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper().removeprefix("ORCH_"), bare, n=1)
+        described.append(f"{name} (did you mean {bare[close[0]]}?)" if close else name)
+    raise ConfigError(
+        f"unknown setting{'s' if len(unknown) > 1 else ''} in the environment: "
+        f"{', '.join(described)}; the settings are listed in the README (Settings) and "
+        "workers/settings.py",
+        setting=unknown[0],
+    )
+
+
+def check_scheme(setting: str, url: str | None, accepted: tuple[str, ...]) -> None:
+    """ConfigError naming the setting when a URL's scheme is not one the project runs on (the
+    URL itself is not shown: it may hold a password)."""
+    if not url:
+        return
+    schemes = ", ".join(f"{s}://" for s in accepted)
+    if "://" not in url:
+        raise ConfigError(
+            f"{setting} is not a URL (no scheme://): use one of {schemes}", setting=setting
+        )
+    scheme = _scheme(url)
+    if scheme in accepted:
+        return
+    close = difflib.get_close_matches(scheme, accepted, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}://?)" if close else ""
+    raise ConfigError(
+        f"{setting} has the scheme {scheme}://{hint}; accepted: {schemes}", setting=setting
+    )
+
+
+def _sections(annotation: Any) -> list[type[BaseModel]]:
+    """The settings sections a field holds (``Section`` or ``Section | None``)."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    return [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]

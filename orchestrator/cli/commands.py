@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -267,12 +267,27 @@ def _print_result(res: RunResult) -> None:
     click.echo(res.model_dump_json(indent=2))
 
 
+def _still_going(run_id: str, timeout_s: float | None) -> NoReturn:
+    """The end of a wait or watch that ran out of time (exit code 2): what to run next."""
+    after = f" after {timeout_s:g}s" if timeout_s is not None else ""
+    click.echo(
+        f"run {run_id} has not ended{after}; the run goes on: "
+        f"orchestrator watch {run_id} / orchestrator cancel {run_id}",
+        err=True,
+    )
+    sys.exit(2)
+
+
 @main.command()
 @click.argument("file", type=click.File("r"), default="-")
 @click.option("--wait", is_flag=True, help="Wait and print the result.")
-@click.option("--timeout", "timeout_s", default=None, type=float)
+@click.option("--timeout", "timeout_s", default=None, type=float, help="Stop waiting after.")
 def submit(file: Any, wait: bool, timeout_s: float | None) -> None:
-    """Submit an orchestration from a JSON file (or stdin); prints the run id."""
+    """Submit an orchestration from a JSON file (or stdin); prints the run id.
+
+    With --wait, prints the result; exit code 0 when the run succeeded, 1 when it did not, 2
+    when --timeout passed first (the run goes on).
+    """
     try:
         req = OrchestrationRequest.model_validate_json(file.read())
     except ValueError as exc:
@@ -282,7 +297,12 @@ def submit(file: Any, wait: bool, timeout_s: float | None) -> None:
     if not wait:
         click.echo(run.id)
         return
-    res = _call(lambda: run.wait(timeout_s=timeout_s))
+    try:
+        res = run.wait(timeout_s=timeout_s)
+    except RunTimedOut:
+        _still_going(run.id, timeout_s)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
     _print_result(res)
     sys.exit(0 if res.ok else 1)
 
@@ -338,9 +358,8 @@ def watch(run_id: str, timeout_s: float | None, as_json: bool) -> None:
             tty=sys.stdout.isatty(),
             timeout_s=timeout_s,
         )
-    except RunTimedOut as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    except RunTimedOut:
+        _still_going(run_id, timeout_s)
     except OrchestratorError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(res.model_dump_json(indent=2) if as_json else "\n".join(result_lines(res)))

@@ -185,6 +185,23 @@ class RunView:
         return f"run {self.run_id}  {self.pattern.value}  {self.status}  {clock}{verdict}"
 
 
+def _pipe_state(view: RunView) -> tuple[object, ...]:
+    """What must change for a new block in a pipe: states, not the clock nor progress."""
+    run = (view.status, view.merged, view.winner, view.cancel_reason)
+    return run + tuple((s.state, s.won) for s in view.subtasks)
+
+
+def _progress_line(view: RunView, lines: list[str]) -> str:
+    """One line between blocks in a pipe: the header, the bar and the running ones' progress."""
+    running = [
+        f"#{s.index} {s.fraction:.0%}"
+        for s in view.subtasks
+        if s.fraction is not None and s.finished_ts is None
+    ]
+    detail = f"  {' '.join(running)}" if running and view.n <= DETAIL_MAX else ""
+    return f"... {lines[0]}  {lines[1].strip()}{detail}"
+
+
 def watch_run(
     store: RunStore,
     revoke: Callable[[list[str]], None],
@@ -194,8 +211,13 @@ def watch_run(
     tty: bool = False,
     timeout_s: float | None = None,
     refresh_s: float = 0.5,
+    progress_every_s: float = 5.0,
 ) -> RunResult:
     """Draw the run's progress until it ends; return its result.
+
+    On a terminal the drawing is redrawn in place at every event and clock tick. Elsewhere (a
+    log, a pipe) a block is printed only when a subtask or the run changed state, and progress
+    reports in between as one line at most every ``progress_every_s``.
 
     RunTimedOut when ``timeout_s`` passes first (the run goes on). Like ``Run.wait``, a run
     whose deadline passed long ago is ended from here when no coordinator did.
@@ -203,24 +225,29 @@ def watch_run(
     view = RunView.from_record(store.record(run_id))
     limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
     drawn: list[str] = []
-    shown: list[str] | None = None
+    shown: tuple[object, ...] | None = None
+    shown_progress: list[float | None] = []
+    shown_at = 0.0
     legend = False
     for batch in follow_events(store, run_id, block_s=refresh_s):
         for ev in batch:
             view.apply(ev)
-        body = [view.status, *view.body()]  # what must change for a new block (not the clock)
-        lines = [view.header(time.time()), *body[1:]]
+        lines = [view.header(time.time()), *view.body()]
         if not legend:
             echo(f"legend: {LEGEND}")
             legend = True
+        state, progress = _pipe_state(view), [s.fraction for s in view.subtasks]
         if tty:
             # Move up over the previous drawing and clear it, then draw again.
             prefix = f"\x1b[{len(drawn)}F\x1b[J" if drawn else ""
             echo(prefix + "\n".join(lines))
             drawn = lines
-        elif body != shown:
+        elif state != shown:
             echo("\n".join(lines))
-            shown = body
+            shown, shown_progress, shown_at = state, progress, time.monotonic()
+        elif progress != shown_progress and time.monotonic() - shown_at >= progress_every_s:
+            echo(_progress_line(view, lines))
+            shown_progress, shown_at = progress, time.monotonic()
         if view.finished:
             break
         overdue = ending.overdue(view.deadline_at, grace_s=ending.DEADLINE_GRACE_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from orchestrator.service import register_coordinator
@@ -14,6 +15,22 @@ from workers.settings import Settings
 _COMMON = ["--without-mingle", "--without-gossip", "-E"]
 
 
+def import_from_cwd() -> None:
+    """Make the application's package in the current directory importable, as ``celery worker``
+    and ``python -m orchestrator`` do: the ``orchestrator`` console script's ``sys.path`` starts
+    with its own ``bin/``, not the directory it was started in.
+
+    Unlike Celery's temporary ``cwd_in_path``, it stays: an agent that imports lazily, and the
+    pool processes forked later, find the application's modules too.
+    """
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # started in a directory removed since: nothing to add
+        return
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -24,6 +41,7 @@ def run_worker(
     loglevel: str,
 ) -> None:
     """Run a Celery worker for the agents (blocks)."""
+    import_from_cwd()
     if pool not in ("prefork", "threads", "solo"):
         raise ConfigError(f"pool {pool!r} is not supported: use prefork, threads or solo")
     app = create_app(settings)
@@ -47,6 +65,7 @@ def run_worker(
 
 def run_coordinator(settings: Settings, *, concurrency: int, hostname: str, loglevel: str) -> None:
     """Run the coordinator: a threads-pool worker on the coordinator queue (blocks)."""
+    import_from_cwd()
     app = create_app(settings, load_agents=False)
     register_coordinator(app, settings)
     app.steps["worker"].add(presence_step(settings, REGISTRY, "coordinator"))
