@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +74,17 @@ def _poison(queue: str) -> list[tuple[str, str]]:
         (json.dumps({**_envelope(queue, task), "headers": None}), "not a kombu envelope"),
         (json.dumps(_envelope(queue, {**task, "task": [ours]})), "task header is not a string"),
         (json.dumps(_envelope(queue, task, body=not_json)), "body cannot be decoded"),
+        (json.dumps(_envelope(queue, {**task, "timelimit": "abc"})), "timelimit header"),
     ]
+
+
+def _body(item: str) -> str:
+    """The (base64) body of an item that is a JSON envelope, else ''."""
+    try:
+        body = json.loads(item)["body"]
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return body if isinstance(body, str) else ""
 
 
 @pytest.fixture(scope="module")
@@ -117,30 +128,38 @@ def test_poison_on_either_queue_is_dead_lettered_and_every_process_goes_on(
         raw.close()
     assert report.total - before == len(items)
     for queue in QUEUES:
-        got = sorted(d.reason for d in report.latest if d.queue == queue)
-        wanted = sorted(why for q, _, why in items if q == queue)
-        assert len(got) == len(wanted), (queue, got)
-        for reason, why in zip(got, wanted, strict=True):
-            assert reason.startswith(why), (reason, why)
+        wanted = Counter(why for q, _, why in items if q == queue)
+        got = Counter(
+            next((why for why in wanted if d.reason.startswith(why)), d.reason)
+            for d in report.latest
+            if d.queue == queue
+        )
+        assert got == wanted, queue
     assert all(d.size_bytes > 0 and d.host for d in report.latest)
     assert not any(SECRET in json.dumps(d.__dict__) for d in report.latest)
     for name in ("coordinator", "worker1"):
         assert poisoned.procs[name].poll() is None, poisoned.tail(name)
     res = porch.spawn([Task("echo", {"text": "after the poison"})]).wait(timeout_s=30)
     assert res.status is RunStatus.SUCCEEDED, res.error
-    logs = {name: poisoned.log(name) for name in ("coordinator", "worker1")}
-    for name, log in logs.items():
+    bodies = [_body(item)[:24] for _, item, _ in items if _body(item)]
+    for name in ("coordinator", "worker1"):
+        log = poisoned.log(name)
         assert SECRET not in log, f"{name} logged a payload"
-        assert base64.b64encode(json.dumps([[{"text": SECRET}]]).encode())[:40].decode() not in log
+        assert not [b for b in bodies if b in log], f"{name} logged a message body"
         assert "Connection to broker lost" not in log, f"{name} restarted its consumer"
-        assert log.count("to the dead-letter list") == len(_poison("x")), name  # once each
+        assert log.count("to the dead-letter list") == len(items) // len(QUEUES), name  # once each
     monkeypatch.setenv("ORCH_BROKER_URL", poisoned.url)
     monkeypatch.setenv("ORCH_KEY_PREFIX", poisoned.key_prefix)
     out = CliRunner().invoke(main, ["status", "--limit", "1"])
     assert out.exit_code == 0, out.output
     assert f"dead letters: {report.total}" in out.output
-    assert "unknown task 'agents.no_such'" in out.output or "not one of ours" in out.output
+    assert all(d.reason in out.output for d in report.latest[:5]), out.output  # the latest
     assert SECRET not in out.output
+
+
+def _wait_listening(o: Orchestrator, host: str) -> None:
+    # A heartbeat comes before the control node listens (pub/sub: nothing is kept for it).
+    wait_for(lambda: o.app.control.ping(destination=[host], timeout=0.5), 15, f"{host}'s pidbox")
 
 
 def _queues(o: Orchestrator, host: str) -> list[str]:
@@ -152,9 +171,10 @@ def test_remote_shutdown_and_add_consumer_are_refused_unless_allowed(
     poisoned: EmbeddedStack, porch: Orchestrator
 ) -> None:
     host = _host(poisoned, "worker1")
+    control = porch.app.control
+    _wait_listening(porch, host)
     queues = _queues(porch, host)
     assert "agents" in queues and "orchestrator" not in queues
-    control = porch.app.control
     replies = control.broadcast(
         "add_consumer", arguments={"queue": "orchestrator"}, destination=[host], reply=True
     )
@@ -173,8 +193,7 @@ def test_remote_shutdown_and_add_consumer_are_refused_unless_allowed(
     finally:
         poisoned.extra_env.pop("ORCH_REMOTE_CONTROL__ALLOW")
     other = _host(poisoned, "allowing")
-    # Its heartbeat comes before its control node listens (pub/sub: nothing is kept for it).
-    wait_for(lambda: control.ping(destination=[other], timeout=0.5), 15, "the worker's pidbox")
+    _wait_listening(porch, other)
     spare = f"spare-{uuid.uuid4().hex[:6]}"
     replies = control.broadcast(
         "add_consumer", arguments={"queue": spare}, destination=[other], reply=True

@@ -11,7 +11,7 @@ A message that decodes but is not one of ours is dropped to the dead-letter list
 - any other header or body Celery cannot read (its ``on_decode_error``, ``on_invalid_task``,
   ``on_unknown_message`` and ``on_unknown_task`` would log the whole body; these do not).
 
-A good message costs three dict lookups before Celery's own handler. The same class also gives
+A good message costs four dict lookups before Celery's own handler. The same class also gives
 the remote-control node the guarded commands (``workers/remote_control.py``). ``workers/app.py``
 selects it with ``worker_consumer``.
 """
@@ -28,6 +28,11 @@ from workers.poison import DeadLetterSink, clip, describe_message, log_only
 from workers.remote_control import guard_remote_control
 
 logger = logging.getLogger(__name__)
+
+
+def _limits_ok(limits: Any) -> bool:
+    # Celery unpacks it only as it hands the request to the pool, after reserving it.
+    return limits is None or (type(limits) in (list, tuple) and len(limits) == 2)
 
 
 class GuardedConsumer(Consumer):  # type: ignore[misc]
@@ -52,7 +57,12 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         def on_task_received(message: Any) -> Any:
             headers = message.headers
             name = headers.get("task") if type(headers) is dict else None
-            if type(name) is str and name in strategies and type(headers.get("id")) is str:
+            if (
+                type(name) is str
+                and name in strategies
+                and type(headers.get("id")) is str
+                and _limits_ok(headers.get("timelimit"))
+            ):
                 try:
                     return handle(message)
                 except Exception as exc:
@@ -73,7 +83,9 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             return f"not one of ours: {clip(name)!r}"
         if name not in self.strategies:
             return f"unknown task {clip(name)!r}"
-        return "no id header (or not a string)"
+        if type(headers.get("id")) is not str:
+            return "no id header (or not a string)"
+        return "timelimit header is not [hard, soft]"
 
     def _refuse_broken(self, message: Any, exc: Exception) -> None:
         if isinstance(exc, self.connection_errors):

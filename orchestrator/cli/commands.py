@@ -224,6 +224,10 @@ def submit(file: Any, wait: bool, timeout_s: float | None) -> None:
     sys.exit(0 if res.ok else 1)
 
 
+#: Latest dead letters `status` shows.
+DEAD_LETTERS_SHOWN = 5
+
+
 @main.command()
 @click.argument("run_id", required=False)
 @click.option("--limit", default=20, show_default=True)
@@ -236,10 +240,6 @@ def status(run_id: str | None, limit: int) -> None:
     _run_lines(orch, ids, run_id)
     if not run_id:
         _dead_letter_lines(orch.store.dead_letters(DEAD_LETTERS_SHOWN))
-
-
-#: Latest dead letters `status` shows.
-DEAD_LETTERS_SHOWN = 5
 
 
 def _dead_letter_lines(report: DeadLetterReport) -> None:
