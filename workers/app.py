@@ -4,16 +4,21 @@ tasks and the presence step."""
 from __future__ import annotations
 
 import importlib
+import logging
+import ssl
 
 from celery import Celery
 
 from workers import redact  # noqa: F401 - registers inspect commands that hide arguments
 from workers.errors import ConfigError
 from workers.models import AgentKind
+from workers.poison import SINK_OPTION, DeadLetterSink
 from workers.presence import presence_step
 from workers.registry import REGISTRY, Registry
 from workers.settings import Settings
 from workers.tasks import register_agents
+
+logger = logging.getLogger(__name__)
 
 
 def load_agent_modules(modules: list[str]) -> None:
@@ -29,8 +34,9 @@ def load_agent_modules(modules: list[str]) -> None:
 
 
 def configure(app: Celery, settings: Settings) -> None:
-    """JSON only, at-least-once delivery, events on for Flower."""
+    """JSON only, at-least-once delivery, events on for Flower; what cannot be read is dropped."""
     visibility = int(settings.max_deadline_s * 1.25 + 60)
+    sink = app.orch_dead_letters = DeadLetterSink(settings)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -57,7 +63,38 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
+        # Only our task messages run; the rest is dead-lettered (workers/guard.py). Named, not
+        # imported: clients never load Celery's consumer.
+        worker_consumer="workers.guard:GuardedConsumer",
     )
+    if settings.broker_url and _scheme(settings.broker_url) in _REDIS_BROKERS:
+        _guard_redis_transport(app, settings.broker_url, sink)
+
+
+#: Broker URL schemes kombu serves with its Redis transport (the guarded one replaces it).
+_REDIS_BROKERS = ("redis", "rediss")
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _guard_redis_transport(app: Celery, broker_url: str, sink: DeadLetterSink) -> None:
+    """Pop items through the guarded transport (workers/transport.py), which drops one it
+    cannot read to this app's sink instead of stopping the consumer."""
+    app.conf.broker_transport = "workers.transport:Transport"
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        SINK_OPTION: sink.token,
+    }
+    if _scheme(broker_url) == "rediss" and "ssl_cert_reqs" not in broker_url:
+        # kombu does this itself for a rediss:// URL without ssl options, but only when the
+        # transport comes from the URL's scheme: keep its behaviour (and its warning).
+        logger.warning(
+            "Secure redis scheme specified (rediss) with no ssl options, defaulting to "
+            "insecure SSL behaviour; add ?ssl_cert_reqs=required to ORCH_BROKER_URL"
+        )
+        app.conf.broker_use_ssl = app.conf.broker_use_ssl or {"ssl_cert_reqs": ssl.CERT_NONE}
 
 
 def agent_queues(settings: Settings, registry: Registry = REGISTRY) -> list[str]:

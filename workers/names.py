@@ -22,6 +22,14 @@ COORDINATOR_TASK = "orchestrator.run"
 #: The coordinator's task that ends one overdue run (kept for clients that still send it).
 DEADLINE_TASK = "orchestrator.deadline"
 
+#: Prefix of Celery's own tasks (celery.accumulate, celery.chord_unlock, ...): never run here.
+BUILTIN_TASK_PREFIX = "celery."
+
+
+def is_builtin_task(task_name: str) -> bool:
+    """Whether a task name is one of Celery's built-in tasks (not one of ours)."""
+    return task_name.startswith(BUILTIN_TASK_PREFIX)
+
 
 def agent_task_name(agent: str) -> str:
     """``agents.<name>``: one Celery task per agent, so Flower shows each by its name."""
@@ -149,6 +157,17 @@ class Keys:
     def stats_counts(self) -> str:
         """Hash: stats list key -> samples ever recorded into it (TTL'd with the lists)."""
         return f"{self.prefix}:stats:counts"
+
+    @property
+    def dead_letters(self) -> str:
+        """List: what the workers and coordinators could not understand and dropped (redacted
+        descriptions, newest first), capped and TTL'd."""
+        return f"{self.prefix}:dead_letters"
+
+    @property
+    def dead_letters_count(self) -> str:
+        """String: how many items were ever dead-lettered (the list keeps the latest only)."""
+        return f"{self.prefix}:dead_letters:count"
 
     def stats(self, series: str) -> str:
         """List: recent duration samples of one series ('agent:<name>', 'merger:<name>',

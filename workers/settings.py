@@ -98,6 +98,54 @@ class FlowerSettings(BaseModel):
         return value
 
 
+#: Remote-control commands that would stop a worker, change its queues or its limits: refused
+#: unless named in ``ORCH_REMOTE_CONTROL__ALLOW`` (any broker client can send them).
+GUARDED_CONTROL_COMMANDS = (
+    "shutdown",
+    "add_consumer",
+    "cancel_consumer",
+    "pool_restart",
+    "autoscale",
+    "pool_grow",
+    "pool_shrink",
+    "rate_limit",
+    "time_limit",
+    "disable_events",
+)
+
+
+class RemoteControlSettings(BaseModel):
+    """Which of Celery's remote-control commands a worker or coordinator obeys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Commands that stop a process or change its queues or limits, allowed from "
+        "any broker client (comma separated; e.g. 'shutdown,add_consumer'). Unlisted ones are "
+        "refused: " + ", ".join(GUARDED_CONTROL_COMMANDS) + ". revoke, ping and inspect "
+        "commands always work.",
+    )
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [c.strip() for c in value.split(",") if c.strip()]
+        return value
+
+    @field_validator("allow")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(GUARDED_CONTROL_COMMANDS))
+        if unknown:
+            raise ValueError(
+                f"{unknown} are not guarded remote-control commands: name some of "
+                + ", ".join(GUARDED_CONTROL_COMMANDS)
+            )
+        return value
+
+
 class Settings(BaseSettings):
     """Settings shared by clients, the coordinator and workers."""
 
@@ -179,6 +227,7 @@ class Settings(BaseSettings):
     cancel: CancelSettings = Field(default_factory=CancelSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    remote_control: RemoteControlSettings = Field(default_factory=RemoteControlSettings)
 
     @model_validator(mode="before")
     @classmethod

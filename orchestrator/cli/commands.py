@@ -25,6 +25,7 @@ from orchestrator.request import OrchestrationRequest
 from workers.errors import OrchestratorError, RunNotFound, RunTimedOut
 from workers.models import RunResult, Verdict
 from workers.settings import Settings, safe_url
+from workers.store import DeadLetterReport
 
 
 def _settings() -> Settings:
@@ -307,15 +308,35 @@ def submit(file: Any, wait: bool, timeout_s: float | None) -> None:
     sys.exit(0 if res.ok else 1)
 
 
+#: Latest dead letters `status` shows.
+DEAD_LETTERS_SHOWN = 5
+
+
 @main.command()
 @click.argument("run_id", required=False)
 @click.option("--limit", default=20, show_default=True)
 def status(run_id: str | None, limit: int) -> None:
-    """Show one run's progress, or list recent runs."""
+    """Show one run's progress, or list recent runs and what was dead-lettered."""
     orch = _orch()
     ids = [run_id] if run_id else _call(lambda: orch.recent_runs(limit))
     if not ids:
         click.echo("no runs yet (or they expired: ORCH_RUN_TTL_S)")
+    _run_lines(orch, ids, run_id)
+    if not run_id:
+        _dead_letter_lines(orch.store.dead_letters(DEAD_LETTERS_SHOWN))
+
+
+def _dead_letter_lines(report: DeadLetterReport) -> None:
+    """How many queue items the processes dropped as unreadable, and the latest reasons."""
+    click.echo(f"dead letters: {report.total}" + (" (latest first)" if report.latest else ""))
+    for d in report.latest:
+        task = f"  task={d.task}" if d.task else ""
+        click.echo(
+            f"  {_ago(d.at):>8}  {d.queue:<14} {d.reason}  ({d.size_bytes} bytes{task}, {d.host})"
+        )
+
+
+def _run_lines(orch: Orchestrator, ids: list[str], run_id: str | None) -> None:
     for rid in ids:
         try:
             p = orch.get_run(rid).status()

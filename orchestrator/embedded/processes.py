@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+import click
+from celery import Celery
+
 from orchestrator.service import register_coordinator
 from workers.app import agent_queues, create_app
 from workers.errors import ConfigError
@@ -60,7 +63,7 @@ def run_worker(
         loglevel,
         *_COMMON,
     ]
-    app.worker_main(argv)
+    _run_celery(app, argv)
 
 
 def run_coordinator(settings: Settings, *, concurrency: int, hostname: str, loglevel: str) -> None:
@@ -83,7 +86,7 @@ def run_coordinator(settings: Settings, *, concurrency: int, hostname: str, logl
         loglevel,
         *_COMMON,
     ]
-    app.worker_main(argv)
+    _run_celery(app, argv)
 
 
 def flower_argv(settings: Settings, *, port: int | None, address: str | None) -> list[str]:
@@ -110,4 +113,26 @@ def run_flower(settings: Settings, *, port: int | None, address: str | None) -> 
     argv = flower_argv(settings, port=port, address=address)
     app = create_app(settings, load_agents=False)
     sys.argv = ["celery", *argv]
-    app.start(argv=argv)
+    _run_celery(app, argv)
+
+
+def _run_celery(app: Celery, argv: list[str]) -> None:
+    """Run a celery command as ``app.start`` does, but exit with the code the command ends with.
+
+    ``app.start`` (and ``app.worker_main``) run Celery's click group with standalone_mode off,
+    in which click *returns* the exit code, and drop it: a worker whose consumer crashed (exit
+    code 1) exited 0, and a supervisor that restarts on failure (systemd's
+    ``Restart=on-failure``) left it down.
+    """
+    # Imported here, not at start-up: Celery's whole command line takes ~0.4 s to import.
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # how app.start hands the app to the command
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    if code:
+        sys.exit(code)

@@ -6,6 +6,7 @@ event loop's :class:`Multiplexer` (one blocked XREAD for every awaited stream).
 
 from workers.store.aio import AsyncStore, async_store, close_async
 from workers.store.client import RETRIES, answers, make_store, redis_client, store_at
+from workers.store.dead_letters import DeadLetter, DeadLetterReport
 from workers.store.multiplexer import CONNECTION_ERRORS, ERRORS, Multiplexer, Subscription
 from workers.store.records import stream_entries
 from workers.store.run_store import RunStore
@@ -18,6 +19,8 @@ __all__ = [
     "RETRIES",
     "AsyncStore",
     "CancelFeed",
+    "DeadLetter",
+    "DeadLetterReport",
     "FinishOutcome",
     "Multiplexer",
     "RecoveryView",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from workers.store.dead_letters import DeadLetterStore
 from workers.store.final import FinalStore
 from workers.store.service import ServiceStore
 from workers.store.subtasks import SubtaskStore
 
 
-class RunStore(SubtaskStore, FinalStore, ServiceStore):
+class RunStore(SubtaskStore, FinalStore, ServiceStore, DeadLetterStore):
     """Typed access to one Redis holding orchestration state.
 
     Its parts: run records and events (``records.py``), subtasks and stop flags
     (``subtasks.py``), final results (``final.py``), presence, catalog and statistics
-    (``fleet.py``), and the coordinator's bookkeeping (``service.py``). Nothing outside
+    (``fleet.py``), the coordinator's bookkeeping (``service.py``), and what was dropped as
+    unreadable (``dead_letters.py``). Nothing outside
     ``workers/store/`` and ``workers/scripts.py`` talks to Redis.
     """
