@@ -121,3 +121,25 @@ def test_one_unusable_record_does_not_stop_the_sweeper_for_the_others(orch: Orch
     # Not run.wait(): a waiting client ends an overdue run itself; the sweeper must do it.
     wait_for(lambda: run.status().status is RunStatus.TIMED_OUT, 15, "the sweeper to end it")
     assert orch.store.r.zscore(orch.store.keys.deadlines, bad) is None
+
+
+def test_a_request_too_deep_to_decode_ends_its_unrecorded_run(orch: Orchestrator) -> None:
+    """10,000 levels of JSON cannot be decoded at all; the message still names its run (its id
+    is ``<run>.coordinator``), so that run ends failed instead of leaving waiters waiting."""
+    import base64
+    import json
+
+    from tests.nonpython_client import celery_message
+
+    run_id = _new_id()
+    message = celery_message(_request(run_id), orch.settings.coordinator_queue)
+    deep = '{"a":' * 10_000 + "1" + "}" * 10_000
+    head = json.dumps({"run_id": run_id, "pattern": "parallel-spawn"})[:-1]
+    body = f'[[{head}, "tasks": [{{"agent": "echo", "payload": {deep}}}]}}], {{}}, {{}}]'
+
+    message["body"] = base64.b64encode(body.encode()).decode()
+    orch.store.r.lpush(orch.settings.coordinator_queue, json.dumps(message))
+    wait_for(lambda: orch.store.run_exists(run_id), 15, "the run's record")
+    res = orch.get_run(run_id).wait(timeout_s=10)
+    assert res.status is RunStatus.FAILED
+    assert res.error is not None and "could not be accepted" in res.error

@@ -38,6 +38,7 @@ __all__ = [
     "fail",
     "fail_race",
     "fail_send",
+    "fail_unrecorded",
     "finish",
     "finish_all_reported",
     "overdue",
@@ -239,6 +240,30 @@ def fail_send(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> None
 def fail(store: RunStore, run_id: str, reason: str) -> None:
     """End a run that never started anything (refused, malformed, not enqueued)."""
     finish(store, run_id, RunStatus.FAILED, error=reason)
+
+
+def fail_unrecorded(store: RunStore, run_id: str, reason: str) -> bool:
+    """End a run known only by the id of a request that could not be accepted, if nobody
+    recorded it (a non-Python client writes no record): a waiter on its done stream then hears
+    why. A run somebody recorded is left alone (the request may not be its own). True if it
+    was ended here."""
+    if store.run_exists(run_id):
+        return False
+    now = time.time()
+    store.create_run(
+        {
+            "run_id": run_id,
+            "pattern": "parallel-spawn",  # a placeholder: the request said nothing usable
+            "n": 0,
+            "created_at": repr(now),
+            "deadline_at": repr(now),
+            "status": RunStatus.SUBMITTED.value,
+            "agents": [],
+            "done": 0,
+        }
+    )
+    fail(store, run_id, reason)
+    return True
 
 
 def refresh(store: RunStore, result: RunResult) -> RunResult:

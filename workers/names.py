@@ -48,6 +48,7 @@ def batch_task_name(agent: str) -> str:
 
 # -- task ids ----------------------------------------------------------------------------------
 _SUBTASK_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.(\d+)$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BATCH_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.b(\d+)$")
 
 
@@ -69,6 +70,12 @@ def merge_id(run_id: str) -> str:
 def coordinator_id(run_id: str) -> str:
     """The task id of the coordinator task of a run: the root of the run in Flower."""
     return f"{run_id}.coordinator"
+
+
+def run_of_coordinator_id(task_id: str) -> str | None:
+    """The run of a coordinator task id (``<run>.coordinator``), else None."""
+    run_id, dot, tail = task_id.rpartition(".")
+    return run_id if dot and tail == "coordinator" and _RUN_ID.match(run_id) else None
 
 
 def group_id(run_id: str) -> str:

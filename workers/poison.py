@@ -17,6 +17,8 @@ import uuid
 import weakref
 from typing import Any
 
+from workers import ending
+from workers.names import COORDINATOR_TASK, run_of_coordinator_id
 from workers.settings import Settings
 from workers.store import DeadLetter, RunStore, make_store
 
@@ -90,6 +92,12 @@ class DeadLetterSink:
         )
         try:
             self.store().add_dead_letter(letter)
+            run_id = run_of_coordinator_id(letter.task_id or "")
+            if letter.task == COORDINATOR_TASK and run_id is not None:
+                # A run request nobody can read (too deep to decode, say): end its run, if no
+                # client recorded it, rather than leave its waiters to wait.
+                reason = f"the orchestration request could not be accepted: {letter.reason}"
+                ending.fail_unrecorded(self.store(), run_id, reason)
         except Exception as exc:  # bookkeeping must not take the consumer down
             logger.error("could not record the dead letter: %s", clip(exc))
 

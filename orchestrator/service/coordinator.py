@@ -243,10 +243,8 @@ class Coordinator:
             return {"run_id": None, "error": msg}
         log.error("%s (run %s)", msg, run_id)
         created = request.get("created_at") if isinstance(request, dict) else None
-        if not self.store.run_exists(run_id):
-            # Nobody recorded it: record it ended, so a waiter on its done stream hears why.
-            self.store.create_run(_failed_record(run_id))
-            ending.fail(self.store, run_id, msg)
+        if ending.fail_unrecorded(self.store, run_id, msg):
+            pass  # nobody had recorded it: now a waiter on its done stream hears why
         elif self.store.run_fields(run_id, ["created_at"])[0] == repr(created):
             ending.fail(self.store, run_id, msg)  # the record its own client wrote
         else:
@@ -287,18 +285,3 @@ class Coordinator:
         """End the run if its deadline passed and it is still open."""
         result = ending.expire(self.store, self.revoke, run_id)
         return {"run_id": run_id, "timed_out": result is not None}
-
-
-def _failed_record(run_id: str) -> dict[str, Any]:
-    """The record of a run known only by the id of a malformed request (no tasks)."""
-    now = time.time()
-    return {
-        "run_id": run_id,
-        "pattern": "parallel-spawn",
-        "n": 0,
-        "created_at": repr(now),
-        "deadline_at": repr(now),
-        "status": RunStatus.SUBMITTED.value,
-        "agents": [],
-        "done": 0,
-    }
