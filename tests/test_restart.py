@@ -187,7 +187,12 @@ def _writers(store: RunStore, run_id: str) -> dict[str, Callable[[], object]]:
         "update_run": lambda: store.update_run(run_id, status="running"),
         "set_run_field_once": lambda: store.set_run_field_once(run_id, "x", "1"),
         "start.lua": start,
-        "finish.lua": lambda: store.finish_task(run_id, env, claim=True),
+        # finish.lua writes nothing for a run whose record is gone (no partial record): the
+        # record's first field is back, as after start.lua.
+        "finish.lua": lambda: (
+            store.set_run_field_once(run_id, "n", "1"),
+            store.finish_task(run_id, env, claim=True),
+        ),
         "request_cancel": lambda: store.request_cancel(
             run_id, "stop", ending=RunStatus.CANCELLED, event={"type": "won", "index": "0"}
         ),

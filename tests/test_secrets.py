@@ -127,8 +127,8 @@ def test_a_retried_secret_subagent_never_shows_its_payload(
     the new message still carries ``payload=<secret>`` (Celery's retry would rebuild it with
     the full arguments). Flower, the events it got and the worker's log never show the payload.
 
-    The outage has to outlast the worker's redis client retries (about 22 s): shorter ones are
-    ridden out inside the client and never reach Celery."""
+    The outage has to outlast the worker's redis client retries (ORCH_STATE_RETRIES, few
+    here): shorter ones are ridden out inside the client and never reach Celery."""
     secret = _secret()
     state = EmbeddedRedis(persist=True).start()
     queue = f"secret-retry-{uuid.uuid4().hex[:8]}"
@@ -138,7 +138,15 @@ def test_a_retried_secret_subagent_never_shows_its_payload(
         broker_url=stack.url,
         state_url=state.url,
         agent_modules=AGENT_MODULES,
-        extra_env={"PYTHONPATH": str(ROOT), "ORCH_AGENT_QUEUE": queue},
+        # Few retries inside the worker's own Redis client: the outage reaches Celery's
+        # autoretry in about a second instead of after the default ~22 s.
+        extra_env={
+            "PYTHONPATH": str(ROOT),
+            "ORCH_AGENT_QUEUE": queue,
+            "ORCH_STATE_RETRIES": "3",
+            # The test moves the worker onto the queue while the state Redis is away.
+            "ORCH_REMOTE_CONTROL__ALLOW": "add_consumer",
+        },
         log_dir=ARTIFACTS / "logs" / f"secret-retry-{uuid.uuid4().hex[:6]}",
     ).start()
     client = Orchestrator(
@@ -157,7 +165,7 @@ def test_a_retried_secret_subagent_never_shows_its_payload(
         assert replies, "the worker did not take the queue"
 
         # Flower's RETRY state lasts until the new message's task-received: read the worker.
-        wait_for(lambda: "retry: Retry in" in own.log("retrier"), 40, "the autoretry")
+        wait_for(lambda: "retry: Retry in" in own.log("retrier"), 30, "the autoretry")
         state.start()  # same port, password and data: the retried message completes the run
         res = run.wait(timeout_s=30)
         assert res.status is RunStatus.SUCCEEDED, res.error

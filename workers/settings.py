@@ -217,6 +217,13 @@ class Settings(BaseSettings):
         "subtask whose agent kills its own process (or whose worker keeps dying) would otherwise "
         "be redelivered without end.",
     )
+    state_retries: int = Field(
+        25,
+        ge=0,
+        description="Retries of a worker's or coordinator's state Redis commands before the "
+        "subtask gives up and Celery retries its message later (25 ride out a restart of about "
+        "20 s).",
+    )
     client_timeout_s: float = Field(
         5.0,
         gt=0,

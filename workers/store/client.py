@@ -48,13 +48,14 @@ def make_store(
     settings: Settings,
     client: redis.Redis | None = None,
     *,
-    retries: int = RETRIES,
+    retries: int | None = None,
     timeout_s: float | None = None,
 ) -> RunStore:
     """The run store for these settings (clients pass few retries and their timeout: they
-    report, not wait)."""
+    report, not wait; workers and coordinators take ``ORCH_STATE_RETRIES``)."""
+    tries = settings.state_retries if retries is None else retries
     return RunStore(
-        client or redis_client(settings.redis_url(), retries, timeout_s=timeout_s),
+        client or redis_client(settings.redis_url(), tries, timeout_s=timeout_s),
         Keys(settings.key_prefix),
         ttl_s=settings.run_ttl_s,
         events_maxlen=settings.events_maxlen,
