@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.cli.report import duration, roi_summary
 from orchestrator.events import EventType, RunEvent, follow_events
 from workers import ending
 from workers.errors import RunTimedOut
@@ -156,7 +157,7 @@ class RunView:
         if self.n <= DETAIL_MAX:
             for s in self.subtasks:
                 took = (
-                    f" {s.finished_ts - s.started_ts:.2f}s"
+                    f" {duration(s.finished_ts - s.started_ts)}"
                     if s.finished_ts is not None and s.started_ts is not None
                     else ""
                 )
@@ -194,25 +195,27 @@ def watch_run(
     tty: bool = False,
     timeout_s: float | None = None,
     refresh_s: float = 0.5,
+    settle_s: float = 10.0,
 ) -> RunResult:
     """Draw the run's progress until it ends; return its result.
 
-    RunTimedOut when ``timeout_s`` passes first (the run goes on). Like ``Run.wait``, a run
-    whose deadline passed long ago is ended from here when no coordinator did.
+    After the end, it waits (at most ``settle_s``) for the subtasks still stopping (a race's
+    losers) to report, and returns the result rebuilt from every envelope, as ``Run.report()``
+    and ``orchestrator report`` do: every reader shows one set of numbers. RunTimedOut when
+    ``timeout_s`` passes first (the run goes on). Like ``Run.wait``, a run whose deadline passed
+    long ago is ended from here when no coordinator did.
     """
     view = RunView.from_record(store.record(run_id))
     limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
+    settle_by: float | None = None
     drawn: list[str] = []
     shown: list[str] | None = None
-    legend = False
+    echo(f"legend: {LEGEND}")
     for batch in follow_events(store, run_id, block_s=refresh_s):
         for ev in batch:
             view.apply(ev)
         body = [view.status, *view.body()]  # what must change for a new block (not the clock)
         lines = [view.header(time.time()), *body[1:]]
-        if not legend:
-            echo(f"legend: {LEGEND}")
-            legend = True
         if tty:
             # Move up over the previous drawing and clear it, then draw again.
             prefix = f"\x1b[{len(drawn)}F\x1b[J" if drawn else ""
@@ -222,7 +225,10 @@ def watch_run(
             echo("\n".join(lines))
             shown = body
         if view.finished:
-            break
+            settle_by = settle_by or time.monotonic() + settle_s
+            if store.reported_count(run_id) >= view.n or time.monotonic() > min(settle_by, limit):
+                break
+            continue
         overdue = ending.overdue(view.deadline_at, grace_s=ending.DEADLINE_GRACE_S)
         if overdue and not store.has_ended(run_id):
             ending.expire(store, revoke, run_id)  # nobody ended it: the coordinator may be gone
@@ -233,7 +239,7 @@ def watch_run(
     result = store.result(run_id)
     if result is None:  # the final event is written with the result, in one script
         raise RunTimedOut(f"run {run_id} has no result yet", run_id=run_id)
-    return result
+    return ending.refresh(store, result)
 
 
 def result_lines(res: RunResult) -> list[str]:
@@ -241,9 +247,8 @@ def result_lines(res: RunResult) -> list[str]:
     r = res.report
     ok = sum(1 for x in res.results if x.status.value == "ok")
     lines = [
-        f"result: {res.status.value} in {r.wall_s:.2f}s; {ok}/{len(res.results)} subagents ok; "
-        f"speedup x{r.speedup:.2f}; work spent {r.work_spent_s:.2f}s, wasted "
-        f"{r.work_wasted_s:.2f}s"
+        f"result: {res.status.value} in {duration(r.wall_s)}; {ok}/{len(res.results)} "
+        f"subagents ok; {roi_summary(r)}"
     ]
     if res.winner is not None:
         lines.append(f"winner: #{res.winner.index} {res.winner.agent}: {_short(res.winner.output)}")
