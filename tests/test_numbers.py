@@ -206,6 +206,11 @@ def test_race_speedup_is_against_trying_racers_in_order_until_the_winner() -> No
     assert r.speedup_vs_winner == pytest.approx(2.0 / 2.1)
     assert r.work_wasted_s == pytest.approx(0.5 + 2.05 + 2.05)
     assert r.work_spent_s == pytest.approx(0.5 + 2.05 + 2.0 + 2.05)
+    # Racer #1 finished valid just after #2 won: trying them in order would have stopped at #1.
+    late = [*results[:1], _env(1, AgentStatus.OK, 0.0, 2.02), *results[2:]]
+    r = roi(late, created_at=T0, finished_at=T0 + 2.1, winner=2)
+    assert r.sequential_estimate_s == pytest.approx(0.5 + 2.02)
+    assert r.work_wasted_s == pytest.approx(0.5 + 2.02 + 2.05)
     spawn = roi(results[:3], created_at=T0, finished_at=T0 + 2.1)
     assert spawn.speedup_vs_winner is None and spawn.sequential_estimate_s == pytest.approx(4.55)
 

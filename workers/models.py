@@ -171,10 +171,11 @@ class RoiReport(BaseModel):
     sequential_estimate_s: float = Field(
         description="What the one-at-a-time alternative would have taken. Spawn and gather: the "
         "sum of subagent run times plus the merge. Race: trying racers one after another in "
-        "index order until the first valid one, i.e. the run times of racers 0..winner summed; "
-        "a racer before the winner that was stopped counts with its run time until it stopped "
-        "and one that never started counts 0, so this is a lower bound (alone, each would have "
-        "run at least that long). A race with no winner: every racer's run time."
+        "index order until the first valid one, i.e. the run times of racers 0..k summed, k "
+        "being the winner or an earlier racer that finished valid after the win. A racer "
+        "before k that was stopped counts the time it ran until stopped and is taken as not "
+        "valid (its verdict is unknown; run on, it would have cost more), one that never "
+        "started counts 0. A race with no winner: every racer's run time."
     )
     speedup: float = Field(description="sequential_estimate_s / wall_s.")
     speedup_vs_winner: float | None = Field(

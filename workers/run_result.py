@@ -130,9 +130,12 @@ def roi(
     vs_winner = None
     if winner is not None:
         # A race replaces trying its racers one after another in index order until the first
-        # valid one: racers 0..winner, each for as long as it ran here (see RoiReport).
+        # valid one: racers 0..k, each for as long as it ran here, where k is the first racer
+        # whose result was valid (every ok racer was validated): the winner, or one before it
+        # that finished valid after the win (see RoiReport).
+        first_valid = min(r.index for r in results if r.status is AgentStatus.OK)
         wasted = sum(r.ran_s for r in results if r.index != winner)
-        sequential = sum(r.ran_s for r in results if r.index <= winner)
+        sequential = sum(r.ran_s for r in results if r.index <= first_valid)
         vs_winner = results[winner].ran_s / max(finished_at - created_at, 1e-9)
     else:
         wasted = sum(r.ran_s for r in results if r.status is AgentStatus.CANCELLED)
