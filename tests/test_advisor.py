@@ -140,6 +140,21 @@ def test_tiny_tasks_do_not_pay_and_say_why() -> None:
     assert "too small to beat the spawn overhead" in reason and "batch_size" in reason
 
 
+def test_long_tasks_are_never_too_small_whatever_the_spawn_costs() -> None:
+    # A slow coordinator (8 s before the first task leaves) makes two 6.6 s tasks not pay; but
+    # the tasks are not "too small": each costs ~6 ms to send and start, against 6.6 s of run.
+    snap = stats(nap=6.6)
+    for p in snap.patterns.values():
+        p.overhead = summary(8.0)
+    pf = advise(request(Pattern.SPAWN, naps(2, 6.6)), ENTRIES, snap, capacity())
+    assert pf.spawn_overhead_s is not None and pf.spawn_overhead_s > 6.6  # the whole spawn's
+    assert pf.verdict is Verdict.DOES_NOT_PAY
+    status, reason = check(pf, "cost")
+    assert status is CheckStatus.FAIL
+    assert "too small" not in reason, reason
+    assert "too little parallel work for the overhead (spawning costs 8007 ms in all" in reason
+
+
 def test_marginal_between_the_thresholds() -> None:
     # Two 50 ms tasks on 4 slots: 100 ms of work in about 70 ms.
     pf = advise(request(Pattern.SPAWN, naps(2, 0.05)), ENTRIES, stats(nap=0.05), capacity())

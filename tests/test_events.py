@@ -65,7 +65,7 @@ def test_run_view_folds_events_per_pattern() -> None:
     assert view.strip() == "!W." and view.progress() == (3, 3) and view.finished
     body = view.body()
     assert "  race won by #1" in body
-    assert "  #1   b                  ok        1.50s (winner)  w2" in body
+    assert "  #1   b                  ok        1500 ms (winner)  w2" in body
     assert view.header(200.0).endswith("succeeded  elapsed 2.5s")
 
 

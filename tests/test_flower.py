@@ -25,7 +25,7 @@ from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
 from orchestrator.cli import main
 from orchestrator.embedded import free_port
 from tests.conftest import ARTIFACTS, wait_for
-from workers.models import AgentKind
+from workers.models import AgentKind, AgentResult, AgentStatus
 
 USER, PASSWORD = "admin", f"pw-{uuid.uuid4().hex[:8]}"
 SECRET = f"sekrit-{uuid.uuid4().hex}"
@@ -97,6 +97,18 @@ class Runs:
     gather: RunResult
     race: RunResult
     eta_task: str  # an agent message with a secret payload, held by a worker until its ETA
+    mixed: RunResult  # a spawn of one ok, one error and one invalid subagent
+    stopped: RunResult  # a race with losers stopped while running and losers never started
+
+
+#: The Flower state each envelope status must show.
+FLOWER_STATE = {
+    AgentStatus.OK: "SUCCESS",
+    AgentStatus.ERROR: "FAILURE",
+    AgentStatus.INVALID: "FAILURE",
+    AgentStatus.CANCELLED: "REVOKED",
+    AgentStatus.SKIPPED: "REVOKED",
+}
 
 
 #: States after which Flower's view of a task no longer changes.
@@ -138,7 +150,27 @@ def runs(flower: Flower, orch: Orchestrator) -> Iterator[Runs]:
     race = orch.race(
         [Task("echo", {"text": "bad"}), Task("echo", {"text": "good", "spin_s": 0.2})],
         validate="starts_good",
+    ).settle(timeout_s=30)
+    mixed = orch.spawn(
+        [
+            Task("echo", {"text": "fine"}),
+            Task("echo", {"text": "oops", "fail": True}),
+            Task("echo", {"text": "shapeless", "invalid_output": True}),
+        ]
     ).wait(timeout_s=30)
+    # Three sleepers take three of the four slots and are stopped by the win; the last two
+    # racers wait in the queue and never start.
+    stopped = orch.race(
+        [
+            *[Task("nap", {"seconds": 20, "tag": i}) for i in range(3)],
+            Task("echo", {"text": "good", "spin_s": 0.3}),
+            Task("echo", {"text": "good-late"}),
+            Task("echo", {"text": "good-later"}),
+        ],
+        validate="starts_good",
+        preflight="off",
+        deadline_s=60,
+    ).settle(timeout_s=30)
     eta_task = f"eta-{uuid.uuid4().hex[:8]}.0"
     entry = orch.catalog.get(AgentKind.AGENT, "echo")
     orch.app.send_task(
@@ -150,10 +182,10 @@ def runs(flower: Flower, orch: Orchestrator) -> Iterator[Runs]:
         argsrepr="run=no-such-run index=0/1",
         kwargsrepr="payload=<secret>",
     )
-    for res in (spawn, gather, race):
+    for res in (spawn, gather, race, mixed, stopped):
         ids = [r.task_id for r in res.results] + [f"{res.run_id}.coordinator"]
         wait_for(lambda ids=ids: all(_settled_in(flower, i) for i in ids), 10, "Flower's view")
-    yield Runs(spawn, gather, race, eta_task)
+    yield Runs(spawn, gather, race, eta_task, mixed, stopped)
     orch.revoke([eta_task])
 
 
@@ -176,7 +208,9 @@ def test_flower_asks_for_credentials(flower: Flower) -> None:
 
 
 @pytest.mark.integration
-def test_rest_api_shows_each_run_rooted_at_its_coordinator(flower: Flower, runs: Runs) -> None:
+def test_rest_api_shows_each_run_rooted_at_its_coordinator(
+    flower: Flower, runs: Runs, orch: Orchestrator
+) -> None:
     tasks = flower.json("/api/tasks")
     for res, width in ((runs.spawn, 2), (runs.gather, 2), (runs.race, 2)):
         coord_id = f"{res.run_id}.coordinator"
@@ -184,7 +218,8 @@ def test_rest_api_shows_each_run_rooted_at_its_coordinator(flower: Flower, runs:
         assert coord["name"] == "orchestrator.run" and coord["state"] == "SUCCESS"
         assert coord["args"] == f"run={res.run_id} pattern={res.pattern.value} width={width}"
         assert coord["worker"].startswith("coordinator@")
-        assert f"'run_id': '{res.run_id}'" in coord["result"]
+        # A one-line summary of the run, not the expansion's dict with an epoch deadline.
+        assert coord["result"] == _summary_line(orch, res, width)
         members = [r.task_id for r in res.results]
         assert sorted(coord["children"]) == sorted(members)
         for i, task_id in enumerate(members):
@@ -193,11 +228,63 @@ def test_rest_api_shows_each_run_rooted_at_its_coordinator(flower: Flower, runs:
             assert info["root_id"] == coord_id and info["parent_id"] == coord_id
             assert info["args"].startswith(f"run={res.run_id} pattern={res.pattern.value} ")
             assert info["args"].endswith(f"index={i}/{width}")
-            assert info["state"] in ("SUCCESS", "REVOKED")
+            assert info["state"] == FLOWER_STATE[res.results[i].status], (info, res.results[i])
     merge = tasks[f"{runs.gather.run_id}.merge"]
     assert merge["name"] == "mergers.join" and merge["state"] == "SUCCESS"
     assert merge["root_id"] == f"{runs.gather.run_id}.coordinator"
     assert "'status': 'succeeded'" in merge["result"]
+
+
+def _summary_line(orch: Orchestrator, res: RunResult, width: int) -> str:
+    """What the coordinator task's result must read (as Flower shows a str: its repr)."""
+    rec = orch.store.record(res.run_id)
+    deadline_s = float(rec["deadline_at"]) - float(rec["created_at"])
+    return (
+        f"'run {res.run_id}: {res.pattern.value} of {width} sent; deadline in {deadline_s:.0f} s'"
+    )
+
+
+def _flower_view(fl: Flower, env: AgentResult) -> dict[str, Any]:
+    info: dict[str, Any] = fl.json(f"/api/task/info/{env.task_id}")
+    return info
+
+
+@pytest.mark.integration
+def test_each_outcome_shows_its_own_state(
+    flower: Flower, runs: Runs, stack: EmbeddedStack, orch: Orchestrator
+) -> None:
+    ok, error, invalid = (_flower_view(flower, env) for env in runs.mixed.results)
+    assert [r.status for r in runs.mixed.results] == [
+        AgentStatus.OK,
+        AgentStatus.ERROR,
+        AgentStatus.INVALID,
+    ]
+    assert ok["state"] == "SUCCESS" and "'status': 'ok'" in ok["result"]
+    assert error["state"] == "FAILURE" and invalid["state"] == "FAILURE"
+    # The error's type and message, as the envelope has them.
+    assert "SubagentFailed" in error["exception"]
+    assert "#1 echo error: ValueError: asked to fail: oops" in error["exception"]
+    assert "#2 echo invalid: InvalidOutput: " in invalid["exception"]
+    coord = flower.json(f"/api/task/info/{runs.mixed.run_id}.coordinator")
+    assert coord["result"] == _summary_line(orch, runs.mixed, 3)
+
+    race = runs.stopped
+    assert race.winner is not None and race.winner.index == 3, race.error
+    statuses = [r.status for r in race.results]
+    assert statuses[:3] == [AgentStatus.CANCELLED] * 3, race.results
+    assert statuses[4:] == [AgentStatus.SKIPPED] * 2, race.results
+    states = [_flower_view(flower, env)["state"] for env in race.results]
+    assert states == ["REVOKED"] * 3 + ["SUCCESS"] + ["REVOKED"] * 2, states
+
+    # Expected outcomes: one INFO line each in the worker's log, no traceback.
+    logs = (stack.log("worker1") + stack.log("worker2")).splitlines()
+    for env in (runs.mixed.results[1], race.results[0]):
+        at = [i for i, line in enumerate(logs) if f"[{env.task_id}]" in line]
+        lines = [logs[i] for i in at]
+        assert any("INFO" in line for line in lines), lines
+        assert not any("ERROR" in line or "WARNING" in line for line in lines), lines
+        following = [logs[i + 1] for i in at if i + 1 < len(logs)]
+        assert not any(line.startswith("Traceback") for line in following), following
 
 
 @pytest.mark.integration

@@ -108,9 +108,11 @@ def test_message_for_an_unknown_run_does_no_work(orch: Orchestrator) -> None:
             "meta": {"pattern": "parallel-spawn", "n": 1, "queued_at": 0, "deadline_at": 4e9},
         },
     )
-    env = wait_for(lambda: result.ready() and result.result, 15, "the worker's answer")
-    assert env["status"] == "error" and env["error"]["type"] == "RunNotFound"  # type: ignore[index]
-    assert "ORCH_KEY_PREFIX" in env["error"]["hint"]  # type: ignore[index]
+    # The task fails (Flower shows FAILURE) with the envelope's error type, message and hint.
+    wait_for(result.ready, 15, "the worker's answer")
+    assert result.state == "FAILURE"
+    assert "#0 echo error: RunNotFound: run ghost has no record" in str(result.result)
+    assert "ORCH_KEY_PREFIX" in str(result.result)
 
 
 def test_a_false_payloads_checked_claim_still_fails_clearly(orch: Orchestrator) -> None:

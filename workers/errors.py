@@ -146,6 +146,20 @@ class RunTimedOut(OrchestratorError):
         self.run_id = run_id
 
 
+class SubagentFailed(OrchestratorError):
+    """What a worker's task raises after recording an ``error`` or ``invalid`` envelope, so that
+    Celery and Flower show that task FAILURE. The run's outcome is the envelope, already
+    recorded; nobody needs to catch this. ``indices``: the subtasks that failed (a batch message
+    carries several)."""
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, indices: list[int] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.indices = indices or []
+
+
 class TaskCancelled(BaseException):
     """Raised inside an agent whose run or subtask was cancelled.
 

@@ -164,16 +164,38 @@ class Prediction(BaseModel):
 
 
 class RoiReport(BaseModel):
-    """What parallelism bought: measured after every run."""
+    """What parallelism bought: measured after every run (``workers/run_result.py`` ``roi``)."""
 
     n: int
     wall_s: float = Field(description="Submit to finish.")
-    sequential_estimate_s: float = Field(description="Sum of subagent run times plus merge.")
-    speedup: float
+    sequential_estimate_s: float = Field(
+        description="What the one-at-a-time alternative would have taken. Spawn and gather: the "
+        "sum of subagent run times plus the merge. Race: trying racers one after another in "
+        "index order until the first valid one, i.e. the run times of racers 0..k summed, k "
+        "being the winner or an earlier racer that finished valid after the win. A racer "
+        "before k that was stopped counts the time it ran until stopped and is taken as not "
+        "valid (its verdict is unknown; run on, it would have cost more), one that never "
+        "started counts 0. A race with no winner: every racer's run time."
+    )
+    speedup: float = Field(description="sequential_estimate_s / wall_s.")
+    speedup_vs_winner: float | None = Field(
+        None,
+        description="Race only: the winner's run time / wall_s (what running the racer that "
+        "turned out best, alone, would have taken; knowable only afterwards).",
+    )
     efficiency: float = Field(description="Speedup divided by the number of subagents.")
-    work_spent_s: float
-    work_wasted_s: float = Field(description="Run time of cancelled racers and discarded results.")
-    merge_s: float = 0.0
+    work_spent_s: float = Field(description="Every subagent's run time, plus the merge.")
+    work_wasted_s: float = Field(
+        description="Race: the run time of every racer but the winner (failed ones included, "
+        "each until it stopped). Spawn and gather: the run time of cancelled subagents."
+    )
+    merge_s: float = Field(0.0, description="The merger's own run time (gather).")
+    merge_wait_s: float = Field(
+        0.0,
+        description="Gather: the merger's queue wait, from every member reported "
+        "(all_reported_at) to the merger starting (merge_started_at; the run's end if it never "
+        "started).",
+    )
     coordinator_overhead_s: float = Field(description="Submit to the first subagent queued.")
     queue_wait_s: float = Field(0.0, description="Mean time subagents waited in the queue.")
     cancel_latency_p50_s: float | None = None

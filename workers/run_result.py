@@ -121,14 +121,22 @@ def roi(
     created_at: float,
     finished_at: float,
     merge_s: float = 0.0,
+    merge_wait_s: float = 0.0,
     winner: int | None = None,
 ) -> RoiReport:
-    """Measured return of one run, from its envelopes."""
+    """Measured return of one run, from its envelopes (the one place ROI is computed, with
+    ``roi_of_all_ok``; every reader shows these numbers)."""
     spent = sum(r.ran_s for r in results)
+    vs_winner = None
     if winner is not None:
-        # A race's sequential alternative is the winner alone; every other racer is waste.
+        # A race replaces trying its racers one after another in index order until the first
+        # valid one: racers 0..k, each for as long as it ran here, where k is the first racer
+        # whose result was valid (every ok racer was validated): the winner, or one before it
+        # that finished valid after the win (see RoiReport).
+        first_valid = min(r.index for r in results if r.status is AgentStatus.OK)
         wasted = sum(r.ran_s for r in results if r.index != winner)
-        sequential = results[winner].ran_s
+        sequential = sum(r.ran_s for r in results if r.index <= first_valid)
+        vs_winner = results[winner].ran_s / max(finished_at - created_at, 1e-9)
     else:
         wasted = sum(r.ran_s for r in results if r.status is AgentStatus.CANCELLED)
         sequential = spent
@@ -146,15 +154,23 @@ def roi(
         wasted=wasted,
         sequential=sequential + merge_s,
         merge_s=merge_s,
+        merge_wait_s=merge_wait_s,
         first_queued=min(queued) if queued else None,
         created_at=created_at,
         queue_wait=statistics.fmean(waits) if waits else 0.0,
         latencies=latencies,
+        speedup_vs_winner=vs_winner,
     )
 
 
 def roi_of_all_ok(
-    agg: Aggregates, n: int, *, created_at: float, finished_at: float, merge_s: float = 0.0
+    agg: Aggregates,
+    n: int,
+    *,
+    created_at: float,
+    finished_at: float,
+    merge_s: float = 0.0,
+    merge_wait_s: float = 0.0,
 ) -> RoiReport:
     """The same report as ``roi`` for a run whose n subtasks all reported ok (``all_ok``)."""
     return _report(
@@ -164,11 +180,23 @@ def roi_of_all_ok(
         wasted=0.0,
         sequential=agg.ran_s + merge_s,
         merge_s=merge_s,
+        merge_wait_s=merge_wait_s,
         first_queued=agg.min_queued,
         created_at=created_at,
         queue_wait=agg.wait_s / agg.waits if agg.waits else 0.0,
         latencies=[],
+        speedup_vs_winner=None,
     )
+
+
+def merge_wait(record: dict[str, str], finished_at: float) -> float:
+    """A gather's merger's queue wait: from the moment every member had reported to the
+    moment the merger started (or the run ended, when it never started); 0 without a merger."""
+    reported = _float(record.get("all_reported_at"))
+    if not record.get("merge") or reported is None:
+        return 0.0
+    started = _float(record.get("merge_started_at"))
+    return max(0.0, (started if started is not None else finished_at) - reported)
 
 
 def _report(
@@ -179,10 +207,12 @@ def _report(
     wasted: float,
     sequential: float,
     merge_s: float,
+    merge_wait_s: float,
     first_queued: float | None,
     created_at: float,
     queue_wait: float,
     latencies: list[float],
+    speedup_vs_winner: float | None,
 ) -> RoiReport:
     wall = max(wall, 1e-9)
     speedup = sequential / wall
@@ -191,10 +221,12 @@ def _report(
         wall_s=wall,
         sequential_estimate_s=sequential,
         speedup=speedup,
+        speedup_vs_winner=speedup_vs_winner,
         efficiency=speedup / n if n else 0.0,
         work_spent_s=spent + merge_s,
         work_wasted_s=wasted,
         merge_s=merge_s,
+        merge_wait_s=merge_wait_s,
         coordinator_overhead_s=(
             max(0.0, first_queued - created_at) if first_queued is not None else 0.0
         ),
@@ -231,7 +263,12 @@ def build_result(
     created = float(record["created_at"])
     if report is None:
         report = roi(
-            results, created_at=created, finished_at=finished_at, merge_s=merge_s, winner=winner
+            results,
+            created_at=created,
+            finished_at=finished_at,
+            merge_s=merge_s,
+            merge_wait_s=merge_wait(record, finished_at),
+            winner=winner,
         )
     return RunResult(
         run_id=record["run_id"],

@@ -11,9 +11,11 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.canvas import Signature
+from celery.exceptions import Ignore
 
 from workers.cancel import CancelListener
-from workers.models import AgentKind, AgentResult, TaskMeta
+from workers.errors import SubagentFailed
+from workers.models import AgentKind, AgentResult, AgentStatus, TaskMeta
 from workers.names import batch_task_name, subtask_id
 from workers.patterns import send_merger_message
 from workers.registry import AgentSpec, Registry
@@ -22,6 +24,12 @@ from workers.settings import Settings
 from workers.store import CONNECTION_ERRORS, make_store
 
 log = logging.getLogger(__name__)
+
+#: Envelope statuses whose Celery task Flower shows FAILURE, and REVOKED; the rest SUCCESS.
+FAILED = frozenset({AgentStatus.ERROR, AgentStatus.INVALID, AgentStatus.LOST})
+STOPPED = frozenset({AgentStatus.CANCELLED, AgentStatus.SKIPPED})
+#: An expected outcome, logged by Celery as one INFO line without a traceback.
+THROWS = (SubagentFailed,)
 
 
 class _ProcessServices:
@@ -79,9 +87,9 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
             payload=payload,
             meta=TaskMeta.model_validate(meta),
         )
-        return _summary(run_id, env)
+        return _outcome(self, run_id, [env])[0]
 
-    app.task(name=spec.task_name, **_agent_task_options(queue))(run_agent)
+    app.task(name=spec.task_name, throws=THROWS, **_agent_task_options(queue))(run_agent)
 
     def run_batch(self: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
         svc = services.get()
@@ -100,9 +108,11 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
             )
             for index, payload in items
         ]
-        return [_summary(run_id, env) for env in envs]
+        return _outcome(self, run_id, envs)
 
-    app.task(name=batch_task_name(spec.name), **_agent_task_options(queue))(run_batch)
+    app.task(name=batch_task_name(spec.name), throws=THROWS, **_agent_task_options(queue))(
+        run_batch
+    )
 
 
 class _KeepsReprs(Task):  # type: ignore[misc]
@@ -158,6 +168,51 @@ def _summary(run_id: str, env: AgentResult) -> dict[str, Any]:
         "status": env.status.value,
         "error": env.error.model_dump(mode="json") if env.error else None,
     }
+
+
+def _outcome(task: Any, run_id: str, envs: list[AgentResult]) -> list[dict[str, Any]]:
+    """The Celery results of recorded envelopes, or the Celery outcome that tells Flower the
+    truth: FAILURE when any failed (a batch: any of its items), REVOKED when every one was
+    stopped or skipped.
+
+    The envelopes are recorded already, so what is raised here changes nothing of the run; the
+    message is acknowledged either way (acks late, acknowledged on failure). A failure raises
+    SubagentFailed: Celery sends task-failed with the error's type and message (never the
+    payload) and logs one INFO line (``throws``). Celery has no outcome for "revoked by the task
+    itself", so a stop sends task-revoked from here and raises Ignore: Celery then sends no event
+    and logs one INFO line. Each way the task costs one event, as a success does.
+    """
+    failed = [e for e in envs if e.status in FAILED]
+    if failed:
+        _continue_chain(task)
+        reasons = "; ".join(_reason(e) for e in failed)
+        raise SubagentFailed(reasons[:2000], run_id=run_id, indices=[e.index for e in failed])
+    if envs and all(e.status in STOPPED for e in envs):
+        try:
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        except Exception as exc:  # monitoring only: the outcome is recorded
+            log.warning("task-revoked event for %s not sent: %s", task.request.id, exc)
+        _continue_chain(task)
+        raise Ignore()
+    return [_summary(run_id, env) for env in envs]
+
+
+def _reason(env: AgentResult) -> str:
+    error = env.error
+    why = f"{error.type}: {error.message}" if error else "no error recorded"
+    hint = f" (hint: {error.hint})" if error and error.hint else ""
+    return f"#{env.index} {env.agent} {env.status.value}: {why}{hint}"
+
+
+def _continue_chain(task: Any) -> None:
+    """Send the next link of a sequential run (a Celery chain: preflight='auto'), which Celery
+    sends only after a success: a failed or stopped link must not stop the links after it."""
+    req = task.request
+    links = req.chain
+    if links:
+        task.app.signature(links[-1]).apply_async(
+            chain=links[:-1], parent_id=req.id, root_id=req.root_id or req.id
+        )
 
 
 def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:

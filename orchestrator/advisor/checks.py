@@ -166,7 +166,8 @@ def _ms(seconds: float) -> str:
 
 
 def cost(req: OrchestrationRequest, est: Estimate, config: AdvisorSettings) -> Check:
-    """Tasks too small to beat the spawn overhead; a merge slower than the time saved."""
+    """Tasks too small to beat their own overhead, too little parallel work for the spawn's; a
+    merge slower than the time saved."""
     if est.missing:
         return Check(
             name="cost",
@@ -176,12 +177,15 @@ def cost(req: OrchestrationRequest, est: Estimate, config: AdvisorSettings) -> C
         )
     assert est.speedup is not None and est.sequential_s is not None
     assert est.parallel_s is not None and est.spawn_overhead_s is not None
+    assert est.task_overhead_s is not None
     notes = [f"{a} has no merge/validator timing yet (assumed 0)" for a in est.assumed]
     summary = (
         f"predicted x{est.speedup:.2f}: {_ms(est.sequential_s)} one by one vs "
         f"{_ms(est.parallel_s)} in parallel"
     )
-    small = est.mean_task_s < est.spawn_overhead_s
+    # Like with like: a task is too small when it runs shorter than sending and starting it
+    # takes; the whole spawn's overhead (its coordinator part is paid once) is not per task.
+    small = est.mean_task_s < est.task_overhead_s
     merge_s = est.merge_s or 0.0
     if merge_s and merge_s >= est.saved_s and not small:
         return Check(
@@ -198,18 +202,22 @@ def cost(req: OrchestrationRequest, est: Estimate, config: AdvisorSettings) -> C
             reason="the first racer alone would usually do: racers take similar times and "
             f"mostly succeed, so racing buys nothing; {summary}: race approaches that differ",
         )
-    if est.speedup < config.marginal_speedup:
-        why = (
-            f"each task runs ~{_ms(est.mean_task_s)}, spawning costs {_ms(est.spawn_overhead_s)}"
-            if small
-            else "too little parallel work for the overhead"
-        )
+    if est.speedup < config.marginal_speedup and small:
         return Check(
             name="cost",
             status=CheckStatus.FAIL,
-            reason=f"tasks too small to beat the spawn overhead ({why}); {summary}: "
-            "send several per message (batch_size=...), fold them into fewer, larger tasks, "
-            "or run them in one process",
+            reason=f"tasks too small to beat the spawn overhead (each task runs "
+            f"~{_ms(est.mean_task_s)}, sending and starting one costs "
+            f"~{_ms(est.task_overhead_s)}); {summary}: send several per message "
+            "(batch_size=...), fold them into fewer, larger tasks, or run them in one process",
+        )
+    if est.speedup < config.marginal_speedup:
+        return Check(
+            name="cost",
+            status=CheckStatus.FAIL,
+            reason=f"too little parallel work for the overhead (spawning costs "
+            f"{_ms(est.spawn_overhead_s)} in all, parallelism saves {_ms(est.saved_s)}); "
+            f"{summary}: run it in one process, or give the live slots more work to share",
         )
     status = CheckStatus.WARN if est.speedup < config.pays_speedup or notes else CheckStatus.PASS
     return Check(name="cost", status=status, reason="; ".join([summary, *notes]))

@@ -6,7 +6,7 @@ up, so more tasks than slots run in waves. A gather adds its merger; a race ends
 moment of the first *valid* result (each agent's measured share of valid outputs). The
 sequential alternative is doing the same work one task at a time in one process (a race: trying
 the racers in order until one is valid), which is what ``RoiReport.sequential_estimate_s``
-measures for spawn and gather.
+measures afterwards (for a race: the racers up to the winner).
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class Estimate:
     sequential_s: float | None = None
     parallel_s: float | None = None
     spawn_overhead_s: float | None = None
+    #: What one more task costs to send and start (dispatch + start latency); the coordinator's
+    #: part of spawn_overhead_s is paid once per spawn, not per task.
+    task_overhead_s: float | None = None
     merge_s: float | None = None
     speedup: float | None = None
     cost_s: float | None = None
@@ -151,6 +154,7 @@ def estimate(
     first_start = min(s for s, _ in times)
     members_s = max(ends) - first_start
     est.spawn_overhead_s = ov.coordinator_s + len(unit_s) * ov.dispatch_s + ov.latency_s
+    est.task_overhead_s = ov.dispatch_s + ov.latency_s
     est.mean_task_s = statistics.fmean(durations)
     est.fastest_task_s = min(durations)
     est.saved_s = max(0.0, sum(durations) - members_s)

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Callable
 
 from orchestrator.api import Orchestrator
+from orchestrator.cli.report import duration, roi_summary
 from orchestrator.request import Task
 from workers.models import AgentStatus, RunResult
 
@@ -31,15 +32,15 @@ def _line(text: str = "") -> str:
 
 
 def roi_lines(result: RunResult) -> list[str]:
-    """Timings of one run, as the demo prints them."""
+    """Timings of one run, as the demo prints them (numbers as ``watch`` and ``report`` print
+    them: the run's RoiReport, rebuilt once every subtask reported)."""
     r = result.report
     lines = [
-        f"  status {result.status.value}; wall {r.wall_s * 1000:.0f} ms; sequential estimate "
-        f"{r.sequential_estimate_s * 1000:.0f} ms; speedup x{r.speedup:.2f} "
-        f"(efficiency {r.efficiency:.0%} over {r.n})",
-        f"  work spent {r.work_spent_s * 1000:.0f} ms, wasted {r.work_wasted_s * 1000:.0f} ms; "
-        f"merge {r.merge_s * 1000:.1f} ms; coordinator overhead "
-        f"{r.coordinator_overhead_s * 1000:.1f} ms; mean queue wait {r.queue_wait_s * 1000:.1f} ms",
+        f"  status {result.status.value}; wall {duration(r.wall_s)}; sequential estimate "
+        f"{duration(r.sequential_estimate_s)}; efficiency {r.efficiency:.0%} over {r.n}",
+        f"  {roi_summary(r)}",
+        f"  coordinator overhead {duration(r.coordinator_overhead_s)}; mean queue wait "
+        f"{duration(r.queue_wait_s)}",
     ]
     if result.error:
         lines.append(f"  note: {result.error}")
@@ -71,7 +72,7 @@ def _spawn(orch: Orchestrator, out: Callable[[str], None]) -> bool:
             )
         else:
             out(f"  #{env.index:<2} {env.status.value}: {env.error}")
-    out("\n".join(roi_lines(res)))
+    out("\n".join(roi_lines(run.settle(timeout_s=10))))  # the numbers Run.report() gives
     return res.ok
 
 
@@ -88,7 +89,7 @@ def _gather(orch: Orchestrator, out: Callable[[str], None]) -> bool:
         for fact in res.merged["facts"][:8]:
             out(f"   - {fact}")
         out(f"   ... {len(res.merged['facts'])} facts in all")
-    out("\n".join(roi_lines(res)))
+    out("\n".join(roi_lines(run.settle(timeout_s=10))))  # the numbers Run.report() gives
     return res.ok
 
 
@@ -119,5 +120,5 @@ def _race(orch: Orchestrator, out: Callable[[str], None], difficulty: int) -> bo
             f"  #{env.index} {env.agent:<10} {env.status.value:<9} ran {env.ran_s * 1000:6.0f} ms"
             f"{stop}{why}"
         )
-    out("\n".join(roi_lines(res.model_copy(update={"report": settled.report}))))
+    out("\n".join(roi_lines(settled)))
     return res.ok

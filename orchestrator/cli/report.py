@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from orchestrator.advisor import CheckStatus, Preflight
-from workers.models import AgentResult, AgentStatus, RunResult
+from workers.models import AgentResult, AgentStatus, RoiReport, RunResult
 from workers.patterns import pattern_of
 
 #: Outcome -> (ANSI colour code, SVG colour).
@@ -27,10 +27,28 @@ QUEUED_SVG = "#d0d7de"
 WON, CANCEL, QUEUED, RUNNING, SKIP = "★", "✕", "░", "█", "·"
 
 
-def _ms(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
+    """A duration as every ROI reader prints it (watch, report, demo): ms below 10 s."""
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.0f} ms" if abs(seconds) < 10 else f"{seconds:.2f} s"
+
+
+_ms = duration
+
+
+def axis_unit(span_s: float) -> tuple[str, float]:
+    """(unit, seconds per unit) for a whole time axis: one unit on every tick, chosen by the
+    axis's span (ms below 2 s, else s)."""
+    return ("ms", 0.001) if span_s < 2 else ("s", 1.0)
+
+
+def axis_label(t_s: float, unit: tuple[str, float], step_s: float) -> str:
+    """A tick at ``t_s`` in the axis's unit, with as many decimals as the tick step needs."""
+    name, per = unit
+    step = step_s / per
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    return f"{t_s / per:.{decimals}f} {name}"
 
 
 def _x(value: float | None) -> str:
@@ -39,6 +57,17 @@ def _x(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+def roi_summary(r: RoiReport) -> str:
+    """The ROI in one line, as ``watch`` and the demo end with it (the table has the rest)."""
+    speed = f"speedup {_x(r.speedup)}"
+    if r.speedup_vs_winner is not None:
+        speed += f" ({_x(r.speedup_vs_winner)} vs the winner alone)"
+    text = f"{speed}; work spent {duration(r.work_spent_s)}, wasted {duration(r.work_wasted_s)}"
+    if r.merge_s or r.merge_wait_s:
+        text += f"; merge {duration(r.merge_s)} after {duration(r.merge_wait_s)} queued"
+    return text
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -51,10 +80,17 @@ def report_lines(result: RunResult) -> list[str]:
         ("wall time", _ms(r.wall_s), _ms(p.parallel_s if p else None)),
         ("sequential estimate", _ms(r.sequential_estimate_s), _ms(p.sequential_s if p else None)),
         ("speedup", _x(r.speedup), _x(p.speedup if p else None)),
+    ]
+    if r.speedup_vs_winner is not None:
+        rows.append(("speedup vs winner alone", _x(r.speedup_vs_winner), ""))
+    rows += [
         ("efficiency", _pct(r.efficiency), _pct(pred_eff)),
         ("work spent", _ms(r.work_spent_s), _ms(p.cost_s if p else None)),
         ("work wasted", _ms(r.work_wasted_s), ""),
-        ("merge", _ms(r.merge_s), ""),
+    ]
+    if r.merge_s or r.merge_wait_s:
+        rows += [("merge", _ms(r.merge_s), ""), ("merge queue wait", _ms(r.merge_wait_s), "")]
+    rows += [
         ("coordinator overhead", _ms(r.coordinator_overhead_s), ""),
         ("mean queue wait", _ms(r.queue_wait_s), ""),
     ]
@@ -123,17 +159,20 @@ class _Row:
 def _rows(result: RunResult) -> list[_Row]:
     winner = result.winner.index if result.winner else None
     rows = [_agent_row(env, env.index == winner) for env in result.results]
-    if result.report.merge_s > 0:
-        end = result.finished_at
+    r = result.report
+    if r.merge_s > 0 or r.merge_wait_s > 0:
+        # The merger waited in its queue from every member reported until it started, then ran
+        # until the run ended: two phases, drawn like a subagent's queued and running ones.
+        started = result.finished_at - r.merge_s
         rows.append(
             _Row(
                 label="merge",
-                status="merged",
+                status="merged" if result.merged is not None else "not merged",
                 colour=MERGE_COLOUR,
-                queued=None,
-                started=end - result.report.merge_s,
-                finished=end,
-                detail=_ms(result.report.merge_s),
+                queued=started - r.merge_wait_s,
+                started=started if r.merge_s > 0 else None,
+                finished=result.finished_at,
+                detail=f"{_ms(r.merge_s)} after {_ms(r.merge_wait_s)} queued",
             )
         )
     return rows
@@ -179,7 +218,9 @@ def timeline_lines(result: RunResult, *, width: int = 60, colour: bool = True) -
         return f"\x1b[{code}m{text}\x1b[0m" if colour else text
 
     label_w = max(12, *(len(r.label) for r in rows))
-    axis = f"0{' ' * (width - len(_ms(t1 - t0)) - 1)}{_ms(t1 - t0)}"
+    unit = axis_unit(t1 - t0)
+    end = axis_label(t1 - t0, unit, 0.01)  # ms whole, s to the hundredth
+    axis = f"0{' ' * (width - len(end) - 1)}{end}"
     lines = [
         f"{'':<{label_w}} {axis}",
         f"{'':<{label_w}} {'─' * width}",
@@ -227,11 +268,12 @@ def _ansi(cells: list[str], codes: list[str | None]) -> str:
     return "".join(out)
 
 
-def _ticks(span: float) -> list[float]:
+def _ticks(span: float) -> tuple[list[float], float]:
+    """About eight round ticks over the span, and their step."""
     raw = span / 8
     magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    return [i * step for i in range(int(span / step) + 1)]
+    return [i * step for i in range(int(span / step) + 1)], step
 
 
 def timeline_svg(result: RunResult, *, width: int = 1100) -> str:
@@ -263,7 +305,9 @@ def timeline_svg(result: RunResult, *, width: int = 1100) -> str:
     out.append(
         f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#57606a"/>'
     )
-    for tick in _ticks(t1 - t0):
+    ticks, step = _ticks(t1 - t0)
+    unit = axis_unit(t1 - t0)
+    for tick in ticks:
         tx = x(t0 + tick)
         out.append(
             f'<line x1="{tx:.1f}" y1="{axis_y - 4}" x2="{tx:.1f}" y2="{axis_y}" stroke="#57606a"/>'
@@ -272,7 +316,10 @@ def timeline_svg(result: RunResult, *, width: int = 1100) -> str:
             f'<line x1="{tx:.1f}" y1="{axis_y}" x2="{tx:.1f}" y2="{top + row_h * len(rows)}" '
             'stroke="#eaeef2"/>'
         )
-        out.append(f'<text x="{tx:.1f}" y="{axis_y - 8}" text-anchor="middle">{_ms(tick)}</text>')
+        out.append(
+            f'<text x="{tx:.1f}" y="{axis_y - 8}" text-anchor="middle">'
+            f"{axis_label(tick, unit, step)}</text>"
+        )
     for i, row in enumerate(rows):
         out += _svg_row(row, top + i * row_h, row_h, x, left + plot_w)
     cancel = _cancel_moment(result)

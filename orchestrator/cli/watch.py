@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.cli.report import duration, roi_summary
 from orchestrator.events import EventType, RunEvent, follow_events
 from workers import ending
 from workers.errors import RunTimedOut
@@ -156,7 +157,7 @@ class RunView:
         if self.n <= DETAIL_MAX:
             for s in self.subtasks:
                 took = (
-                    f" {s.finished_ts - s.started_ts:.2f}s"
+                    f" {duration(s.finished_ts - s.started_ts)}"
                     if s.finished_ts is not None and s.started_ts is not None
                     else ""
                 )
@@ -202,6 +203,37 @@ def _progress_line(view: RunView, lines: list[str]) -> str:
     return f"... {lines[0]}  {lines[1].strip()}{detail}"
 
 
+class _Screen:
+    """Where the drawing goes: redrawn in place on a terminal; in a pipe, a block per change of
+    state and a progress line at most every ``progress_every_s``."""
+
+    def __init__(self, echo: Callable[[str], None], *, tty: bool, progress_every_s: float) -> None:
+        self.echo = echo
+        self.tty = tty
+        self.progress_every_s = progress_every_s
+        self.drawn: list[str] = []
+        self.shown: tuple[object, ...] | None = None
+        self.shown_progress: list[float | None] = []
+        self.shown_at = 0.0
+
+    def show(self, view: RunView) -> None:
+        lines = [view.header(time.time()), *view.body()]
+        if self.tty:
+            # Move up over the previous drawing and clear it, then draw again.
+            prefix = f"\x1b[{len(self.drawn)}F\x1b[J" if self.drawn else ""
+            self.echo(prefix + "\n".join(lines))
+            self.drawn = lines
+            return
+        state, progress = _pipe_state(view), [s.fraction for s in view.subtasks]
+        now = time.monotonic()
+        if state != self.shown:
+            self.echo("\n".join(lines))
+            self.shown, self.shown_progress, self.shown_at = state, progress, now
+        elif progress != self.shown_progress and now - self.shown_at >= self.progress_every_s:
+            self.echo(_progress_line(view, lines))
+            self.shown_progress, self.shown_at = progress, now
+
+
 def watch_run(
     store: RunStore,
     revoke: Callable[[list[str]], None],
@@ -212,6 +244,7 @@ def watch_run(
     timeout_s: float | None = None,
     refresh_s: float = 0.5,
     progress_every_s: float = 5.0,
+    settle_s: float = 10.0,
 ) -> RunResult:
     """Draw the run's progress until it ends; return its result.
 
@@ -219,37 +252,26 @@ def watch_run(
     log, a pipe) a block is printed only when a subtask or the run changed state, and progress
     reports in between as one line at most every ``progress_every_s``.
 
-    RunTimedOut when ``timeout_s`` passes first (the run goes on). Like ``Run.wait``, a run
-    whose deadline passed long ago is ended from here when no coordinator did.
+    After the end, it waits (at most ``settle_s``) for the subtasks still stopping (a race's
+    losers) to report, and returns the result rebuilt from every envelope, as ``Run.report()``
+    and ``orchestrator report`` do: every reader shows one set of numbers. RunTimedOut when
+    ``timeout_s`` passes first (the run goes on). Like ``Run.wait``, a run whose deadline passed
+    long ago is ended from here when no coordinator did.
     """
     view = RunView.from_record(store.record(run_id))
     limit = time.monotonic() + timeout_s if timeout_s is not None else float("inf")
-    drawn: list[str] = []
-    shown: tuple[object, ...] | None = None
-    shown_progress: list[float | None] = []
-    shown_at = 0.0
-    legend = False
+    settle_by: float | None = None
+    screen = _Screen(echo, tty=tty, progress_every_s=progress_every_s)
+    echo(f"legend: {LEGEND}")
     for batch in follow_events(store, run_id, block_s=refresh_s):
         for ev in batch:
             view.apply(ev)
-        lines = [view.header(time.time()), *view.body()]
-        if not legend:
-            echo(f"legend: {LEGEND}")
-            legend = True
-        state, progress = _pipe_state(view), [s.fraction for s in view.subtasks]
-        if tty:
-            # Move up over the previous drawing and clear it, then draw again.
-            prefix = f"\x1b[{len(drawn)}F\x1b[J" if drawn else ""
-            echo(prefix + "\n".join(lines))
-            drawn = lines
-        elif state != shown:
-            echo("\n".join(lines))
-            shown, shown_progress, shown_at = state, progress, time.monotonic()
-        elif progress != shown_progress and time.monotonic() - shown_at >= progress_every_s:
-            echo(_progress_line(view, lines))
-            shown_progress, shown_at = progress, time.monotonic()
+        screen.show(view)
         if view.finished:
-            break
+            settle_by = settle_by or time.monotonic() + settle_s
+            if store.reported_count(run_id) >= view.n or time.monotonic() > min(settle_by, limit):
+                break
+            continue
         overdue = ending.overdue(view.deadline_at, grace_s=ending.DEADLINE_GRACE_S)
         if overdue and not store.has_ended(run_id):
             ending.expire(store, revoke, run_id)  # nobody ended it: the coordinator may be gone
@@ -260,7 +282,7 @@ def watch_run(
     result = store.result(run_id)
     if result is None:  # the final event is written with the result, in one script
         raise RunTimedOut(f"run {run_id} has no result yet", run_id=run_id)
-    return result
+    return ending.refresh(store, result)
 
 
 def result_lines(res: RunResult) -> list[str]:
@@ -268,9 +290,8 @@ def result_lines(res: RunResult) -> list[str]:
     r = res.report
     ok = sum(1 for x in res.results if x.status.value == "ok")
     lines = [
-        f"result: {res.status.value} in {r.wall_s:.2f}s; {ok}/{len(res.results)} subagents ok; "
-        f"speedup x{r.speedup:.2f}; work spent {r.work_spent_s:.2f}s, wasted "
-        f"{r.work_wasted_s:.2f}s"
+        f"result: {res.status.value} in {duration(r.wall_s)}; {ok}/{len(res.results)} "
+        f"subagents ok; {roi_summary(r)}"
     ]
     if res.winner is not None:
         lines.append(f"winner: #{res.winner.index} {res.winner.agent}: {_short(res.winner.output)}")

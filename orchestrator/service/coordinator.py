@@ -180,7 +180,8 @@ class Coordinator:
             "run_id": req.run_id,
             "pattern": req.pattern.value,
             "width": len(req.tasks),
-            "deadline_at": deadline_at,
+            "deadline_s": deadline_s,
+            "execution": (Execution.SEQUENTIAL if sequential else Execution.PARALLEL).value,
         }
 
     def _send_failed(self, req: OrchestrationRequest, exc: Exception) -> dict[str, Any]:
@@ -285,3 +286,19 @@ class Coordinator:
         """End the run if its deadline passed and it is still open."""
         result = ending.expire(self.store, self.revoke, run_id)
         return {"run_id": run_id, "timed_out": result is not None}
+
+
+def summary(outcome: dict[str, Any]) -> str:
+    """A coordinator's outcome as one line: what Flower shows as ``orchestrator.run``'s result
+    (and the worker log's 'succeeded' line), e.g. 'run abc: parallel-spawn of 8 sent; deadline
+    in 60 s', or why nothing was sent."""
+    run = f"run {outcome.get('run_id') or '?'}"
+    if "error" in outcome:
+        return f"{run}: not run: {outcome['error']}"
+    if "skipped" in outcome:
+        return f"{run}: nothing sent: {outcome['skipped']}"
+    how = " one after another (preflight auto)" if outcome.get("execution") == "sequential" else ""
+    return (
+        f"{run}: {outcome.get('pattern')} of {outcome.get('width')} sent{how}; deadline in "
+        f"{float(outcome.get('deadline_s') or 0):.0f} s"
+    )

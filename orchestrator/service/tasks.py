@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 
-from orchestrator.service.coordinator import Coordinator
+from orchestrator.service.coordinator import Coordinator, summary
 from orchestrator.service.sweeper import sweeper_step
 from workers.names import COORDINATOR_TASK, DEADLINE_TASK
 from workers.settings import Settings
@@ -16,8 +16,8 @@ def register_coordinator(app: Celery, settings: Settings) -> Coordinator:
     """Register ``orchestrator.run`` and ``orchestrator.deadline`` on the app."""
     coord = Coordinator(app, settings)
 
-    def run(request: dict[str, Any]) -> dict[str, Any]:
-        return coord.run(request)
+    def run(request: dict[str, Any]) -> str:
+        return summary(coord.run(request))
 
     def deadline(run_id: str) -> dict[str, Any]:
         return coord.deadline(run_id)

@@ -44,8 +44,9 @@ class Race(PatternSpec):
     # Identical racers make sense for a nondeterministic agent: a warning, not a failure.
     duplicates_fail: ClassVar[bool] = False
     report_note: ClassVar[str | None] = (
-        "(race: the actual speedup compares with the winner alone; the prediction with "
-        "trying racers one by one)"
+        "(race: speedup, actual and predicted, compares with trying the racers one by one in "
+        "order until the first valid one; 'vs winner alone' with running only the racer that "
+        "won)"
     )
 
     def check_options(self, req: OrchestrationRequest) -> None:
