@@ -24,6 +24,7 @@ from celery.canvas import Signature
 
 from orchestrator import EmbeddedStack, Orchestrator, Settings
 from workers.app import create_app
+from workers.names import Keys
 from workers.store import redis_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +152,9 @@ class RawCelery:
     def results(self, tag: str) -> Iterator[ResultStream]:
         """Subscribe to every result whose task id starts with ``tag-``."""
         ps = self.r.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
-        ps.psubscribe(f"celery-task-meta-{tag}-*")
+        # Celery's result keys (and their channels) carry our prefix (kombu_prefix).
+        prefix = Keys(self.settings.key_prefix).kombu_prefix
+        ps.psubscribe(f"{prefix}celery-task-meta-{tag}-*")
         confirmed = wait_until(
             lambda: ps.get_message(timeout=0.5), 5.0, "the result backend's psubscribe reply"
         )
@@ -266,10 +269,8 @@ class Target:
             self.raw.close()
         try:
             if self.shared:
+                # Every key, kombu's and Celery's included, is under the prefix.
                 _delete_prefix(self.redis, self.settings.key_prefix)
-                for q in (self.settings.agent_queue, self.settings.coordinator_queue):
-                    # The queue, and kombu's routing entries for its exchange (no expiry).
-                    self.redis.delete(q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}")
         except Exception as exc:
             print(f"  (could not clean up keys on {self.name}: {exc})")
         finally:

@@ -136,9 +136,8 @@ def _clean_shared(o: Orchestrator, prefix: str, queues: list[str], *, amqp: bool
                 channel.queue_delete(q)
         return
     r = o.store.r
+    # Every key, kombu's (queues, bindings, unacked) and Celery's results too, is under it.
     keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-    for q in queues:  # the queue and kombu's routing entries for its exchange
-        keys += [q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}"]
     for i in range(0, len(keys), 500):
         r.delete(*keys[i : i + 500])
 
@@ -161,13 +160,13 @@ def idle_orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
         Settings(broker_url=stack.url, key_prefix=stack.key_prefix, coordinator_queue=queue)
     )
     yield o
-    o.store.r.delete(queue)
+    o.store.r.delete(o.store.keys.queue(queue))
     o.close()
 
 
 def queued(o: Orchestrator) -> int:
     """Messages waiting on the client's coordinator queue."""
-    return int(o.store.r.llen(o.settings.coordinator_queue))  # type: ignore[arg-type]
+    return int(o.store.r.llen(o.store.keys.queue(o.settings.coordinator_queue)))  # type: ignore[arg-type]
 
 
 def recorded_runs(o: Orchestrator) -> int:

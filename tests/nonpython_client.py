@@ -68,7 +68,8 @@ def main() -> int:
     run_id = request["run_id"]
     r = redis.Redis.from_url(url, decode_responses=True)
     try:
-        r.lpush("orchestrator", json.dumps(celery_message(request, "orchestrator")))
+        # The coordinator queue's list, under the deployment's key prefix (as every key).
+        r.lpush(f"{prefix}:orchestrator", json.dumps(celery_message(request, "orchestrator")))
         done = f"{prefix}:run:{run_id}:done"
         if not r.xread({done: "0-0"}, count=1, block=60_000):
             print(f"run {run_id} did not finish in 60 s", file=sys.stderr)

@@ -51,7 +51,11 @@ def tinies(*texts: str) -> list[Task]:
 
 def idle_agents(orch: Orchestrator) -> None:
     """Earlier tests may have left work queued; predictions assume free slots."""
-    wait_for(lambda: orch.store.r.llen("agents") == 0, 30, "the agents queue to drain")
+    wait_for(
+        lambda: orch.store.r.llen(orch.store.keys.queue("agents")) == 0,
+        30,
+        "the agents queue to drain",
+    )
 
 
 @pytest.fixture(scope="module")

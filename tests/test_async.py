@@ -259,7 +259,7 @@ def orphan_orch(stack: EmbeddedStack) -> Iterator[Orchestrator]:
     main_catalog = o.store.r.hgetall(f"{stack.key_prefix}:catalog")
     o.store.r.hset(o.store.keys.catalog, mapping=main_catalog)  # type: ignore[arg-type]
     yield o
-    o.store.r.delete(o.settings.coordinator_queue, o.store.keys.catalog)
+    o.store.r.delete(o.store.keys.queue(o.settings.coordinator_queue), o.store.keys.catalog)
     o.close()
 
 

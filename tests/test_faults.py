@@ -27,6 +27,7 @@ from orchestrator import (
 from tests.conftest import _stack, wait_for
 from workers.app import create_app
 from workers.models import AgentKind, Pattern, TaskMeta
+from workers.names import Keys
 from workers.patterns.gather import merge_signature, merger_message
 from workers.patterns.members import SEND_BATCH, send_members
 
@@ -315,6 +316,7 @@ def test_a_pipelined_send_cut_mid_way_still_sends_every_member(
     try:
         app = create_app(Settings(broker_url=server.url), load_agents=False)
         queue, n = "nobody-cut", 3000
+        listed = Keys(app.orch_settings.key_prefix).queue(queue)  # the queue's Redis list
         members = [
             app.signature("agents.echo", kwargs={"i": i}, queue=queue, task_id=f"cut.{i}")
             for i in range(n)
@@ -323,7 +325,7 @@ def test_a_pipelined_send_cut_mid_way_still_sends_every_member(
         restarted: list[bool] = []
 
         def restart() -> None:  # once a few batches are out; the append-only file keeps them
-            wait_for(lambda: r.llen(queue) >= 300, 30, "the first batches")
+            wait_for(lambda: r.llen(listed) >= 300, 30, "the first batches")
             server.stop()
             server.start()
             restarted.append(True)
@@ -335,7 +337,7 @@ def test_a_pipelined_send_cut_mid_way_still_sends_every_member(
         killer.join(30)
         assert restarted
         assert any("sending the rest one by one" in m for m in caplog.messages), caplog.messages
-        ids = [json.loads(m)["headers"]["id"] for m in r.lrange(queue, 0, -1)]
+        ids = [json.loads(m)["headers"]["id"] for m in r.lrange(listed, 0, -1)]
         assert set(ids) == {f"cut.{i}" for i in range(n)}
         assert len(ids) - n <= SEND_BATCH  # at most the one batch whose fate was unknown
         app.close()

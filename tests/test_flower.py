@@ -318,7 +318,10 @@ def test_secret_payloads_never_show(flower: Flower, runs: Runs, orch: Orchestrat
     assert leaks == []
     # Nor in the result backend (result_extended would store the raw kwargs there).
     # (Spawn members store no Celery result at all; gather members and coordinators do.)
-    stored = [orch.store.r.get(k) for k in orch.store.r.scan_iter("celery-task-meta-*")]
+    stored = [
+        orch.store.r.get(k)
+        for k in orch.store.r.scan_iter(f"{orch.store.keys.kombu_prefix}celery-task-meta-*")
+    ]
     assert stored, "no result in the backend to check"
     assert [v for v in stored if v and SECRET in v] == []
 

@@ -21,6 +21,7 @@ import redis
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Pattern, Run, RunStatus, Task
 from tests.conftest import _stack, wait_for
+from workers.names import Keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.load]
 
@@ -112,10 +113,10 @@ def _hash_counts(r: redis.Redis, key: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in raw.items()}
 
 
-def _unacked_agent_messages(r: redis.Redis) -> list[str]:
+def _unacked_agent_messages(r: redis.Redis, keys: Keys) -> list[str]:
     """Subtask/merge messages delivered and not yet acknowledged (deadline timers excluded:
     the coordinator holds those until their ETA)."""
-    raw: dict[str, str] = r.hgetall("unacked")  # type: ignore[assignment]
+    raw: dict[str, str] = r.hgetall(keys.queue("unacked"))  # type: ignore[assignment]
     ids = [json.loads(v)[0]["headers"]["id"] for v in raw.values()]
     return [t for t in ids if not t.endswith((".deadline", ".coordinator"))]
 
@@ -123,7 +124,7 @@ def _unacked_agent_messages(r: redis.Redis) -> list[str]:
 def _quiet(orch: Orchestrator, runs: list[Submitted]) -> bool:
     """Nothing queued or in flight, and every subtask that started has reported."""
     r, keys = orch.store.r, orch.store.keys
-    if r.llen(orch.settings.agent_queue) or _unacked_agent_messages(r):
+    if r.llen(keys.queue(orch.settings.agent_queue)) or _unacked_agent_messages(r, keys):
         return False
     for s in runs:
         started = set(_hash_counts(r, keys.attempts(s.run.id)))
@@ -222,12 +223,16 @@ def test_hundred_concurrent_orchestrations_all_accounted_for(load_stack: Embedde
         assert peaks.rss["coordinator"] < COORDINATOR_RSS_LIMIT
         assert redis_peak < REDIS_PEAK_LIMIT
         k = orch.store.keys
-        assert no_ttl == sorted([k.catalog, k.workers, k.runs]), no_ttl
+        # Every key is under the prefix: kombu's and Celery's too (ORCH_KEY_PREFIX keeps two
+        # deployments apart on one server).
+        assert other_no_ttl == [], other_no_ttl
         # Celery's results and chord counters expire too; what stays is kombu's fixed
         # bookkeeping (queues, bindings, the unacked index), which does not grow per run.
         settings = orch.settings
-        fixed = {settings.agent_queue, settings.coordinator_queue, "unacked", "unacked_index"}
-        growing = [x for x in other_no_ttl if x not in fixed and not x.startswith("_kombu.")]
-        assert not growing, growing
+        fixed = {
+            k.queue(name) for name in (settings.agent_queue, settings.coordinator_queue, "unacked")
+        } | {k.queue("unacked_index")}
+        ours = [x for x in no_ttl if x not in fixed and not x.startswith(k.queue("_kombu."))]
+        assert ours == sorted([k.catalog, k.workers, k.runs]), ours
     finally:
         orch.close()

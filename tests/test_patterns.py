@@ -242,12 +242,14 @@ def test_narrow_runs_can_skip_the_coordinator_hop(stack: EmbeddedStack) -> None:
             res = run.wait(timeout_s=30)
             assert res.status is RunStatus.SUCCEEDED, (pattern, res.error)
             assert "expanded_at" in o.store.record(run.id)
-        assert o.store.r.llen(queue) == 0
+        assert o.store.r.llen(o.store.keys.queue(queue)) == 0
         wide = o.spawn([Task("echo", {"text": str(i)}) for i in range(4)])
-        assert o.store.r.llen(queue) == 1  # wider than 3: handed to a coordinator
+        assert (
+            o.store.r.llen(o.store.keys.queue(queue)) == 1
+        )  # wider than 3: handed to a coordinator
         assert wide.result() is None and "expanded_at" not in o.store.record(wide.id)
     finally:
-        o.store.r.delete(queue)
+        o.store.r.delete(o.store.keys.queue(queue))
         o.close()
 
 

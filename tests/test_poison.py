@@ -115,7 +115,7 @@ def test_poison_on_either_queue_is_dead_lettered_and_every_process_goes_on(
     items = [(q, item, why) for q in QUEUES for item, why in _poison(q)]
     try:
         for queue, item, _ in items:
-            raw.lpush(queue, item)
+            raw.lpush(porch.store.keys.queue(queue), item)  # the queue's list, under the prefix
         wait_for(
             lambda: porch.store.dead_letters(1).total - before >= len(items),
             30,
@@ -123,7 +123,7 @@ def test_poison_on_either_queue_is_dead_lettered_and_every_process_goes_on(
         )
         report = porch.store.dead_letters(len(items))
         # celery.accumulate did not run: it would have stored a result.
-        assert not raw.keys("celery-task-meta-poison-*")
+        assert not raw.keys(f"{porch.store.keys.kombu_prefix}celery-task-meta-poison-*")
     finally:
         raw.close()
     assert report.total - before == len(items)

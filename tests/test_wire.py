@@ -138,7 +138,7 @@ def test_a_request_too_deep_to_decode_ends_its_unrecorded_run(orch: Orchestrator
     body = f'[[{head}, "tasks": [{{"agent": "echo", "payload": {deep}}}]}}], {{}}, {{}}]'
 
     message["body"] = base64.b64encode(body.encode()).decode()
-    orch.store.r.lpush(orch.settings.coordinator_queue, json.dumps(message))
+    orch.store.r.lpush(orch.store.keys.queue(orch.settings.coordinator_queue), json.dumps(message))
     wait_for(lambda: orch.store.run_exists(run_id), 15, "the run's record")
     res = orch.get_run(run_id).wait(timeout_s=10)
     assert res.status is RunStatus.FAILED

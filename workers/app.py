@@ -12,6 +12,7 @@ from celery import Celery
 from workers import redact  # noqa: F401 - registers inspect commands that hide arguments
 from workers.errors import ConfigError
 from workers.models import AgentKind
+from workers.names import Keys
 from workers.poison import SINK_OPTION, DeadLetterSink
 from workers.presence import presence_step
 from workers.registry import REGISTRY, Registry
@@ -55,7 +56,11 @@ def configure(app: Celery, settings: Settings) -> None:
         result_expires=settings.run_ttl_s,
         task_default_queue=settings.agent_queue,
         broker_transport_options={"visibility_timeout": visibility},
-        result_backend_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={
+            "visibility_timeout": visibility,
+            # Celery's own result keys (celery-task-meta-*) under our prefix too.
+            "global_keyprefix": Keys(settings.key_prefix).kombu_prefix,
+        },
         broker_connection_retry_on_startup=True,
         # On a broker connection loss let running subtasks finish: their envelopes land in the
         # state Redis (retried across a restart), and a redelivery later finds them and skips.
@@ -68,7 +73,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_consumer="workers.guard:GuardedConsumer",
     )
     if settings.broker_url and _scheme(settings.broker_url) in _REDIS_BROKERS:
-        _guard_redis_transport(app, settings.broker_url, sink)
+        _guard_redis_transport(app, settings.broker_url, sink, settings.key_prefix)
 
 
 #: Broker URL schemes kombu serves with its Redis transport (the guarded one replaces it).
@@ -79,13 +84,18 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-def _guard_redis_transport(app: Celery, broker_url: str, sink: DeadLetterSink) -> None:
+def _guard_redis_transport(
+    app: Celery, broker_url: str, sink: DeadLetterSink, key_prefix: str
+) -> None:
     """Pop items through the guarded transport (workers/transport.py), which drops one it
     cannot read to this app's sink instead of stopping the consumer."""
     app.conf.broker_transport = "workers.transport:Transport"
     app.conf.broker_transport_options = {
         **app.conf.broker_transport_options,
         SINK_OPTION: sink.token,
+        # Every kombu key (queues, bindings, unacked messages, pidbox channels) under our prefix:
+        # two deployments on one Redis, each with its own ORCH_KEY_PREFIX, never meet.
+        "global_keyprefix": Keys(key_prefix).kombu_prefix,
     }
     if _scheme(broker_url) == "rediss" and "ssl_cert_reqs" not in broker_url:
         # kombu does this itself for a rediss:// URL without ssl options, but only when the

@@ -136,6 +136,16 @@ class Keys:
     prefix: str
 
     @property
+    def kombu_prefix(self) -> str:
+        """What kombu and Celery's result backend put before every key they write (their
+        ``global_keyprefix``): queues, bindings, unacked messages, ``celery-task-meta-*``."""
+        return f"{self.prefix}:"
+
+    def queue(self, name: str) -> str:
+        """The Redis list of a broker queue (a Redis broker): ``<prefix>:<queue>``."""
+        return f"{self.kombu_prefix}{name}"
+
+    @property
     def catalog(self) -> str:
         """Hash: agent/merger/validator name -> CatalogEntry JSON."""
         return f"{self.prefix}:catalog"

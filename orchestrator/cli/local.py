@@ -157,8 +157,21 @@ def _watch_processes(stack: EmbeddedStack) -> str:
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all agents').")
 @click.option("--hostname", "-n", default="worker@%h", show_default=True)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-def worker(concurrency: int, pool: str, queues: str | None, hostname: str, loglevel: str) -> None:
-    """Run a worker for the agents in ORCH_AGENT_MODULES."""
+@click.argument("celery_options", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    concurrency: int,
+    pool: str,
+    queues: str | None,
+    hostname: str,
+    loglevel: str,
+    celery_options: tuple[str, ...],
+) -> None:
+    """Run a worker for the agents in ORCH_AGENT_MODULES.
+
+    Celery worker options follow ``--``: ``orchestrator worker -c 4 -- --autoscale=8,2
+    --max-tasks-per-child=100``. The gevent and eventlet pools are refused (a subagent could
+    not be cancelled alone).
+    """
     try:
         run_worker(
             _settings(),
@@ -167,6 +180,7 @@ def worker(concurrency: int, pool: str, queues: str | None, hostname: str, logle
             queues=queues.split(",") if queues else None,
             hostname=hostname,
             loglevel=loglevel,
+            celery_options=list(celery_options),
         )
     except OrchestratorError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -16,6 +16,32 @@ from workers.registry import REGISTRY
 from workers.settings import Settings
 
 _COMMON = ["--without-mingle", "--without-gossip", "-E"]
+#: Pools our cancellation works with: prefork (a signal to the pool process's main thread, and
+#: the grace-period kill), threads (an asynchronous exception), solo. gevent and eventlet run
+#: every task on one thread as greenlets: neither the signal nor the exception can reach one
+#: greenlet without hitting the others, so a race's loser could not be stopped.
+POOLS = ("prefork", "threads", "solo")
+#: Worker options ours set; passing them after ``--`` would contradict ours.
+_OURS = ("-Q", "--queues", "-c", "--concurrency", "-n", "--hostname", "-l", "--loglevel")
+
+
+def check_celery_options(options: list[str]) -> None:
+    """ConfigError for Celery worker options we cannot honour (an unsupported pool) or that
+    our own options already set."""
+    for i, opt in enumerate(options):
+        name, _, value = opt.partition("=")
+        if name in ("-P", "--pool"):
+            value = value or (options[i + 1] if i + 1 < len(options) else "")
+            if value not in POOLS:
+                raise ConfigError(
+                    f"pool {value!r} is not supported: cancelling a subagent needs prefork, "
+                    "threads or solo (gevent and eventlet run every task as a greenlet of one "
+                    "thread, which our interrupt cannot reach alone); use --pool"
+                )
+        if name in _OURS:
+            raise ConfigError(
+                f"{name} is an option of `orchestrator worker` itself: pass it before --"
+            )
 
 
 def import_from_cwd() -> None:
@@ -42,11 +68,13 @@ def run_worker(
     queues: list[str] | None,
     hostname: str,
     loglevel: str,
+    celery_options: list[str] | None = None,
 ) -> None:
-    """Run a Celery worker for the agents (blocks)."""
+    """Run a Celery worker for the agents (blocks); ``celery_options`` go to ``celery worker``
+    as they are (``--autoscale``, ``--max-tasks-per-child``, ...)."""
     import_from_cwd()
-    if pool not in ("prefork", "threads", "solo"):
-        raise ConfigError(f"pool {pool!r} is not supported: use prefork, threads or solo")
+    extra = list(celery_options or [])
+    check_celery_options([*extra, "-P", pool])
     app = create_app(settings)
     queues = queues or agent_queues(settings)
     argv = [
@@ -62,6 +90,7 @@ def run_worker(
         "-l",
         loglevel,
         *_COMMON,
+        *extra,
     ]
     _run_celery(app, argv)
 

@@ -121,7 +121,7 @@ class FleetStore(StoreBase):
         pipe.hmget(k.stats_counts, [k.stats(n) for n in series] or ["-"])
         pipe.hgetall(k.workers)
         for q in queues:
-            pipe.llen(q)
+            pipe.llen(k.queue(q))
         replies = pipe.execute()
         stats = snapshot(series, replies[: len(series) + 1])
         workers = [WorkerInfo.model_validate_json(v) for v in replies[len(series) + 1].values()]
