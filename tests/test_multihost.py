@@ -32,6 +32,7 @@ from orchestrator import (
 )
 from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, wait_for
 from tests.netns import Machine, Network, missing_requirement, unavailable_reason
+from workers.names import Keys
 
 pytestmark = [
     pytest.mark.integration,
@@ -195,9 +196,10 @@ def test_race_winner_cancels_losers_on_other_machines(
     assert not any(Path(m).exists() for m in markers)
 
 
-def _unacked_task_ids(client: redis.Redis) -> set[str]:
-    """Task ids of messages delivered to a consumer and never acknowledged (kombu's hash)."""
-    raw: dict[str, str] = client.hgetall("unacked")  # type: ignore[assignment]
+def _unacked_task_ids(client: redis.Redis, keys: Keys) -> set[str]:
+    """Task ids of messages delivered to a consumer and never acknowledged (kombu's hash, under
+    the deployment's prefix as every kombu key)."""
+    raw: dict[str, str] = client.hgetall(keys.queue("unacked"))  # type: ignore[assignment]
     return {json.loads(v)[0]["headers"]["id"] for v in raw.values()}
 
 
@@ -244,7 +246,9 @@ def test_worker_machine_cut_off_mid_run_ends_by_deadline_with_nothing_lost(
     # broker (redelivered after the visibility timeout, they will see the run's cancel flag and
     # skip); every other one was acknowledged.
     run_tasks = {
-        t for t in _unacked_task_ids(cluster.orch.store.r) if t.rsplit(".", 1)[0] == run.id
+        t
+        for t in _unacked_task_ids(cluster.orch.store.r, cluster.orch.store.keys)
+        if t.rsplit(".", 1)[0] == run.id
     }
     agent_tasks = {t for t in run_tasks if t.rsplit(".", 1)[1].isdigit()}
     assert agent_tasks == {f"{run.id}.{i}" for i in cut}

@@ -30,8 +30,10 @@ def test_pickle_message_is_refused_not_executed(
         },
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     )
-    before = sum(stack.log(n).count("Refusing to deserialize") for n in ("worker1", "worker2"))
-    with Connection(stack.url) as conn:
+    before = orch.store.dead_letters(1).total
+    # On the deployment's queue, under its key prefix as every kombu key.
+    options = {"global_keyprefix": orch.store.keys.kombu_prefix}
+    with Connection(stack.url, transport_options=options) as conn:
         producer = conn.Producer(serializer="pickle")
         producer.publish(
             body,
@@ -48,13 +50,12 @@ def test_pickle_message_is_refused_not_executed(
             },
         )
     wait_for(
-        lambda: (
-            sum(stack.log(n).count("Refusing to deserialize") for n in ("worker1", "worker2"))
-            > before
-        ),
+        lambda: orch.store.dead_letters(1).total > before,
         15,
-        "a worker to log that it refused the pickle message",
+        "a worker to refuse the pickle message (dead-lettered)",
     )
+    latest = orch.store.dead_letters(1).latest[0]
+    assert "ContentDisallowed" in latest.reason and latest.task_id == task_id, latest
     # The workers are still healthy and the refused message left nothing behind.
     res = orch.spawn([Task("echo", {"text": "after"})]).wait(timeout_s=30)
     assert res.ok
