@@ -5,6 +5,8 @@ and RabbitMQ) join when ORCH_TEST_REDIS_URL / ORCH_TEST_AMQP_URL are set."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import EmbeddedRedis, EmbeddedStack, Orchestrator, Settings
+from orchestrator.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_MODULES = ["workers.agents", "tests.agents_for_tests", "tests.agents_advisor"]
@@ -172,3 +175,35 @@ def queued(o: Orchestrator) -> int:
 def recorded_runs(o: Orchestrator) -> int:
     """Runs in the recent-runs index."""
     return int(o.store.r.zcard(o.store.keys.runs))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedRedis]:
+    """A server of its own, with no process on it (restarted, frozen or shared at will)."""
+    s = EmbeddedRedis().start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def launch_flower(
+    stack: EmbeddedStack, auth: str, tag: str
+) -> tuple[int, subprocess.Popen[bytes], Path]:
+    """``python -m orchestrator flower`` on the stack's broker, with basic auth ``auth``, as an
+    operator runs it: (port, process, log). The caller waits until it serves, and stops it."""
+
+    port = free_port()
+    log = ARTIFACTS / "logs" / f"{tag}-{uuid.uuid4().hex[:6]}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**stack.env(), "ORCH_FLOWER__BASIC_AUTH": auth}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return port, proc, log

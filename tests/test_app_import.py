@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -40,15 +39,6 @@ class Doubled(BaseModel):
 def double(x: Number, ctx: AgentContext) -> Doubled:
     return Doubled(doubled=2 * x.n)
 """
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    s = EmbeddedRedis().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def _clean_env() -> dict[str, str]:

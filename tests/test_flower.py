@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -23,8 +22,7 @@ from click.testing import CliRunner
 
 from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
 from orchestrator.cli import main
-from orchestrator.embedded import free_port
-from tests.conftest import ARTIFACTS, wait_for
+from tests.conftest import ARTIFACTS, launch_flower, wait_for
 from workers.models import AgentKind, AgentResult, AgentStatus
 
 USER, PASSWORD = "admin", f"pw-{uuid.uuid4().hex[:8]}"
@@ -57,19 +55,7 @@ class Flower:
 @pytest.fixture(scope="module")
 def flower(stack: EmbeddedStack) -> Iterator[Flower]:
     """``python -m orchestrator flower`` against the session's stack, as an operator runs it."""
-    port = free_port()
-    log = ARTIFACTS / "logs" / f"flower-{uuid.uuid4().hex[:6]}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**stack.env(), "ORCH_FLOWER__BASIC_AUTH": f"{USER}:{PASSWORD}"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    port, proc, log = launch_flower(stack, f"{USER}:{PASSWORD}", "flower")
     fl = Flower(f"http://127.0.0.1:{port}", log)
     try:
 

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from orchestrator.embedded import free_port
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    s = EmbeddedRedis().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_procfile_under_honcho(server: EmbeddedRedis, tmp_path: Path) -> None:

@@ -135,16 +135,6 @@ def test_restart_without_persistence_the_catalog_comes_back(rs: EmbeddedStack) -
         o.close()
 
 
-@pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    """A server of its own, no processes on it: restarted and frozen at will."""
-    s = EmbeddedRedis().start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 def _open_run(o: Orchestrator, run_id: str, deadline_s: float = 60) -> Run:
     """A run with a record and nothing running: what a server can forget under its waiters."""
     now = time.time()

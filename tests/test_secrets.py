@@ -34,8 +34,7 @@ from orchestrator import (
     Settings,
     Task,
 )
-from orchestrator.embedded import free_port
-from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, wait_for
+from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, launch_flower, wait_for
 from tests.test_demo import client_env
 from workers.errors import ConfigError
 from workers.models import AgentStatus
@@ -81,19 +80,7 @@ class Flower:
 @pytest.fixture
 def flower(stack: EmbeddedStack) -> Iterator[Flower]:
     """``orchestrator flower`` on the session's broker (started, not yet known to be serving)."""
-    port = free_port()
-    log = ARTIFACTS / "logs" / f"flower-secrets-{uuid.uuid4().hex[:6]}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**stack.env(), "ORCH_FLOWER__BASIC_AUTH": f"{USER}:{PASSWORD}"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    port, proc, log = launch_flower(stack, f"{USER}:{PASSWORD}", "flower-secrets")
     try:
         yield Flower(f"http://127.0.0.1:{port}", proc, log)
     finally:
