@@ -10,8 +10,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
 from orchestrator import EmbeddedStack, Orchestrator, Settings, Task
+from orchestrator.cli import main
 from orchestrator.events import read_events
 from tests.conftest import _stack, wait_for
 from workers.errors import UnknownAgent
@@ -37,6 +39,8 @@ def mixed() -> Iterator[EmbeddedStack]:
     s = _stack(name="routing", workers=1, concurrency=2, extra_env={"ORCH_HEARTBEAT_S": "1"})
     try:
         _start(s, "bare", BARE_MODULES, concurrency=2)
+        # Consuming, not only beating: otherwise worker1 alone could take every message.
+        wait_for(lambda: " ready." in s.log("bare"), 15, "bare to consume")
         yield s
     finally:
         s.stop()
@@ -50,7 +54,9 @@ def client(mixed: EmbeddedStack) -> Iterator[Orchestrator]:
 
 
 def test_a_mixed_pool_loses_nothing(mixed: EmbeddedStack, client: Orchestrator) -> None:
-    res = client.spawn([Task("echo", {"text": f"m{i}"}) for i in range(6)]).wait(timeout_s=30)
+    # Each busy for a while: worker1's 2 slots cannot take all 6 before bare could take one.
+    tasks = [Task("echo", {"text": f"m{i}", "spin_s": 0.3}) for i in range(6)]
+    res = client.spawn(tasks).wait(timeout_s=30)
     assert res.status is RunStatus.SUCCEEDED, res.error
     assert [r.output["text"] for r in res.results] == [f"m{i}" for i in range(6)]  # type: ignore[index]
     assert {r.worker.split("@")[0] for r in res.results} == {"worker1"}
@@ -95,10 +101,15 @@ def test_a_task_on_a_queue_of_a_worker_without_its_agent_is_handed_back(
         idle.close()
 
 
+def _served_then_gone(mixed: EmbeddedStack, name: str) -> None:
+    """late_echo in the catalog (a worker had it) and no live worker with it (scaled to 0)."""
+    _start(mixed, name, "tests.agents_routing_late")
+    mixed.stop_process(name)
+    wait_for(lambda: name not in mixed.online(), 15, f"{name} to leave")
+
+
 def test_scale_from_zero(mixed: EmbeddedStack, client: Orchestrator) -> None:
-    _start(mixed, "late1", "tests.agents_routing_late")
-    mixed.stop_process("late1")
-    wait_for(lambda: "late1" not in mixed.online(), 15, "late1 to leave")
+    _served_then_gone(mixed, "late1")
     run = client.spawn([Task("late_echo", {"text": f"z{i}"}) for i in range(3)])
     unserved = [e for e in read_events(client.store, run.id) if e.type == "unserved"]
     assert [json.loads(e.data["agents"]) for e in unserved] == [["late_echo"]]
@@ -109,6 +120,21 @@ def test_scale_from_zero(mixed: EmbeddedStack, client: Orchestrator) -> None:
         assert {r.worker.split("@")[0] for r in res.results} == {"late2"}
     finally:
         mixed.stop_process("late2")
+
+
+def test_a_run_whose_agent_no_worker_serves_times_out_saying_so(
+    mixed: EmbeddedStack, client: Orchestrator
+) -> None:
+    _served_then_gone(mixed, "late3")
+    run = client.spawn([Task("late_echo", {"text": "t"})], deadline_s=1)
+    res = run.wait(timeout_s=20)
+    assert res.status is RunStatus.TIMED_OUT
+    assert res.error is not None
+    assert "#0 late_echo never started: no live worker serves agent late_echo" in res.error
+    assert "start a worker whose ORCH_AGENT_MODULES has that agent" in res.error
+    # Its message waits in the agent's queue for a worker that has it: nobody else took it.
+    assert client.store.r.llen(client.store.keys.queue("agents.late_echo")) == 1
+    client.store.r.delete(client.store.keys.queue("agents.late_echo"))
 
 
 def test_an_agent_nobody_serves_any_more_is_unknown(mixed: EmbeddedStack) -> None:
@@ -146,3 +172,21 @@ def test_preflight_counts_only_the_slots_that_serve_the_plan(client: Orchestrato
         "bare",
         "worker1",
     ]
+
+
+def test_check_names_a_worker_that_serves_no_agent(mixed: EmbeddedStack) -> None:
+    _start(mixed, "empty", "tests.agents_routing_none")
+    try:
+        host = mixed.online()["empty"].hostname
+        env = {"ORCH_BROKER_URL": mixed.url, "ORCH_KEY_PREFIX": mixed.key_prefix}
+        alone = CliRunner().invoke(main, ["check", "--role", "worker", "--hostname", host], env=env)
+        assert alone.exit_code == 3, alone.output
+        assert f"live worker(s) {host} serve no agent" in alone.output
+        assert "live worker: none" in alone.output
+        fleet = CliRunner().invoke(main, ["check", "--role", "worker"], env=env)
+        assert fleet.exit_code == 0, fleet.output
+        assert f"live worker(s) {host} serve no agent" in fleet.output
+        live = [line for line in fleet.output.splitlines() if line.startswith("redis ")]
+        assert len(live) == 1 and host not in live[0]  # not among the live ones
+    finally:
+        mixed.stop_process("empty")
