@@ -31,11 +31,13 @@ def test_pickle_message_is_refused_not_executed(
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     )
     before = sum(stack.log(n).count("Refusing to deserialize") for n in ("worker1", "worker2"))
-    with Connection(stack.url) as conn:
+    # Under the stack's key prefix, as its workers read the broker (ORCH_KEY_PREFIX).
+    options = {"global_keyprefix": f"{stack.key_prefix}:"}
+    with Connection(stack.url, transport_options=options) as conn:
         producer = conn.Producer(serializer="pickle")
         producer.publish(
             body,
-            routing_key="agents",
+            routing_key="agents.work",
             headers={
                 "lang": "py",
                 "task": "agents.work",
