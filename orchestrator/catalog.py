@@ -41,10 +41,11 @@ class Catalog:
         now = time.time()
         self._entries, self._stale = {}, {}
         for key, entry in entries.items():
-            # Never stamped (published by an older build): judged from its publication.
-            at, by = served.get(key, (entry.published_at, entry.published_by))
-            if now - at > self.stale_s:
-                self._stale[key] = (at, by or entry.published_by)
+            stamp = served.get(key)
+            # Never stamped: published by an older build, whose heartbeats do not say what
+            # they serve; kept, since nothing tells whether it is still served.
+            if stamp is not None and now - stamp[0] > self.stale_s:
+                self._stale[key] = (stamp[0], stamp[1] or entry.published_by)
             else:
                 self._entries[key] = entry
         self._fetched = time.monotonic()
