@@ -7,13 +7,14 @@ import json
 import re
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
 from workers.errors import InvalidPayload, UnknownAgent
-from workers.models import AgentKind, CatalogEntry, Pattern
+from workers.models import AgentKind, CatalogEntry, Pattern, WorkerInfo
 from workers.names import catalog_field
 from workers.store import RunStore
 
@@ -23,17 +24,36 @@ _CACHE_S = 2.0
 class Catalog:
     """A cached view of the catalog hash; refreshed on a miss before saying 'unknown'."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, stale_s: float = 600.0, live_s: float = 30.0) -> None:
         self.store = store
+        #: An entry no live worker has served for this long is dropped (ORCH_CATALOG_STALE_S).
+        self.stale_s = stale_s
+        self.live_s = live_s
         self._entries: dict[str, CatalogEntry] = {}
+        #: Dropped entries: field -> (last served at, by whom).
+        self._stale: dict[str, tuple[float, str]] = {}
         self._validators: dict[tuple[str, float], Any] = {}
         self._fetched = 0.0
 
     def refresh(self) -> dict[str, CatalogEntry]:
-        """Reload from Redis."""
-        self._entries = self.store.catalog_entries()
+        """Reload from Redis, dropping what no worker has served for ``stale_s``."""
+        entries, served = self.store.catalog_view()
+        now = time.time()
+        self._entries, self._stale = {}, {}
+        for key, entry in entries.items():
+            stamp = served.get(key)
+            # Never stamped: published by an older build, whose heartbeats do not say what
+            # they serve; kept, since nothing tells whether it is still served.
+            if stamp is not None and now - stamp[0] > self.stale_s:
+                self._stale[key] = (stamp[0], stamp[1] or entry.published_by)
+            else:
+                self._entries[key] = entry
         self._fetched = time.monotonic()
         return self._entries
+
+    def serving(self, entry: CatalogEntry) -> list[WorkerInfo]:
+        """The live workers that can run ``entry``: they consume its queue and have it."""
+        return [w for w in self.store.live_processes(self.live_s) if w.serves_entry(entry)]
 
     def entries(self) -> list[CatalogEntry]:
         """Every entry, fresh."""
@@ -45,6 +65,20 @@ class Catalog:
         if time.monotonic() - self._fetched > _CACHE_S or key not in self._entries:
             self.refresh()
         entry = self._entries.get(key)
+        if entry is None and key in self._stale:
+            at, by = self._stale[key]
+            when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+            raise UnknownAgent(
+                f"{kind.value} {name!r} is no longer served: it was last served at {when} "
+                f"({time.time() - at:.0f}s ago) by {by or 'an unknown worker'}, over "
+                f"ORCH_CATALOG_STALE_S={self.stale_s:g}s. Start a worker whose "
+                "ORCH_AGENT_MODULES has the module that defines it",
+                name=name,
+                kind=kind.value,
+                known=sorted(e.name for e in self._entries.values() if e.kind is kind),
+                last_served_at=at,
+                last_served_by=by,
+            )
         if entry is None:
             known = sorted(e.name for e in self._entries.values() if e.kind is kind)
             raise UnknownAgent(

@@ -23,6 +23,7 @@ class EventType(StrEnum):
 
     SUBMITTED = "submitted"  # the run record was created (n)
     PREFLIGHT = "preflight"  # the advisor's verdict (verdict, reasons)
+    UNSERVED = "unserved"  # at submit, no live worker served these agents yet (agents: JSON)
     QUEUED = "queued"  # every subtask message was sent (n)
     EXPANDED = "expanded"  # the coordinator built and applied the canvas (n)
     STARTED = "started"  # a subtask began (index, worker, attempt)

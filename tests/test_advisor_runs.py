@@ -31,7 +31,7 @@ from orchestrator import (
 )
 from orchestrator.cli import main
 from tests.conftest import queued, recorded_runs, wait_for
-from workers.models import AgentResult
+from workers.models import AgentKind, AgentResult
 from workers.store import make_store
 
 pytestmark = pytest.mark.integration
@@ -51,10 +51,12 @@ def tinies(*texts: str) -> list[Task]:
 
 def idle_agents(orch: Orchestrator) -> None:
     """Earlier tests may have left work queued; predictions assume free slots."""
+    entries = [orch.catalog.get(AgentKind.AGENT, a) for a in ("nap", "tiny")]
+    queues = [orch.store.keys.queue(e.queue) for e in entries]
     wait_for(
-        lambda: orch.store.r.llen(orch.store.keys.queue("agents")) == 0,
+        lambda: all(orch.store.r.llen(q) == 0 for q in queues),
         30,
-        "the agents queue to drain",
+        "the queues of nap and tiny to drain",
     )
 
 
@@ -130,7 +132,7 @@ def test_wide_plan_pays_and_its_speedup_matches_the_prediction(warm: Orchestrato
     idle_agents(warm)
     pf = warm.preflight("parallel-spawn", naps(8, first_tag=2000))
     assert pf.verdict is Verdict.PAYS, pf.reasons()
-    assert pf.slots == {"agents": 4} and pf.waves == 2
+    assert pf.slots == {"agents.nap": 4} and pf.waves == 2
     assert pf.speedup is not None and pf.parallel_s is not None
     res = warm.spawn(naps(8, first_tag=2000)).wait(timeout_s=30)
     assert res.ok, res.error

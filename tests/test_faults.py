@@ -155,7 +155,7 @@ def test_redelivered_after_reporting_is_merged_once_counted_once(orch: Orchestra
     orch.app.send_task(
         "agents.echo",
         task_id=f"{run.id}.1",
-        queue="agents",
+        queue="agents.echo",
         kwargs={"run_id": run.id, "index": 1, "payload": {"text": "y"}, "meta": meta},
     )
     wait_for(
@@ -184,7 +184,7 @@ def _gather_whose_merger_was_never_sent(
         sender.app.send_task(
             "agents.echo",
             task_id=f"{run.id}.{i}",
-            queue="agents",
+            queue="agents.echo",
             kwargs={
                 "run_id": run.id,
                 "index": i,

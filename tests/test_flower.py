@@ -144,11 +144,11 @@ def runs(flower: Flower, orch: Orchestrator) -> Iterator[Runs]:
             Task("echo", {"text": "shapeless", "invalid_output": True}),
         ]
     ).wait(timeout_s=30)
-    # Three sleepers take three of the four slots and are stopped by the win; the last two
-    # racers wait in the queue and never start.
+    # Three long racers take three of the four slots and are stopped by the win; the last two
+    # racers wait in the queue and never start. One agent for all: one queue, taken in order.
     stopped = orch.race(
         [
-            *[Task("nap", {"seconds": 20, "tag": i}) for i in range(3)],
+            *[Task("echo", {"text": f"slow-{i}", "spin_s": 20}) for i in range(3)],
             Task("echo", {"text": "good", "spin_s": 0.3}),
             Task("echo", {"text": "good-late"}),
             Task("echo", {"text": "good-later"}),

@@ -76,13 +76,22 @@ def test_invalid_payload_sent_past_the_client_fails_the_run_clearly(orch: Orches
     assert "InvalidPayload" in res.error and "task #0" in res.error  # type: ignore[attr-defined]
 
 
-def test_unknown_task_name_is_discarded(stack: EmbeddedStack, orch: Orchestrator) -> None:
-    orch.app.send_task("agents.no_such_thing", kwargs={"run_id": "x"}, queue="agents")
+def test_unknown_task_name_is_never_run(stack: EmbeddedStack, orch: Orchestrator) -> None:
+    # Not one of ours by its name's shape: dropped to the dead-letter list.
+    orch.app.send_task("elsewhere.no_such_thing", kwargs={"run_id": "x"}, queue="agents")
     wait_for(
-        lambda: any("agents.no_such_thing" in stack.log(n) for n in ("worker1", "worker2")),
+        lambda: any("elsewhere.no_such_thing" in stack.log(n) for n in ("worker1", "worker2")),
         15,
         "a worker to report the unregistered task",
     )
+    # One of ours by shape, but no worker has it: handed back to its own queue, where it waits
+    # for a worker that has it (scaling from zero) instead of being lost.
+    orch.app.send_task("agents.no_such_thing", kwargs={"run_id": "x"}, queue="agents")
+    waiting = orch.store.keys.queue("agents.no_such_thing")
+    try:
+        wait_for(lambda: orch.store.r.llen(waiting) == 1, 15, "the task to be handed back")
+    finally:
+        orch.store.r.delete(waiting)
     _healthy(orch)
 
 
@@ -100,7 +109,7 @@ def test_race_validator_that_raises_marks_that_racer_invalid(orch: Orchestrator)
 def test_message_for_an_unknown_run_does_no_work(orch: Orchestrator) -> None:
     result = orch.app.send_task(
         "agents.echo",
-        queue="agents",
+        queue="agents.echo",
         kwargs={
             "run_id": "ghost",
             "index": 0,

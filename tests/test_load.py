@@ -21,6 +21,7 @@ import redis
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Pattern, Run, RunStatus, Task
 from tests.conftest import _stack, wait_for
+from workers.models import AgentKind
 from workers.names import Keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.load]
@@ -124,7 +125,8 @@ def _unacked_agent_messages(r: redis.Redis, keys: Keys) -> list[str]:
 def _quiet(orch: Orchestrator, runs: list[Submitted]) -> bool:
     """Nothing queued or in flight, and every subtask that started has reported."""
     r, keys = orch.store.r, orch.store.keys
-    if r.llen(keys.queue(orch.settings.agent_queue)) or _unacked_agent_messages(r, keys):
+    used = [orch.catalog.get(AgentKind.AGENT, "echo"), orch.catalog.get(AgentKind.MERGER, "join")]
+    if any(r.llen(keys.queue(e.queue)) for e in used) or _unacked_agent_messages(r, keys):
         return False
     for s in runs:
         started = set(_hash_counts(r, keys.attempts(s.run.id)))
@@ -233,6 +235,6 @@ def test_hundred_concurrent_orchestrations_all_accounted_for(load_stack: Embedde
             k.queue(name) for name in (settings.agent_queue, settings.coordinator_queue, "unacked")
         } | {k.queue("unacked_index")}
         ours = [x for x in no_ttl if x not in fixed and not x.startswith(k.queue("_kombu."))]
-        assert ours == sorted([k.catalog, k.workers, k.runs]), ours
+        assert ours == sorted([k.catalog, k.served, k.workers, k.runs]), ours
     finally:
         orch.close()

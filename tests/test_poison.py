@@ -69,7 +69,7 @@ def _poison(queue: str) -> list[tuple[str, str]]:
         (json.dumps(_envelope(queue, task, body=bad_body)), "not a kombu envelope"),
         (json.dumps(_envelope(queue, {"task": ours})), "no id header"),
         (json.dumps(_envelope(queue, {**task, "task": "celery.accumulate"})), "not one of ours"),
-        (json.dumps(_envelope(queue, {**task, "task": "agents.no_such"})), "unknown task"),
+        (json.dumps(_envelope(queue, {**task, "task": "elsewhere.no_such"})), "unknown task"),
         # And a few more that reach further before they fail.
         (json.dumps({**_envelope(queue, task), "headers": None}), "not a kombu envelope"),
         (json.dumps(_envelope(queue, {**task, "task": [ours]})), "task header is not a string"),

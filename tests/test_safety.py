@@ -37,7 +37,7 @@ def test_pickle_message_is_refused_not_executed(
         producer = conn.Producer(serializer="pickle")
         producer.publish(
             body,
-            routing_key="agents",
+            routing_key="agents.work",
             headers={
                 "lang": "py",
                 "task": "agents.work",

@@ -108,13 +108,15 @@ def _guard_redis_transport(
 
 
 def agent_queues(settings: Settings, registry: Registry = REGISTRY) -> list[str]:
-    """Every queue the registered agents and mergers use."""
+    """What a worker consumes: the queue of every agent and merger it has, and the base queue
+    (``ORCH_AGENT_QUEUE``), where plain Celery tasks go. Never another agent's queue: a worker
+    without an agent never receives its messages."""
     queues = {
-        s.queue or settings.agent_queue
+        s.queue_in(settings.agent_queue)
         for s in registry.all()
         if s.kind in (AgentKind.AGENT, AgentKind.MERGER)
     }
-    return sorted(queues or {settings.agent_queue})
+    return sorted(queues | {settings.agent_queue})
 
 
 def create_app(

@@ -1,7 +1,10 @@
 """The workers' Celery app at module level, for Celery's own command line (settings from
 ``ORCH_*``, as for ``orchestrator worker``)::
 
-    celery -A workers.celery_app worker -Q agents -c 4 --without-mingle --without-gossip -E
+    celery -A workers.celery_app worker -Q agents,agents.echo --without-mingle --without-gossip -E
+
+``-Q`` names the base queue and the queue of every agent the worker has (``orchestrator worker``
+computes that list itself: ``workers.app.agent_queues``).
     celery -A workers.celery_app inspect ping
     celery -A workers.celery_app events
     celery -A workers.celery_app purge -Q agents

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 #: How long past its deadline a run may stay open before a waiting client ends it itself
 #: (normally a coordinator's sweeper does it first).
 DEADLINE_GRACE_S = 2.0
+#: A heartbeat at most this old is a live worker's (as pre-flight counts them).
+LIVE_S = 30.0
 
 #: Best-effort Celery revoke of task ids (Flower shows them REVOKED; our flags stop them).
 Revoke = Callable[[list[str]], None]
@@ -207,10 +209,15 @@ def expire(store: RunStore, revoke: Revoke, run_id: str) -> RunResult | None:
         return None
     n = int(rec["n"])
     deadline_s = deadline_at - float(rec["created_at"])
+    unfinished = _unfinished(store, run_id, json.loads(rec["agents"]))
+    advice = (
+        "start a worker whose ORCH_AGENT_MODULES has that agent"
+        if "no live worker serves" in unfinished
+        else "raise deadline_s, add workers, or shrink the tasks"
+    )
     error = (
         f"deadline of {deadline_s:.1f}s passed with {rec.get('done', '0')} of {n} subagents "
-        f"finished; unfinished: {_unfinished(store, run_id, json.loads(rec['agents']))}; they "
-        "were cancelled (raise deadline_s, add workers, or shrink the tasks)"
+        f"finished; unfinished: {unfinished}; they were cancelled ({advice})"
     )
     _stop(store, revoke, run_id, error, RunStatus.TIMED_OUT)
     return finish(store, run_id, RunStatus.TIMED_OUT, error=error)
@@ -220,13 +227,28 @@ def _unfinished(store: RunStore, run_id: str, agents: list[str], shown: int = 8)
     """Which subagents had not reported, and where each was running."""
     done, started = store.unreported(run_id)
     missing = [i for i in range(len(agents)) if i not in done]
-    parts = [
-        f"#{i} {agents[i]} " + (f"running on {started[i]}" if i in started else "never started")
-        for i in missing[:shown]
-    ]
+    unserved = _unserved(store, {agents[i] for i in missing if i not in started})
+
+    def where(i: int) -> str:
+        if i in started:
+            return f"running on {started[i]}"
+        if agents[i] in unserved:
+            return f"never started: no live worker serves agent {agents[i]}"
+        return "never started"
+
+    parts = [f"#{i} {agents[i]} {where(i)}" for i in missing[:shown]]
     if len(missing) > shown:
         parts.append(f"and {len(missing) - shown} more")
     return ", ".join(parts) or "none"
+
+
+def _unserved(store: RunStore, agents: set[str]) -> set[str]:
+    """Which agents of never-started subtasks no live worker serves (the likely reason)."""
+    try:
+        return store.unserved_agents(agents, LIVE_S)
+    except Exception as exc:  # only the reason's wording depends on it: end the run anyway
+        log.warning("could not read which workers serve %s: %s", sorted(agents), exc)
+        return set()
 
 
 def fail_send(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> None:

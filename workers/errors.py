@@ -41,11 +41,16 @@ class UnknownAgent(OrchestratorError):
         name: str | None = None,
         kind: str | None = None,
         known: list[str] | None = None,
+        last_served_at: float | None = None,
+        last_served_by: str | None = None,
     ) -> None:
         super().__init__(message)
         self.name = name
         self.kind = kind
         self.known = known or []
+        #: When (epoch s) and by which worker a dropped entry was last served.
+        self.last_served_at = last_served_at
+        self.last_served_by = last_served_by
 
 
 class InvalidPayload(OrchestratorError):

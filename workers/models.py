@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.errors import RunFailed
+from workers.names import catalog_field
 
 
 class Pattern(StrEnum):
@@ -87,6 +88,18 @@ class WorkerInfo(BaseModel):
     concurrency: int
     pid: int
     heartbeat_at: float
+    serves: list[str] | None = Field(
+        None,
+        description="Catalog fields (agent:<name>, ...) of this worker's registry; None in a "
+        "heartbeat of an older build, judged by its queues alone.",
+    )
+
+    def serves_entry(self, entry: CatalogEntry) -> bool:
+        """Whether this process can run what ``entry`` describes: a worker that consumes the
+        entry's queue and has it (a shared queue may carry agents it lacks)."""
+        if self.role != "worker" or entry.queue not in self.queues:
+            return False
+        return self.serves is None or catalog_field(entry.kind.value, entry.name) in self.serves
 
 
 class TaskMeta(BaseModel):

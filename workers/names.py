@@ -46,6 +46,25 @@ def batch_task_name(agent: str) -> str:
     return BATCH_TASK_PREFIX + agent
 
 
+def queue_of_task(task_name: str) -> tuple[str, str] | None:
+    """(catalog kind, name) of one of our agent, batch or merger task names, else None: what
+    the guard needs to hand a message it cannot run back to its agent's queue."""
+    found = agent_of_task(task_name)
+    if found is not None:
+        return "agent", found[0]
+    if task_name.startswith(MERGER_TASK_PREFIX):
+        return "merger", task_name[len(MERGER_TASK_PREFIX) :]
+    return None
+
+
+# -- queue names -------------------------------------------------------------------------------
+def agent_queue_name(base: str, kind: str, name: str) -> str:
+    """The queue of one agent (``<base>.<name>``, e.g. ``agents.echo``) or merger
+    (``<base>.merger.<name>``: an agent and a merger may share a name), when its decorator names
+    none: a message then reaches only workers that have that agent."""
+    return f"{base}.{name}" if kind == "agent" else f"{base}.{kind}.{name}"
+
+
 # -- task ids ----------------------------------------------------------------------------------
 _SUBTASK_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.(\d+)$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -149,6 +168,12 @@ class Keys:
     def catalog(self) -> str:
         """Hash: agent/merger/validator name -> CatalogEntry JSON."""
         return f"{self.prefix}:catalog"
+
+    @property
+    def served(self) -> str:
+        """Hash: catalog field -> when a live worker that has it last beat (epoch s): the
+        catalog drops an entry nobody has served for ORCH_CATALOG_STALE_S."""
+        return f"{self.prefix}:catalog:served"
 
     @property
     def workers(self) -> str:

@@ -119,6 +119,7 @@ def presence_step(
                 concurrency=int(worker.concurrency or 1),
                 pid=os.getpid(),
                 heartbeat_at=time.time(),
+                serves=sorted(catalog_fields(registry)) if role == "worker" else None,
             )
             self._heartbeat = Heartbeat(store, info, settings.heartbeat_s, catalog)
             self._heartbeat.start()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from workers.models import AgentKind, CatalogEntry
-from workers.names import agent_task_name, merger_task_name
+from workers.names import agent_queue_name, agent_task_name, merger_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +39,16 @@ class AgentSpec:
             return merger_task_name(self.name)
         return None
 
+    def queue_in(self, base_queue: str) -> str:
+        """The queue this spec's messages go to: the one its decorator names, else its own
+        (``<base>.<name>``), so a message only reaches a worker that has it. Validators send
+        no message of their own: the base queue."""
+        if self.queue:
+            return self.queue
+        if self.kind is AgentKind.VALIDATOR:
+            return base_queue
+        return agent_queue_name(base_queue, self.kind.value, self.name)
+
     def catalog_entry(self, default_queue: str, published_by: str, now: float) -> CatalogEntry:
         """What this spec looks like to clients that do not import worker code."""
         return CatalogEntry(
@@ -48,7 +58,7 @@ class AgentSpec:
             description=self.description,
             input_schema=self.input.model_json_schema(),
             output_schema=self.output.model_json_schema() if self.output else None,
-            queue=self.queue or default_queue,
+            queue=self.queue_in(default_queue),
             published_by=published_by,
             published_at=now,
         )

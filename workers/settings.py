@@ -209,6 +209,13 @@ class Settings(BaseSettings):
         "off): coordinators send the spawn and race subtasks it had started again (0: never). "
         "Must be well above heartbeat_s.",
     )
+    catalog_stale_s: float = Field(
+        600.0,
+        gt=0,
+        description="An agent (or merger, validator) that no live worker has served for this "
+        "long is dropped from the catalog clients see: submitting it raises UnknownAgent saying "
+        "when and by which worker it was last served.",
+    )
     events_maxlen: int = Field(10_000, gt=0, description="Approximate cap of each run's events.")
     max_attempts: int = Field(
         3,

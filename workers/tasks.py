@@ -236,6 +236,6 @@ def register_agents(app: Celery, settings: Settings, registry: Registry) -> None
     """Register a task for every agent and merger of the registry on the app."""
     services = _ProcessServices(app, settings, registry)
     for spec in registry.of_kind(AgentKind.AGENT):
-        _register_agent(app, spec, services, spec.queue or settings.agent_queue)
+        _register_agent(app, spec, services, spec.queue_in(settings.agent_queue))
     for spec in registry.of_kind(AgentKind.MERGER):
-        _register_merger(app, spec, services, spec.queue or settings.agent_queue)
+        _register_merger(app, spec, services, spec.queue_in(settings.agent_queue))

@@ -37,6 +37,18 @@ class PreflightSource:
 
         ``checked``: the caller already validated the request against the catalog.
         """
+        return self.judge(req, checked=checked)[0]
+
+    def unserved(self, req: OrchestrationRequest) -> list[str]:
+        """The request's agents (and merger) that no live worker serves (without pre-flight)."""
+        entries = [e for e in self._entries(req) if e.kind is not AgentKind.VALIDATOR]
+        return self.store.unserved(entries, LIVE_S)
+
+    def judge(
+        self, req: OrchestrationRequest, *, checked: bool = False
+    ) -> tuple[Preflight, list[str]]:
+        """The pre-flight, and which of the request's agents (and merger) no live worker serves,
+        from the same heartbeats."""
         if not checked:
             tasks = [(t.agent, t.payload) for t in req.tasks]
             self.catalog.check_request(req.pattern, tasks, req.merge, req.validate_with)
@@ -54,7 +66,12 @@ class PreflightSource:
         now = time.time()
         live = [w for w in workers if now - w.heartbeat_at < LIVE_S]
         capacity = Capacity.from_workers(live, backlog)
-        return advise(req, entries, stats, capacity, self.settings.advisor)
+        unserved = [
+            e.name
+            for e in entries
+            if e.kind is not AgentKind.VALIDATOR and not any(w.serves_entry(e) for w in live)
+        ]
+        return advise(req, entries, stats, capacity, self.settings.advisor), unserved
 
     def _entries(self, req: OrchestrationRequest) -> list[CatalogEntry]:
         entries = [

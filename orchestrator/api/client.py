@@ -139,7 +139,7 @@ class Orchestrator:
         self.store: RunStore = make_store(
             self.settings, retries=CLIENT_RETRIES, timeout_s=self.settings.client_timeout_s
         )
-        self.catalog = Catalog(self.store)
+        self.catalog = Catalog(self.store, self.settings.catalog_stale_s)
         self.preflight_source = PreflightSource(self.store, self.catalog, self.settings)
         self.admission = Admission(self.store, self.catalog, self.settings)
 

@@ -17,7 +17,7 @@ from orchestrator.cli.report import preflight_lines, report_lines, timeline_line
 from orchestrator.cli.watch import result_lines, watch_run
 from orchestrator.request import OrchestrationRequest
 from workers.errors import OrchestratorError, RunNotFound, RunTimedOut
-from workers.models import RunResult, Verdict
+from workers.models import RunResult, Verdict, WorkerInfo
 from workers.store import DeadLetterReport
 
 #: Dead letters listed by ``status``.
@@ -214,21 +214,40 @@ def preflight(file: Any, as_json: bool) -> None:
     sys.exit(3 if pf.verdict is Verdict.DOES_NOT_PAY else 0)
 
 
+def serves_an_agent(w: WorkerInfo, base_queue: str) -> bool:
+    """Whether a live process can run anything of a plan (a coordinator: yes, by its role)."""
+    if w.role != "worker":
+        return True
+    if w.serves is not None:
+        return any(f.startswith(("agent:", "merger:")) for f in w.serves)
+    return bool(set(w.queues) - {base_queue})  # an older build's heartbeat: by its queues
+
+
 @main.command()
 @click.option("--role", type=click.Choice(["any", "worker", "coordinator"]), default="any")
 @click.option("--hostname", default=None, help="This process's hostname to look for.")
 def check(role: str, hostname: str | None) -> None:
     """Health probe: exit 0 when Redis answers and a live worker/coordinator is registered that
     can make progress: for workers, the catalog holds every agent of ORCH_AGENT_MODULES; for
-    coordinators, the sweeper completed a round lately. 3 when not, 1 when Redis is away."""
+    coordinators, the sweeper completed a round lately. 3 when not, 1 when Redis is away.
+
+    A worker that serves no agent (ORCH_AGENT_MODULES empty, or without agents) is not counted
+    live: it is named on a warning line, and alone it makes the probe exit 3."""
     orch = _orch()
     ms = _call(orch.ping)
-    live = [
-        w.hostname
+    procs = [
+        w
         for w in orch.live_processes()
         if (role == "any" or w.role == role) and (hostname is None or w.hostname == hostname)
     ]
+    idle = [w.hostname for w in procs if not serves_an_agent(w, orch.settings.agent_queue)]
+    live = [w.hostname for w in procs if w.hostname not in idle]
     problems = []
+    if idle:
+        click.echo(
+            f"warning: live worker(s) {', '.join(idle)} serve no agent (ORCH_AGENT_MODULES "
+            "empty or without agents?): they receive no agent task and count for no slot"
+        )
     if role == "worker" and live:
         gaps = _call(orch.catalog_gaps)
         if gaps:

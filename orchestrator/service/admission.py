@@ -3,6 +3,7 @@ submits it and for a coordinator that receives it from a non-Python client."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -59,6 +60,18 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
     }
 
 
+def unserved_event(run_id: str, names: list[str]) -> dict[str, str]:
+    """A warning, not a refusal: workers may be scaling from zero. Logged and recorded as the
+    run's ``unserved`` event."""
+    log.warning(
+        "run %s: no live worker serves %s yet; its messages wait in their queues until one "
+        "starts (ORCH_AGENT_MODULES of the workers must name the module that defines it)",
+        run_id,
+        ", ".join(repr(n) for n in names),
+    )
+    return {"type": "unserved", "agents": json.dumps(names)}
+
+
 class Admission:
     """Records new runs, applying their pre-flight policy."""
 
@@ -77,8 +90,13 @@ class Admission:
         record = run_record(req, req.created_at + deadline_s_of(req, self.settings))
         events: list[dict[str, str]] = []
         if req.preflight != "off":
-            fields, events = apply_policy(self.source.preflight(req, checked=checked), req)
+            pf, unserved = self.source.judge(req, checked=checked)
+            fields, events = apply_policy(pf, req)
             record.update(fields)
+        else:
+            unserved = self.source.unserved(req)
+        if unserved:
+            events.append(unserved_event(req.run_id, unserved))
         self.store.create_run(record, events, request=wire)
 
     def admit_unrecorded(self, req: OrchestrationRequest, wire: str) -> str | None:

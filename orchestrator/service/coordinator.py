@@ -97,7 +97,7 @@ class Coordinator:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.store)
+            self._catalog = Catalog(self.store, self.settings.catalog_stale_s)
         return self._catalog
 
     def revoke(self, task_ids: list[str]) -> None:

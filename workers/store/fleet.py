@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from workers.models import CatalogEntry, WorkerInfo
+from workers.names import catalog_field
 from workers.stats import Sample, StatsSnapshot, snapshot
 from workers.store.base import StoreBase
 
@@ -27,6 +28,9 @@ class FleetStore(StoreBase):
         pipe.hset(self.keys.workers, info.hostname, info.model_dump_json())
         if catalog:
             pipe.hkeys(self.keys.catalog)
+            # Last served: the catalog hides an entry nobody has served for a while.
+            stamp = f"{info.heartbeat_at!r} {info.hostname}"
+            pipe.hset(self.keys.served, mapping=dict.fromkeys(catalog, stamp))
         replies = pipe.execute()
         return set(catalog) - set(replies[1]) if catalog else set()
 
@@ -76,6 +80,49 @@ class FleetStore(StoreBase):
         """The whole catalog (field -> entry)."""
         raw: dict[str, str] = self.r.hgetall(self.keys.catalog)  # type: ignore[assignment]
         return {k: CatalogEntry.model_validate_json(v) for k, v in raw.items()}
+
+    def catalog_view(self) -> tuple[dict[str, CatalogEntry], dict[str, tuple[float, str]]]:
+        """The whole catalog, and when (and by which worker) each entry was last served, in
+        one round trip."""
+        pipe = self.pipeline()
+        pipe.hgetall(self.keys.catalog)
+        pipe.hgetall(self.keys.served)
+        raw, served = pipe.execute()
+        entries = {k: CatalogEntry.model_validate_json(v) for k, v in raw.items()}
+        return entries, {k: _served(v) for k, v in served.items()}
+
+    def catalog_entry(self, field: str) -> CatalogEntry | None:
+        """One catalog entry by field (``agent:<name>``), or None."""
+        raw: str | None = self.r.hget(self.keys.catalog, field)  # type: ignore[assignment]
+        return CatalogEntry.model_validate_json(raw) if raw else None
+
+    def unserved(self, entries: Sequence[CatalogEntry], max_age_s: float) -> list[str]:
+        """Names of the ``entries`` that no live worker serves (heartbeat fresher than
+        ``max_age_s``), in order."""
+        live = self.live_processes(max_age_s)
+        return [e.name for e in entries if not any(w.serves_entry(e) for w in live)]
+
+    def unserved_agents(self, agents: Collection[str], max_age_s: float) -> set[str]:
+        """Which of these agent names no live worker serves (or the catalog lacks)."""
+        if not agents:
+            return set()
+        names = sorted(set(agents))
+        pipe = self.pipeline()
+        pipe.hmget(self.keys.catalog, [catalog_field("agent", n) for n in names])
+        pipe.hgetall(self.keys.workers)
+        raw, workers = pipe.execute()
+        now = time.time()
+        live = [
+            w
+            for w in (WorkerInfo.model_validate_json(v) for v in workers.values())
+            if now - w.heartbeat_at < max_age_s
+        ]
+        return {
+            name
+            for name, text in zip(names, raw, strict=True)
+            if text is None
+            or not any(w.serves_entry(CatalogEntry.model_validate_json(text)) for w in live)
+        }
 
     # -- the sweeper's progress ------------------------------------------------------------
     def mark_swept(self, hostname: str, at: float, keep_s: int) -> None:
@@ -127,3 +174,12 @@ class FleetStore(StoreBase):
         workers = [WorkerInfo.model_validate_json(v) for v in replies[len(series) + 1].values()]
         backlog = dict(zip(queues, replies[len(series) + 2 :], strict=True))
         return stats, workers, {q: int(v) for q, v in backlog.items() if v}
+
+
+def _served(value: str) -> tuple[float, str]:
+    """``"<epoch s> <hostname>"`` of the served hash (a bad value: never served)."""
+    at, _, host = value.partition(" ")
+    try:
+        return float(at), host
+    except ValueError:
+        return 0.0, host

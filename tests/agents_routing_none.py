@@ -1,0 +1,1 @@
+"""No agents: what a worker started with a module that defines none has."""
