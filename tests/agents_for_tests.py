@@ -96,6 +96,17 @@ def join(items: list[Echo], ctx: AgentContext) -> Joined:
     return Joined(texts=[i.text for i in items])
 
 
+@merger(
+    "join_behind_naps",
+    input=Echo,
+    output=Joined,
+    queue="agents.nap",
+    description="join, queued on the nap agent's queue: it waits behind the naps queued there.",
+)
+def join_behind_naps(items: list[Echo], ctx: AgentContext) -> Joined:
+    return Joined(texts=[i.text for i in items])
+
+
 @validator("starts_good", input=Echo, description="Text starts with 'good'.")
 def starts_good(e: Echo) -> bool:
     return e.text.startswith("good")

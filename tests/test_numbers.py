@@ -142,10 +142,11 @@ def test_a_gather_whose_merger_waits_in_the_queue_shows_the_wait_apart(
     naps = [Task("nap", {"seconds": 1.5, "tag": i}) for i in range(4)]
     busy = orch.spawn(naps, preflight="off")  # every slot of the stack, 1.5 s
     wait_for(lambda: busy.status().started == 4, 15, "the four slots busy")
-    run = orch.gather([Task("echo", {"text": "g"})], merge="join", preflight="off")
-    # Queued behind the member, ahead of the merger (sent when the member reports): when the
-    # first naps end, the member and these take the slots; the merger waits about 1 s.
-    after = orch.spawn([Task("nap", {"seconds": 1.0, "tag": 10 + i}) for i in range(4)])
+    run = orch.gather([Task("echo", {"text": "g"})], merge="join_behind_naps", preflight="off")
+    # More naps than slots, on the queue the merger shares (agents.nap, first in first out):
+    # when the member reports, naps are still queued ahead of the merger, which waits for a
+    # slot (about 1 s), whichever slots the member and the naps took first.
+    after = orch.spawn([Task("nap", {"seconds": 1.0, "tag": 10 + i}) for i in range(8)])
     res = side_by_side(cli_env, run, FIGURES + GATHER_FIGURES)
     rec = orch.store.record(run.id)
     r = res.report
@@ -155,6 +156,7 @@ def test_a_gather_whose_merger_waits_in_the_queue_shows_the_wait_apart(
     assert r.merge_wait_s > 0.5, r  # the busy slots held it
     assert 0 < r.merge_s < r.merge_wait_s
     assert res.merged == {"texts": ["g"]}
+    assert orch.agents() and "agents.nap" in {e.queue for e in orch.agents() if e.name == "nap"}
     # In the picture the wait is the merge row's queued phase, its run the bar after it.
     root = ET.fromstring(timeline_svg(res, width=1100))
     [merge] = [g for g in root.iter(f"{SVG}g") if g.get("class") == "row" and _label(g) == "merge"]

@@ -38,7 +38,7 @@ from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, launch_flower, wait_f
 from tests.test_demo import client_env
 from workers.errors import ConfigError
 from workers.models import AgentStatus
-from workers.names import subtask_id
+from workers.names import agent_queue_name, subtask_id
 from workers.settings import FlowerSettings
 
 pytestmark = pytest.mark.integration
@@ -148,7 +148,9 @@ def test_a_retried_secret_subagent_never_shows_its_payload(
         run = client.spawn([Task("echo", {"text": "hidden", "api_key": secret}, secret=True)])
         task_id = subtask_id(run.id, 0)
         state.stop()  # the state Redis goes away (its append-only file keeps the run)
-        replies = orch.app.control.add_consumer(queue, destination=[hostname], reply=True)
+        # echo's own queue under this stack's base queue (routing by agent).
+        echo_queue = agent_queue_name(queue, "agent", "echo")
+        replies = orch.app.control.add_consumer(echo_queue, destination=[hostname], reply=True)
         assert replies, "the worker did not take the queue"
 
         # Flower's RETRY state lasts until the new message's task-received: read the worker.
