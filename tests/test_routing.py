@@ -126,6 +126,8 @@ def test_a_run_whose_agent_no_worker_serves_times_out_saying_so(
     mixed: EmbeddedStack, client: Orchestrator
 ) -> None:
     _served_then_gone(mixed, "late3")
+    queue = client.store.keys.queue("agents.late_echo")
+    before = client.store.r.llen(queue)  # an earlier test's message may still wait there
     run = client.spawn([Task("late_echo", {"text": "t"})], deadline_s=1)
     res = run.wait(timeout_s=20)
     assert res.status is RunStatus.TIMED_OUT
@@ -133,8 +135,8 @@ def test_a_run_whose_agent_no_worker_serves_times_out_saying_so(
     assert "#0 late_echo never started: no live worker serves agent late_echo" in res.error
     assert "start a worker whose ORCH_AGENT_MODULES has that agent" in res.error
     # Its message waits in the agent's queue for a worker that has it: nobody else took it.
-    assert client.store.r.llen(client.store.keys.queue("agents.late_echo")) == 1
-    client.store.r.delete(client.store.keys.queue("agents.late_echo"))
+    assert client.store.r.llen(queue) == before + 1
+    client.store.r.delete(queue)
 
 
 def test_an_agent_nobody_serves_any_more_is_unknown(mixed: EmbeddedStack) -> None:
