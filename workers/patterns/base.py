@@ -110,6 +110,17 @@ class PatternSpec:
         """The merger or validator that reads the members' outputs, if any."""
         return None
 
+    def after_members(
+        self,
+        app: Celery,
+        req: OrchestrationRequest,
+        merger: CatalogEntry | None,
+        meta: TaskMeta,
+        note: str = "",
+    ) -> Signature | None:
+        """What runs once every member has reported (a gather's merger), if anything."""
+        return None
+
     def expand(
         self,
         app: Celery,
@@ -118,9 +129,11 @@ class PatternSpec:
         merger: CatalogEntry | None,
         meta: TaskMeta,
     ) -> Expansion:
-        """The members, sent in parallel."""
+        """The members, sent in parallel, and what runs after them."""
         members = member_signatures(app, req, entries, meta, batches=self.batches)
-        return Expansion(meta=meta, members=members)
+        return Expansion(
+            meta=meta, members=members, merger=self.after_members(app, req, merger, meta)
+        )
 
     def expand_sequential(
         self,
@@ -130,7 +143,8 @@ class PatternSpec:
         merger: CatalogEntry | None,
         meta: TaskMeta,
     ) -> Expansion:
-        """Every member one after another (a Celery chain: pre-flight policy 'auto').
+        """Every member one after another (a Celery chain: pre-flight policy 'auto'), then what
+        runs after them.
 
         Every link is immutable and the subtasks are the same agent tasks with the same meta,
         so the results keep their meaning: the completion rule still ends the run.
@@ -139,6 +153,10 @@ class PatternSpec:
             agent_signature(app, req, i, entries[i], meta).set(immutable=True)
             for i in range(len(req.tasks))
         ]
+        after = self.after_members(app, req, merger, meta, note=" sequential")
+        if after is not None:
+            # In a chain nothing fills its first argument (which it ignores): pass None.
+            links.append(after.clone(args=(None,)).set(immutable=True))
         return Expansion(meta=meta, chain=chain(*links, app=app))
 
     def on_all_reported(self, done: Completion) -> None:

@@ -20,13 +20,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from celery import Celery, chain
+from celery import Celery
 from celery.canvas import Signature
 
 from workers.models import AgentKind, CatalogEntry, Pattern, TaskMeta
 from workers.names import merge_id
-from workers.patterns.base import Completion, Expansion, PatternSpec
-from workers.patterns.members import agent_signature, member_signatures
+from workers.patterns.base import Completion, PatternSpec
 
 if TYPE_CHECKING:
     from workers.request import OrchestrationRequest
@@ -96,35 +95,16 @@ class Gather(PatternSpec):
     def consumer(self, req: OrchestrationRequest) -> tuple[AgentKind, str] | None:
         return (AgentKind.MERGER, req.merge) if req.merge else None
 
-    def expand(
+    def after_members(
         self,
         app: Celery,
         req: OrchestrationRequest,
-        entries: list[CatalogEntry],
         merger: CatalogEntry | None,
         meta: TaskMeta,
-    ) -> Expansion:
+        note: str = "",
+    ) -> Signature | None:
         assert merger is not None
-        members = member_signatures(app, req, entries, meta, batches=self.batches)
-        return Expansion(meta=meta, members=members, merger=merge_signature(app, req, merger, meta))
-
-    def expand_sequential(
-        self,
-        app: Celery,
-        req: OrchestrationRequest,
-        entries: list[CatalogEntry],
-        merger: CatalogEntry | None,
-        meta: TaskMeta,
-    ) -> Expansion:
-        assert merger is not None
-        links = [
-            agent_signature(app, req, i, entries[i], meta).set(immutable=True)
-            for i in range(len(req.tasks))
-        ]
-        # In a chain nothing fills the merger's first argument (which it ignores): pass None.
-        body = merge_signature(app, req, merger, meta, note=" sequential")
-        links.append(body.clone(args=(None,)).set(immutable=True))
-        return Expansion(meta=meta, chain=chain(*links, app=app))
+        return merge_signature(app, req, merger, meta, note)
 
     def on_all_reported(self, done: Completion) -> None:
         send_merger(done)
