@@ -75,14 +75,23 @@ def test_a_task_on_a_queue_of_a_worker_without_its_agent_is_handed_back(
             coordinator_queue=f"nobody-{uuid.uuid4().hex[:6]}",
         )
     )
+    # A worker without the tests' agents, alone on a queue of its own (worker1 consumes the
+    # built-in agents' queues too, so only this queue reaches the worker that lacks echo).
+    only_here = f"agents.only-here-{uuid.uuid4().hex[:6]}"
+    mixed.extra_env["ORCH_AGENT_MODULES"] = BARE_MODULES
     try:
-        bare_only = client.catalog.get(AgentKind.AGENT, "module_stats").queue
+        mixed.start_worker("handback", concurrency=1, queues=only_here)
+    finally:
+        del mixed.extra_env["ORCH_AGENT_MODULES"]
+    mixed.wait_ready(["handback"], 30)
+    wait_for(lambda: " ready." in mixed.log("handback"), 15, "handback to consume")
+    try:
         run = idle.spawn([Task("echo", {"text": "lost?"})], preflight="off")
         meta = TaskMeta(pattern=Pattern.SPAWN, n=1, queued_at=time.time(), deadline_at=4e9)
         idle.app.send_task(
             "agents.echo",
             task_id=f"{run.id}.0",
-            queue=bare_only,
+            queue=only_here,
             kwargs={
                 "run_id": run.id,
                 "index": 0,
@@ -94,12 +103,13 @@ def test_a_task_on_a_queue_of_a_worker_without_its_agent_is_handed_back(
         res = client.get_run(run.id).wait(timeout_s=20)
         assert res.status is RunStatus.SUCCEEDED, res.error
         assert res.results[0].worker.startswith("worker1@")
-        # The bare worker logs the hand-back after publishing it: the run may end first.
+        # The worker logs the hand-back after publishing it: the run may end first.
         line = f"handed task agents.echo {run.id}.0 back to queue 'agents.echo'"
-        wait_for(lambda: line in mixed.log("bare"), 10, "the bare worker's hand-back line")
+        wait_for(lambda: line in mixed.log("handback"), 10, "the hand-back line")
         assert client.store.dead_letters().total == 0
     finally:
         idle.close()
+        mixed.stop_process("handback")
 
 
 def _served_then_gone(mixed: EmbeddedStack, name: str) -> None:
