@@ -381,3 +381,44 @@ def test_an_envelope_after_the_server_lost_its_run_writes_no_partial_record(
         assert "KeyError" not in rs.log("worker1")
     finally:
         o.close()
+
+
+def test_a_worker_holding_a_message_survives_a_broker_restart(
+    tmp_marker: Callable[[str], str],
+) -> None:
+    """The broker restarts while a worker runs (and so holds unacknowledged) a subagent: the
+    worker must reconnect, not die (kombu's reconnect of its pub/sub channel read a closed
+    connection and raised AttributeError, which Celery treats as unrecoverable)."""
+    s = _stack(name="restart-held", workers=1, concurrency=2)
+    try:
+        assert s.redis is not None
+        o = _client(s)
+        try:
+            held = [
+                o.spawn(
+                    [Task("work", {"seconds": 2, "marker": tmp_marker(f"h{i}"), "mode": "sleep"})]
+                )
+                for i in range(2)
+            ]
+            wait_for(lambda: all(r.status().started == 1 for r in held), 15, "both running")
+        finally:
+            o.close()
+        _restart(s.redis)
+        worker = s.procs["worker1"]
+        after = _client(s)
+        try:
+
+            def ran() -> bool:
+                assert worker.poll() is None, f"worker1 died:\n{s.tail('worker1')}"
+                try:
+                    run = after.spawn([Task("echo", {"text": "after"})], deadline_s=20)
+                except UnknownAgent:
+                    return False  # the catalog is being published again
+                return run.wait(timeout_s=20).ok
+
+            wait_for(ran, 40, "a run on the worker after the restart")
+            assert worker.poll() is None and "Unrecoverable error" not in s.log("worker1")
+        finally:
+            after.close()
+    finally:
+        s.stop()

@@ -79,6 +79,15 @@ class GuardedChannel(kombu_redis.Channel):
             self._drop(describe_item("not JSON", queue, item))
             raise Empty() from None
 
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        # While the broker is still down, the consumer can close this channel's connection
+        # under its own pub/sub reconnect; kombu then reads ``connection.client`` as None and
+        # raises AttributeError, which Celery treats as unrecoverable: the worker died on a
+        # broker restart. Said as a connection error, it is ridden out like any other.
+        if self.connection.client is None:
+            raise ConnectionResetError("the broker connection was closed while reconnecting")
+        return super()._connparams(asynchronous)
+
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own, but for the item's decoding and delivery (the two steps guarded).
         try:
