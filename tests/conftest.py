@@ -5,6 +5,7 @@ and RabbitMQ) join when ORCH_TEST_REDIS_URL / ORCH_TEST_AMQP_URL are set."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -207,3 +208,13 @@ def launch_flower(
             start_new_session=True,
         )
     return port, proc, log
+
+
+def stop_flower(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a Flower started by :func:`launch_flower` (SIGTERM, then SIGKILL)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

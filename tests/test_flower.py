@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -22,7 +20,7 @@ from click.testing import CliRunner
 
 from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
 from orchestrator.cli import main
-from tests.conftest import ARTIFACTS, launch_flower, wait_for
+from tests.conftest import ARTIFACTS, launch_flower, stop_flower, wait_for
 from workers.models import AgentKind, AgentResult, AgentStatus
 
 USER, PASSWORD = "admin", f"pw-{uuid.uuid4().hex[:8]}"
@@ -69,12 +67,7 @@ def flower(stack: EmbeddedStack) -> Iterator[Flower]:
         wait_for(serving, 20, "Flower to serve")
         yield fl
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_flower(proc)
 
 
 @dataclass

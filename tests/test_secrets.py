@@ -34,7 +34,7 @@ from orchestrator import (
     Settings,
     Task,
 )
-from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, launch_flower, wait_for
+from tests.conftest import AGENT_MODULES, ARTIFACTS, ROOT, launch_flower, stop_flower, wait_for
 from tests.test_demo import client_env
 from workers.errors import ConfigError
 from workers.models import AgentStatus
@@ -84,12 +84,7 @@ def flower(stack: EmbeddedStack) -> Iterator[Flower]:
     try:
         yield Flower(f"http://127.0.0.1:{port}", proc, log)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_flower(proc)
 
 
 def _listening(fl: Flower, orch: Orchestrator) -> None:

@@ -41,6 +41,14 @@ def agents(as_json: bool) -> None:
         )
 
 
+def _read_request(file: Any) -> OrchestrationRequest:
+    """An orchestration request from a JSON file (or stdin), or a CLI error saying why."""
+    try:
+        return OrchestrationRequest.model_validate_json(file.read())
+    except ValueError as exc:
+        raise click.ClickException(f"invalid orchestration request: {exc}") from exc
+
+
 def _call(fn: Any) -> Any:
     try:
         return fn()
@@ -73,10 +81,7 @@ def submit(file: Any, wait: bool, timeout_s: float | None) -> None:
     With --wait, prints the result; exit code 0 when the run succeeded, 1 when it did not, 2
     when --timeout passed first (the run goes on).
     """
-    try:
-        req = OrchestrationRequest.model_validate_json(file.read())
-    except ValueError as exc:
-        raise click.ClickException(f"invalid orchestration request: {exc}") from exc
+    req = _read_request(file)
     orch = _orch()
     run = _call(lambda: orch.submit(req))
     if not wait:
@@ -204,10 +209,7 @@ def preflight(file: Any, as_json: bool) -> None:
 
     Exits 0, or 3 when the verdict is does-not-pay.
     """
-    try:
-        req = OrchestrationRequest.model_validate_json(file.read())
-    except ValueError as exc:
-        raise click.ClickException(f"invalid orchestration request: {exc}") from exc
+    req = _read_request(file)
     orch = _orch()
     pf = _call(lambda: orch.preflight_request(req))
     click.echo(pf.model_dump_json(indent=2) if as_json else "\n".join(preflight_lines(pf)))
