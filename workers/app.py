@@ -10,10 +10,12 @@ import ssl
 from celery import Celery
 
 from workers import redact  # noqa: F401 - registers inspect commands that hide arguments
+from workers.async_consumer import AsyncQueues
 from workers.errors import ConfigError
 from workers.models import AgentKind
 from workers.names import Keys
 from workers.poison import SINK_OPTION, DeadLetterSink
+from workers.pools import POOLS
 from workers.presence import presence_step
 from workers.registry import REGISTRY, Registry
 from workers.settings import Settings
@@ -71,6 +73,9 @@ def configure(app: Celery, settings: Settings) -> None:
         # Only our task messages run; the rest is dead-lettered (workers/guard.py). Named, not
         # imported: clients never load Celery's consumer.
         worker_consumer="workers.guard:GuardedConsumer",
+        # Celery's prefork pool, with async agents on the main process's event loop (`celery
+        # worker` without -P, and -P prefork, take it).
+        worker_pool=POOLS["prefork"],
     )
     if settings.broker_url and _scheme(settings.broker_url) in _REDIS_BROKERS:
         _guard_redis_transport(app, settings.broker_url, sink, settings.key_prefix)
@@ -119,6 +124,16 @@ def agent_queues(settings: Settings, registry: Registry = REGISTRY) -> list[str]
     return sorted(queues | {settings.agent_queue})
 
 
+def async_queues(settings: Settings, registry: Registry = REGISTRY) -> set[str]:
+    """The queues every agent and merger of which is ``async def``: they get a consumer of
+    their own with ORCH_AIO__MAX_IN_FLIGHT prefetch (``workers/async_consumer.py``)."""
+    kinds: dict[str, set[bool]] = {}
+    for s in registry.all():
+        if s.kind in (AgentKind.AGENT, AgentKind.MERGER):
+            kinds.setdefault(s.queue_in(settings.agent_queue), set()).add(s.is_async)
+    return {q for q, flags in kinds.items() if flags == {True} and q != settings.agent_queue}
+
+
 def create_app(
     settings: Settings | None = None, *, load_agents: bool = True, registry: Registry = REGISTRY
 ) -> Celery:
@@ -132,5 +147,7 @@ def create_app(
     if load_agents:
         load_agent_modules(settings.agent_modules)
         register_agents(app, settings, registry)
+        app.orch_async_queues = async_queues(settings, registry)
         app.steps["worker"].add(presence_step(settings, registry, "worker"))
+        app.steps["consumer"].add(AsyncQueues)
     return app

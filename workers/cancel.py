@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,9 @@ class Running:
     reason: str | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: An async subagent: how to cancel its asyncio task (at its current await), instead of a
+    #: signal or an asynchronous exception in a thread.
+    on_cancel: Callable[[], None] | None = None
 
     def request(self, reason: str, at: float) -> bool:
         """Mark the stop request (waking ``ctx.sleep``); True the first time."""
@@ -105,6 +108,23 @@ class CancelListener:
 
     # -- registration (called by the runtime around the agent function) --------------------
     @contextlib.contextmanager
+    def track_async(
+        self, run_id: str, index: int, task_id: str, on_cancel: Callable[[], None]
+    ) -> Iterator[Running]:
+        """Register a running async subtask (see ``track``); a cancel calls ``on_cancel`` from
+        the listener's thread, once, while the agent is inside its function."""
+        item = Running(run_id, index, task_id, threading.get_ident(), False, on_cancel=on_cancel)
+        with self.lock:
+            self.running[task_id] = item
+        try:
+            yield item
+        finally:
+            with self.lock:
+                item.interruptible = False
+                self.running.pop(task_id, None)
+            item.stopped.set()
+
+    @contextlib.contextmanager
     def track(self, run_id: str, index: int, task_id: str) -> Iterator[Running]:
         """Register a running subtask for the duration of the block."""
         on_main = threading.current_thread() is threading.main_thread()
@@ -136,7 +156,7 @@ class CancelListener:
         """The agent function returned: no interrupt may land after this."""
         with self.lock:
             item.interruptible = False
-            if not item.on_main_thread:
+            if not item.on_main_thread and item.on_cancel is None:
                 _clear_in_thread(item.thread_ident)
 
     # -- delivery --------------------------------------------------------------------------
@@ -153,7 +173,9 @@ class CancelListener:
                 return
             if not item.interruptible:
                 return  # enter() sees cancel_at and raises; or it already returned
-            if item.on_main_thread:
+            if item.on_cancel is not None:
+                item.on_cancel()
+            elif item.on_main_thread:
                 signal.pthread_kill(item.thread_ident, INTERRUPT_SIGNAL)
             else:
                 _raise_in_thread(item.thread_ident)

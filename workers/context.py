@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from workers.cancel import Running
 from workers.errors import TaskCancelled
 from workers.models import Pattern
 from workers.store import RunStore
+
+if TYPE_CHECKING:
+    from workers.store import AsyncSubtasks
 
 log = logging.getLogger(__name__)
 #: Progress events are throttled to one per subtask per this many seconds.
@@ -31,6 +37,7 @@ class AgentContext:
         worker: str,
         running: Running | None = None,
         store: RunStore | None = None,
+        aio: Callable[[], AsyncSubtasks] | None = None,
     ) -> None:
         self.run_id = run_id
         self.task_id = task_id
@@ -42,7 +49,9 @@ class AgentContext:
         self.worker = worker
         self._running = running
         self._store = store
+        self._aio = aio
         self._last_progress = 0.0
+        self._pending: set[asyncio.Task[None]] = set()
 
     def remaining_s(self) -> float:
         """Seconds until the orchestration's deadline."""
@@ -73,19 +82,46 @@ class AgentContext:
             time.sleep(limit)
         self.raise_if_cancelled()
 
+    async def sleep_async(self, seconds: float) -> None:
+        """``await asyncio.sleep``, but at most until the deadline, and raising TaskCancelled
+        when asked to stop (a cancel also lands at any other await, as CancelledError)."""
+        self.raise_if_cancelled()
+        await asyncio.sleep(max(0.0, min(seconds, self.remaining_s())))
+        self.raise_if_cancelled()
+
     def progress(self, fraction: float, message: str = "") -> None:
-        """Report progress (0..1) to the run's event stream; throttled."""
+        """Report progress (0..1) to the run's event stream; throttled. From an async agent
+        it never blocks the event loop: the event is sent in the background."""
         now = time.monotonic()
         if self._store is None or now - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = now
+        fields = {
+            "index": str(self.index),
+            "fraction": f"{max(0.0, min(1.0, fraction)):.3f}",
+            "message": message[:200],
+        }
+        if self._aio is not None and _on_a_loop():
+            task = asyncio.get_running_loop().create_task(self._progress_async(fields))
+            self._pending.add(task)  # a task nobody holds may be collected before it runs
+            task.add_done_callback(self._pending.discard)
+            return
         try:
-            self._store.event(
-                self.run_id,
-                "progress",
-                index=str(self.index),
-                fraction=f"{max(0.0, min(1.0, fraction)):.3f}",
-                message=message[:200],
-            )
+            self._store.event(self.run_id, "progress", **fields)
         except Exception as exc:  # progress is best effort; never fail the agent for it
             log.debug("progress event dropped: %s", exc)
+
+    async def _progress_async(self, fields: dict[str, str]) -> None:
+        assert self._aio is not None
+        try:
+            await self._aio().event(self.run_id, "progress", **fields)
+        except Exception as exc:  # best effort, as above
+            log.debug("progress event dropped: %s", exc)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -165,6 +165,25 @@ class SubagentFailed(OrchestratorError):
         self.indices = indices or []
 
 
+class LoopBlocked(OrchestratorError):
+    """Raised inside an ``async def`` subagent that kept its worker's event loop busy longer
+    than ``ORCH_AIO__BLOCKED_LIMIT_S`` (a blocking call inside async def): the other subagents
+    on that loop could not run meanwhile. Its envelope is an error naming where it blocked."""
+
+    def __init__(
+        self,
+        message: str = "blocked the event loop",
+        *,
+        agent: str | None = None,
+        blocked_s: float | None = None,
+        where: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.blocked_s = blocked_s
+        self.where = where
+
+
 class TaskCancelled(BaseException):
     """Raised inside an agent whose run or subtask was cancelled.
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from celery.worker.consumer.consumer import Consumer
 
+from workers.async_consumer import route_async_requests
 from workers.names import agent_queue_name, catalog_field, is_builtin_task, queue_of_task
 from workers.poison import DeadLetterSink, clip, describe_message, log_only
 from workers.remote_control import guard_remote_control
@@ -50,6 +51,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         settings = getattr(self.app, "orch_settings", None)
         allowed = settings.remote_control.allow if settings is not None else []
         guard_remote_control(self, allowed)
+        route_async_requests(self)
 
     def update_strategies(self) -> None:
         super().update_strategies()

@@ -74,6 +74,8 @@ class CatalogEntry(BaseModel):
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None
     queue: str
+    #: An ``async def``: many run at once per worker process (ORCH_AIO__MAX_IN_FLIGHT).
+    is_async: bool = False
     published_by: str = ""
     published_at: float = 0.0
 
@@ -93,6 +95,15 @@ class WorkerInfo(BaseModel):
         description="Catalog fields (agent:<name>, ...) of this worker's registry; None in a "
         "heartbeat of an older build, judged by its queues alone.",
     )
+    async_queues: list[str] = Field(
+        default_factory=list,
+        description="Queues whose async subagents run on the event loop, async_slots at once.",
+    )
+    async_slots: int = 0
+
+    def slots_for(self, queue: str) -> int:
+        """How many subagents of ``queue`` this process runs at once."""
+        return self.async_slots if queue in self.async_queues else self.concurrency
 
     def serves_entry(self, entry: CatalogEntry) -> bool:
         """Whether this process can run what ``entry`` describes: a worker that consumes the

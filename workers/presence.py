@@ -17,6 +17,7 @@ from celery import bootsteps
 from workers.grace_killer import GraceKiller
 from workers.models import WorkerInfo
 from workers.names import catalog_field
+from workers.pools import runs_async_here
 from workers.registry import Registry
 from workers.settings import Settings
 from workers.store import RunStore, make_store
@@ -120,6 +121,7 @@ def presence_step(
                 pid=os.getpid(),
                 heartbeat_at=time.time(),
                 serves=sorted(catalog_fields(registry)) if role == "worker" else None,
+                **_async_capacity(worker, settings),
             )
             self._heartbeat = Heartbeat(store, info, settings.heartbeat_s, catalog)
             self._heartbeat.start()
@@ -163,9 +165,21 @@ def publish_catalog(
     log.info("published %d catalog entries: %s", len(entries), json.dumps(sorted(entries)))
 
 
+def _async_capacity(worker: Any, settings: Settings) -> dict[str, Any]:
+    """The queues whose subagents run on this process's event loop, and how many at once."""
+    if not runs_async_here(worker.pool):
+        return {}
+    queues = sorted(getattr(worker.app, "orch_async_queues", set()))
+    return {"async_queues": queues, "async_slots": settings.aio.max_in_flight} if queues else {}
+
+
 def _pool_name(worker: Any) -> str:
     """prefork, threads or solo (the names `orchestrator worker --pool` takes)."""
     if not worker.pool:
         return "?"
-    name = str(type(worker.pool).__module__).rsplit(".", 1)[-1]
-    return {"thread": "threads"}.get(name, name)
+    for cls in type(worker.pool).__mro__:  # ours (workers/pools.py) subclass Celery's
+        name = str(cls.__module__)
+        if name.startswith("celery.concurrency."):
+            short = name.rsplit(".", 1)[-1]
+            return {"thread": "threads"}.get(short, short)
+    return type(worker.pool).__name__

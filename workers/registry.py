@@ -6,6 +6,7 @@ Decorators only record the function; the Celery tasks are created when a worker 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,6 +30,11 @@ class AgentSpec:
     output: type[BaseModel] | None
     queue: str | None = None
     description: str = ""
+
+    @property
+    def is_async(self) -> bool:
+        """An ``async def``: it runs on the worker process's event loop, many at once."""
+        return inspect.iscoroutinefunction(self.fn)
 
     @property
     def task_name(self) -> str | None:
@@ -59,6 +65,7 @@ class AgentSpec:
             input_schema=self.input.model_json_schema(),
             output_schema=self.output.model_json_schema() if self.output else None,
             queue=self.queue_in(default_queue),
+            is_async=self.is_async,
             published_by=published_by,
             published_at=now,
         )

@@ -4,27 +4,26 @@ an envelope, recorded once per index."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
-from pydantic_core.core_schema import ErrorType
 
 from workers import ending
+from workers.agent_loop import AgentLoop
 from workers.cancel import CancelListener, Running
 from workers.context import AgentContext
+from workers.error_info import error_info, validation_error
 from workers.errors import TaskCancelled
-from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, RunStatus, TaskMeta
+from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, TaskMeta
 from workers.patterns import Completion, pattern_of
 from workers.registry import AgentSpec, Registry
-from workers.run_result import failure_reasons
-from workers.stats import MERGER, VALIDATOR, Sample, duration_sample
-from workers.store import RunStore
+from workers.stats import VALIDATOR, Sample, duration_sample
+from workers.store import AsyncSubtasks, RunStore, multiplexer
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +40,34 @@ class Services:
     send: Callable[[str], None]
     #: Starts of one subtask after which it is given up (ORCH_MAX_ATTEMPTS).
     max_attempts: int = 3
+    #: Retries of a state Redis call of the async path (ORCH_STATE_RETRIES).
+    state_retries: int = 25
+    #: The process's event loop for async agents, mergers and validators.
+    loop: AgentLoop | None = None
+    #: The state Redis URL the loop's multiplexer connects to.
+    state_url: str = ""
+    _aio: AsyncSubtasks | None = None
 
     def completion(self, run_id: str) -> Completion:
         """What a pattern's completion rule gets."""
         return Completion(store=self.store, run_id=run_id, send=self.send)
 
+    def agent_loop(self) -> AgentLoop:
+        """The process's event loop (started on first use)."""
+        if self.loop is None:
+            raise RuntimeError("this process has no event loop for async agents")
+        return self.loop.start()
 
-def _error(exc: BaseException, hint: str | None = None) -> ErrorInfo:
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-    if isinstance(exc, ValidationError):
-        # str() of a ValidationError quotes the input (input_value=...), which may be secret.
-        inner = _validation_error(type(exc).__name__, exc, hint or "")
-        return ErrorInfo(type=inner.type, message=f"{inner.message}{where}"[:2000], hint=hint)
-    return ErrorInfo(type=type(exc).__name__, message=f"{exc}{where}"[:2000], hint=hint)
-
-
-def _validation_error(what: str, exc: ValidationError, hint: str) -> ErrorInfo:
-    """Which field failed which rule, never the value: payloads may be secret, and this text
-    reaches the envelope, the run's error, the logs and Flower."""
-    problems = "; ".join(
-        f"field {'.'.join(str(p) for p in e['loc']) or '<root>'!r}: {_problem(e)}"
-        for e in exc.errors(include_url=False, include_input=False)[:10]
-    )
-    return ErrorInfo(type=what, message=problems[:2000], hint=hint)
+    def aio(self) -> AsyncSubtasks:
+        """The subtask calls for the event loop (made on the loop, on first use)."""
+        if self._aio is None:
+            self._aio = AsyncSubtasks(
+                multiplexer(self.state_url, self.store.keys.prefix), self.store
+            )
+        return self._aio
 
 
-#: pydantic's own error types; any other is a PydanticCustomError whose text is the model's.
-_BUILTIN_ERRORS = frozenset(get_args(ErrorType))
-#: Context entries of pydantic's messages that can carry part of the input (a parser's error
-#: text, a union's tag); the others (bounds, patterns, expected values) come from the model.
-_INPUT_CONTEXT = frozenset({"error", "encoding_error", "tag", "tz_actual", "attribute"})
-
-
-def _problem(e: ErrorDetails) -> str:
-    """pydantic's message when it cannot quote the input, else the part before the quote."""
-    kind, msg, ctx = e["type"], e["msg"], e.get("ctx") or {}
-    if kind not in _BUILTIN_ERRORS or kind in ("value_error", "assertion_error"):
-        return f"fails the model's check {kind!r}"  # the model's own text may quote the value
-    quoted = [str(ctx[k]) for k in sorted(_INPUT_CONTEXT & ctx.keys())]
-    cuts = [msg.find(q) if q else len(msg) for q in quoted]
-    head = "" if -1 in cuts else msg[: min(cuts, default=len(msg))].rstrip(" ,:'\"")
-    return f"{head} ({kind})" if head else f"fails the check {kind!r}"
-
-
-def _coerce_output(spec: AgentSpec, out: Any) -> BaseModel:
+def coerce_output(spec: AgentSpec, out: Any) -> BaseModel:
     assert spec.output is not None
     if isinstance(out, spec.output):
         # Re-validate: a model built with model_construct or mutated after creation may be wrong.
@@ -95,17 +77,22 @@ def _coerce_output(spec: AgentSpec, out: Any) -> BaseModel:
     return spec.output.model_validate(out)
 
 
-def _call(services: Services, item: Running, fn: Callable[..., Any], *args: Any) -> Any:
+def call_agent(services: Services, item: Running, fn: Callable[..., Any], *args: Any) -> Any:
     services.listener.enter(item)
     result = fn(*args)
     services.listener.leave(item)
     return result
 
 
-def _context(
+async def _awaited(value: Awaitable[Any]) -> Any:
+    return await value
+
+
+def make_context(
     services: Services, spec: AgentSpec, item: Running, *, task_id: str, worker: str,
     run_id: str, index: int, attempt: int, meta: TaskMeta,
 ) -> AgentContext:  # fmt: skip
+    """The AgentContext of one subagent or merger."""
     return AgentContext(
         run_id=run_id,
         task_id=task_id,
@@ -117,7 +104,64 @@ def _context(
         worker=worker,
         running=item,
         store=services.store,
+        aio=services.aio if spec.is_async else None,
     )
+
+
+def new_envelope(
+    spec: AgentSpec, *, task_id: str, worker: str, index: int, meta: TaskMeta
+) -> AgentResult:
+    """The envelope of a subagent about to start."""
+    return AgentResult(
+        index=index,
+        task_id=task_id,
+        agent=spec.name,
+        status=AgentStatus.OK,
+        queued_at=meta.queued_at,
+        worker=worker,
+    )
+
+
+def must_not_run(
+    services: Services, env: AgentResult, reason: str, started: float, meta: TaskMeta
+) -> bool:
+    """Whether start.lua's answer (or the deadline, or the attempts) keeps the agent from
+    running: cheap, no I/O, so the async path only leaves its loop when it must."""
+    return (
+        bool(reason)
+        or ending.overdue(meta.deadline_at, started)
+        or (env.attempt > services.max_attempts)
+    )
+
+
+def not_run(
+    services: Services, env: AgentResult, reason: str, *, run_id: str, started: float,
+    meta: TaskMeta,
+) -> AgentResult:  # fmt: skip
+    """The envelope of a subagent that does not run (see must_not_run), recorded."""
+    store = services.store
+    if reason == "unknown-run":
+        env.status = AgentStatus.ERROR
+        env.error = ErrorInfo(
+            type="RunNotFound",
+            message=f"run {run_id} has no record (expired, or submitted under another prefix)",
+            hint="check ORCH_KEY_PREFIX and ORCH_STATE_URL are the same for clients and workers",
+        )
+        return env
+    if reason == "reported":
+        pattern_of(meta.pattern).on_reported_again(services.completion(run_id))
+        previous = store.envelope(run_id, env.index)
+        return previous if previous is not None else env
+    if not reason and ending.overdue(meta.deadline_at, started):
+        reason = "deadline passed while queued"
+    if not reason:
+        _give_up(services, env, run_id, meta)
+        return env
+    env.status = AgentStatus.SKIPPED
+    env.error = ErrorInfo(type="Skipped", message=reason)
+    env.finished_at = time.time()
+    store.finish_task(run_id, env, claim=False)
+    return env
 
 
 def execute_agent(
@@ -132,47 +176,25 @@ def execute_agent(
     meta: TaskMeta,
 ) -> AgentResult:
     """Run one subagent and return its envelope (recorded in Redis once)."""
-    store = services.store
-    env = AgentResult(
-        index=index,
-        task_id=task_id,
-        agent=spec.name,
-        status=AgentStatus.OK,
-        queued_at=meta.queued_at,
-        worker=worker,
-    )
+    env = new_envelope(spec, task_id=task_id, worker=worker, index=index, meta=meta)
     started = time.time()
-    env.attempt, reason = store.start_task(run_id, index, worker)
-    if reason == "unknown-run":
-        env.status = AgentStatus.ERROR
-        env.error = ErrorInfo(
-            type="RunNotFound",
-            message=f"run {run_id} has no record (expired, or submitted under another prefix)",
-            hint="check ORCH_KEY_PREFIX and ORCH_STATE_URL are the same for clients and workers",
-        )
-        return env
-    if reason == "reported":
-        pattern_of(meta.pattern).on_reported_again(services.completion(run_id))
-        previous = store.envelope(run_id, index)
-        return previous if previous is not None else env
-    if not reason and ending.overdue(meta.deadline_at, started):
-        reason = "deadline passed while queued"
-    if not reason and env.attempt > services.max_attempts:
-        _give_up(services, env, run_id, meta)
-        return env
-    if reason:
-        env.status = AgentStatus.SKIPPED
-        env.error = ErrorInfo(type="Skipped", message=reason)
-        env.finished_at = time.time()
-        store.finish_task(run_id, env, claim=False)
-        return env
+    env.attempt, reason = services.store.start_task(run_id, index, worker)
+    if must_not_run(services, env, reason, started, meta):
+        return not_run(services, env, reason, run_id=run_id, started=started, meta=meta)
     env.started_at = started
     with services.listener.track(run_id, index, task_id) as item:
-        ctx = _context(
+        ctx = make_context(
             services, spec, item, task_id=task_id, worker=worker, run_id=run_id, index=index,
             attempt=env.attempt, meta=meta,
         )  # fmt: skip
-        _run_agent(services, spec, env, item, payload, ctx)
+        inp = parse_input(spec, env, payload)
+        if inp is not None:
+            try:
+                trap_output(spec, env, call_agent(services, item, spec.fn, inp, ctx))
+            except TaskCancelled as exc:
+                cancelled(env, exc)
+            except Exception as exc:  # a ValidationError raised inside the agent is its error
+                failed(env, exc)
         env.cancel_requested_at = item.cancel_at
     timings = _check_candidate(services, env, meta)
     env.finished_at = time.time()
@@ -180,34 +202,37 @@ def execute_agent(
     return env
 
 
-def _run_agent(
-    services: Services, spec: AgentSpec, env: AgentResult, item: Running, payload: Any,
-    ctx: AgentContext,
-) -> None:  # fmt: skip
-    """Validate the input, call the agent, trap its output; the outcome goes into ``env``."""
+def parse_input(spec: AgentSpec, env: AgentResult, payload: Any) -> BaseModel | None:
+    """The agent's input model, or None with an error envelope."""
     try:
-        inp = spec.input.model_validate(payload)
+        return spec.input.model_validate(payload)
     except ValidationError as exc:
         env.status = AgentStatus.ERROR
-        env.error = _validation_error(
+        env.error = validation_error(
             "InvalidPayload", exc, f"send a payload matching agent {spec.name!r}'s input model"
         )
-        return
+        return None
+
+
+def cancelled(env: AgentResult, exc: BaseException) -> None:
+    """The agent was stopped (race lost, run cancelled, deadline)."""
+    env.status = AgentStatus.CANCELLED
+    env.error = ErrorInfo(type="Cancelled", message=str(exc) or "cancelled")
+
+
+def failed(env: AgentResult, exc: BaseException) -> None:
+    """The agent raised."""
+    env.status = AgentStatus.ERROR
+    env.error = error_info(exc)
+
+
+def trap_output(spec: AgentSpec, env: AgentResult, out: Any) -> None:
+    """The error trap: an output its model rejects, or one that is not JSON, is INVALID."""
     try:
-        out = _call(services, item, spec.fn, inp, ctx)
-    except TaskCancelled as exc:
-        env.status = AgentStatus.CANCELLED
-        env.error = ErrorInfo(type="Cancelled", message=str(exc) or "cancelled")
-        return
-    except Exception as exc:  # a ValidationError raised inside the agent is its error
-        env.status = AgentStatus.ERROR
-        env.error = _error(exc)
-        return
-    try:
-        env.output = _coerce_output(spec, out).model_dump(mode="json")
-    except ValidationError as exc:  # the error trap: output fails its model
+        env.output = coerce_output(spec, out).model_dump(mode="json")
+    except ValidationError as exc:
         env.status = AgentStatus.INVALID
-        env.error = _validation_error(
+        env.error = validation_error(
             "InvalidOutput", exc, f"agent {spec.name!r} returned data its output model rejects"
         )
     except Exception as exc:  # valid but not JSON (bytes, an object in an Any field, NaN, ...)
@@ -235,19 +260,38 @@ def _give_up(services: Services, env: AgentResult, run_id: str, meta: TaskMeta) 
     _record(services, env, run_id, meta)
 
 
+def wants_check(env: AgentResult, meta: TaskMeta) -> bool:
+    """Whether a race's validator must judge this output before it may claim the win."""
+    return (
+        env.status is AgentStatus.OK
+        and bool(meta.validate_with)
+        and pattern_of(meta.pattern).claims_win
+    )
+
+
 def _check_candidate(services: Services, env: AgentResult, meta: TaskMeta) -> list[Sample]:
     """A would-be winner's validator; its time is recorded with the envelope (pre-flight warns
     about slow validators)."""
-    if env.status is not AgentStatus.OK or not meta.validate_with:
+    if not wants_check(env, meta):
         return []
-    if not pattern_of(meta.pattern).claims_win:
-        return []
+    name = meta.validate_with or ""
     checked = time.perf_counter()
-    _validate_candidate(services, env, meta.validate_with)
-    return [duration_sample(VALIDATOR, meta.validate_with, time.perf_counter() - checked)]
+    check = validator_of(services, env, name)
+    if check is not None:
+        try:
+            raw = check.fn(check.input.model_validate(env.output))
+            if inspect.isawaitable(raw):  # an async validator judging a sync agent
+                raw = services.agent_loop().run(_awaited(raw))
+            # bool() inside the try: a verdict that cannot be read as True/False is the
+            # validator's error too.
+            judge(env, name, bool(raw))
+        except Exception as exc:
+            judge(env, name, exc)
+    return [duration_sample(VALIDATOR, name, time.perf_counter() - checked)]
 
 
-def _validate_candidate(services: Services, env: AgentResult, name: str) -> None:
+def validator_of(services: Services, env: AgentResult, name: str) -> AgentSpec | None:
+    """The validator, or None with the envelope made INVALID (it is not registered here)."""
     check = services.registry.get(AgentKind.VALIDATOR, name)
     if check is None:
         env.status = AgentStatus.INVALID
@@ -256,16 +300,17 @@ def _validate_candidate(services: Services, env: AgentResult, name: str) -> None
             message=f"validator {name!r} is not registered in this worker",
             hint="load the module that defines it via ORCH_AGENT_MODULES on every worker",
         )
-        return
-    try:
-        # bool() inside the try: a verdict that cannot be read as True/False is the validator's
-        # error too.
-        verdict = bool(check.fn(check.input.model_validate(env.output)))
-    except Exception as exc:
+    return check
+
+
+def judge(env: AgentResult, name: str, verdict: bool | Exception) -> None:
+    """Apply a validator's verdict (or the exception it raised) to the envelope."""
+    if isinstance(verdict, Exception):
         env.status = AgentStatus.INVALID
-        env.error = _error(exc, hint=f"validator {name!r} raised; it should return True/False")
-        return
-    if not verdict:
+        env.error = error_info(
+            verdict, hint=f"validator {name!r} raised; it should return True/False"
+        )
+    elif not verdict:
         env.status = AgentStatus.INVALID
         env.error = ErrorInfo(type="Rejected", message=f"validator {name!r} rejected the output")
 
@@ -285,67 +330,3 @@ def _record(
         ending.win(services.store, services.revoke, run_id, env, meta.n)
     elif outcome.new and outcome.done >= outcome.n:
         pattern.on_all_reported(services.completion(run_id))
-
-
-def execute_merge(
-    services: Services,
-    spec: AgentSpec,
-    *,
-    task_id: str,
-    worker: str,
-    run_id: str,
-    meta: TaskMeta,
-    quorum: int,
-) -> dict[str, Any]:
-    """A gather's merger: merge the valid outputs (by index, each once) or fail clearly."""
-    store = services.store
-    ended, envs = store.merge_inputs(run_id, time.time())
-    if ended:
-        return {"run_id": run_id, "skipped": "run already ended"}
-    results = [envs[i] for i in sorted(envs)]
-    ok = [r for r in results if r.status is AgentStatus.OK]
-    if len(ok) < quorum:
-        ending.finish(
-            store,
-            run_id,
-            RunStatus.FAILED,
-            error=f"quorum not met: {len(ok)} of {meta.n} subagents succeeded, {quorum} needed; "
-            f"{failure_reasons(results)}",
-            envelopes=envs,
-        )
-        return {"run_id": run_id, "status": RunStatus.FAILED.value}
-    started = time.time()
-    with services.listener.track(run_id, -1, task_id) as item:
-        ctx = _context(
-            services, spec, item, task_id=task_id, worker=worker, run_id=run_id, index=-1,
-            attempt=1, meta=meta,
-        )  # fmt: skip
-        merged, error = _run_merger(services, spec, item, ok, ctx)
-    merge_s = time.time() - started
-    status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
-    partial = failure_reasons(results)
-    if not error and partial:
-        error = f"merged {len(ok)} of {meta.n} (quorum {quorum}); left out: {partial}"
-    store.event(run_id, "merged", merger=spec.name, ok=str(not error or status.value))
-    if status is RunStatus.SUCCEEDED:
-        store.record_samples([duration_sample(MERGER, spec.name, merge_s)])
-    ending.finish(
-        store, run_id, status, error=error, merged=merged, merge_s=merge_s, envelopes=envs
-    )
-    return {"run_id": run_id, "status": status.value, "merge_s": round(merge_s, 6)}
-
-
-def _run_merger(
-    services: Services, spec: AgentSpec, item: Running, ok: list[AgentResult], ctx: AgentContext
-) -> tuple[Any, str | None]:
-    """(merged output, None) or (None, why the merge failed)."""
-    try:
-        inputs = [spec.input.model_validate(r.output) for r in ok]
-        out = _call(services, item, spec.fn, inputs, ctx)
-        return _coerce_output(spec, out).model_dump(mode="json"), None
-    except TaskCancelled as exc:
-        return None, f"merge cancelled: {exc}"
-    except ValidationError as exc:
-        return None, f"merger {spec.name!r}: " + _validation_error("InvalidMerge", exc, "").message
-    except Exception as exc:
-        return None, f"merger {spec.name!r} raised {_error(exc).message}"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from workers.errors import ConfigError
+from workers.settings_async import AsyncSettings
 
 
 class CancelSettings(BaseModel):
@@ -239,6 +240,7 @@ class Settings(BaseSettings):
         "a wait's own timeout_s bounds it further. Workers and coordinators wait servers out.",
     )
     cancel: CancelSettings = Field(default_factory=CancelSettings)
+    aio: AsyncSettings = Field(default_factory=AsyncSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     remote_control: RemoteControlSettings = Field(default_factory=RemoteControlSettings)

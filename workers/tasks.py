@@ -3,23 +3,29 @@ thin shell over :mod:`workers.runtime`, and the per-process services they share.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from celery import Celery, Task
 from celery.canvas import Signature
 from celery.exceptions import Ignore
 
+from workers.agent_loop import AgentLoop
+from workers.async_tasks import AsyncTasks
 from workers.cancel import CancelListener
 from workers.errors import SubagentFailed
+from workers.merging import execute_merge
 from workers.models import AgentKind, AgentResult, AgentStatus, TaskMeta
 from workers.names import batch_task_name, subtask_id
 from workers.patterns import send_merger_message
 from workers.registry import AgentSpec, Registry
-from workers.runtime import Services, execute_agent, execute_merge
+from workers.runtime import Services, execute_agent
+from workers.runtime_async import execute_agent_async, execute_merge_async
 from workers.settings import Settings
 from workers.store import CONNECTION_ERRORS, make_store
 
@@ -57,6 +63,9 @@ class _ProcessServices:
                     revoke=self._revoke,
                     send=self._send,
                     max_attempts=self.settings.max_attempts,
+                    state_retries=self.settings.state_retries,
+                    loop=AgentLoop(self.settings.aio),
+                    state_url=self.settings.redis_url(),
                 )
             return self._services
 
@@ -76,6 +85,10 @@ class _ProcessServices:
 
 
 def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
+    if spec.is_async:
+        _register_async_agent(app, spec, services, queue)
+        return
+
     def run_agent(self: Any, run_id: str, index: int, payload: Any, meta: dict[str, Any]) -> Any:
         env = execute_agent(
             services.get(),
@@ -113,6 +126,69 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
     app.task(name=batch_task_name(spec.name), throws=THROWS, **_agent_task_options(queue))(
         run_batch
     )
+
+
+def _register_async_agent(
+    app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str
+) -> None:
+    """An async agent: its messages run on the process's event loop (workers/async_tasks.py);
+    the Celery task bodies are for Celery's own pools, where each waits in its slot."""
+
+    async def run_agent(
+        task: Any, run_id: str, index: int, payload: Any, meta: dict[str, Any]
+    ) -> Any:
+        env = await execute_agent_async(
+            services.get(),
+            spec,
+            task_id=task.request.id,
+            worker=task.request.hostname or socket.gethostname(),
+            run_id=run_id,
+            index=index,
+            payload=payload,
+            meta=TaskMeta.model_validate(meta),
+        )
+        return _outcome(task, run_id, [env])[0]
+
+    async def run_batch(task: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
+        svc = services.get()
+        task_meta = TaskMeta.model_validate(meta)
+        worker = task.request.hostname or socket.gethostname()
+        envs = await asyncio.gather(
+            *(
+                execute_agent_async(
+                    svc,
+                    spec,
+                    task_id=subtask_id(run_id, int(index)),
+                    worker=worker,
+                    run_id=run_id,
+                    index=int(index),
+                    payload=payload,
+                    meta=task_meta,
+                )
+                for index, payload in items
+            )
+        )
+        return _outcome(task, run_id, list(envs))
+
+    _add_async(app, services, spec.task_name or "", run_agent, _agent_task_options(queue))
+    _add_async(app, services, batch_task_name(spec.name), run_batch, _agent_task_options(queue))
+
+
+def _add_async(
+    app: Celery,
+    services: _ProcessServices,
+    name: str,
+    body: Callable[..., Coroutine[Any, Any, Any]],
+    options: dict[str, Any],
+) -> None:
+    """Register an async body: as the handler our pools run on the loop, and as a Celery task
+    that runs it on the loop from a slot of Celery's own pools."""
+    app.orch_async.add(name, lambda task, args, kwargs: body(task, *args, **kwargs))
+
+    def in_a_slot(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return services.get().agent_loop().run(body(self, *args, **kwargs))
+
+    app.task(name=name, throws=THROWS, **options)(in_a_slot)
 
 
 class _KeepsReprs(Task):  # type: ignore[misc]
@@ -216,6 +292,25 @@ def _continue_chain(task: Any) -> None:
 
 
 def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, queue: str) -> None:
+    if spec.is_async:
+
+        async def merge_async(
+            task: Any, _members: Any, run_id: str, meta: dict[str, Any], quorum: int
+        ) -> dict[str, Any]:
+            return await execute_merge_async(
+                services.get(),
+                spec,
+                task_id=task.request.id,
+                worker=task.request.hostname or socket.gethostname(),
+                run_id=run_id,
+                meta=TaskMeta.model_validate(meta),
+                quorum=quorum,
+            )
+
+        options = {"bind": True, "queue": queue, "typing": False}
+        _add_async(app, services, spec.task_name or "", merge_async, options)
+        return
+
     def run_merge(
         self: Any, _members: Any, run_id: str, meta: dict[str, Any], quorum: int
     ) -> dict[str, Any]:
@@ -235,6 +330,7 @@ def _register_merger(app: Celery, spec: AgentSpec, services: _ProcessServices, q
 def register_agents(app: Celery, settings: Settings, registry: Registry) -> None:
     """Register a task for every agent and merger of the registry on the app."""
     services = _ProcessServices(app, settings, registry)
+    app.orch_async = AsyncTasks(app, lambda: services.get().agent_loop())
     for spec in registry.of_kind(AgentKind.AGENT):
         _register_agent(app, spec, services, spec.queue_in(settings.agent_queue))
     for spec in registry.of_kind(AgentKind.MERGER):

@@ -69,7 +69,7 @@ class Capacity(BaseModel):
                 continue
             for q in w.queues:
                 cap = queues.setdefault(q, QueueCapacity(queue=q))
-                cap.slots += w.concurrency
+                cap.slots += w.slots_for(q)
                 cap.workers.append(w.hostname)
                 if w.pool not in cap.pools:
                     cap.pools.append(w.pool)

@@ -11,6 +11,7 @@ from celery import Celery
 from orchestrator.service import register_coordinator
 from workers.app import agent_queues, create_app
 from workers.errors import ConfigError
+from workers.pools import POOLS as OUR_POOLS
 from workers.presence import presence_step
 from workers.registry import REGISTRY
 from workers.settings import Settings
@@ -77,6 +78,11 @@ def run_worker(
     check_celery_options([*extra, "-P", pool])
     app = create_app(settings)
     queues = queues or agent_queues(settings)
+    if pool in OUR_POOLS:
+        # Celery's -P is a fixed choice; its default, prefork, gives way to the app's
+        # worker_pool: ours, with async agents on the event loop.
+        app.conf.worker_pool = OUR_POOLS[pool]
+        pool = "prefork"
     argv = [
         "worker",
         "-Q",

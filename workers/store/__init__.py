@@ -4,10 +4,16 @@ Synchronous code holds a :class:`RunStore`; asyncio code an :class:`AsyncStore` 
 event loop's :class:`Multiplexer` (one blocked XREAD for every awaited stream).
 """
 
-from workers.store.aio import AsyncStore, async_store, close_async
+from workers.store.aio import AsyncStore, AsyncSubtasks, async_store, close_async
 from workers.store.client import RETRIES, answers, make_store, redis_client, store_at
 from workers.store.dead_letters import DeadLetter, DeadLetterReport
-from workers.store.multiplexer import CONNECTION_ERRORS, ERRORS, Multiplexer, Subscription
+from workers.store.multiplexer import (
+    CONNECTION_ERRORS,
+    ERRORS,
+    Multiplexer,
+    Subscription,
+    multiplexer,
+)
 from workers.store.records import stream_entries
 from workers.store.run_store import RunStore
 from workers.store.service import RecoveryView
@@ -18,6 +24,7 @@ __all__ = [
     "ERRORS",
     "RETRIES",
     "AsyncStore",
+    "AsyncSubtasks",
     "CancelFeed",
     "DeadLetter",
     "DeadLetterReport",
@@ -30,6 +37,7 @@ __all__ = [
     "async_store",
     "close_async",
     "make_store",
+    "multiplexer",
     "redis_client",
     "store_at",
     "stream_entries",

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from typing import Any
+
 from workers.errors import RunNotFound
 from workers.models import AgentResult, RunResult
 from workers.names import indices as fields_of
-from workers.scripts import RESULT
+from workers.scripts import FINISH, RESULT, START
+from workers.stats import Sample
+from workers.store.base import flat
 from workers.store.multiplexer import Entry, Multiplexer, Subscription, close_async, multiplexer
+from workers.store.run_store import RunStore
+from workers.store.subtasks import FinishOutcome, finished, started
 from workers.stored_result import assemble_result, parse_envelopes, result_args
 
-__all__ = ["AsyncStore", "async_store", "close_async"]
+__all__ = ["AsyncStore", "AsyncSubtasks", "async_store", "close_async"]
 
 
 class AsyncStore:
@@ -72,6 +80,35 @@ class AsyncStore:
         """The recorded envelopes of these subtasks."""
         raws = await self.mux.hmget(self.keys.results(run_id), fields_of(indices))
         return parse_envelopes([r for r in raws if r is not None])
+
+
+class AsyncSubtasks:
+    """A worker's subtask calls from its event loop: the very scripts and arguments of the
+    synchronous store (``store``), sent through the loop's multiplexer, so a thousand subagents
+    in flight wait on Redis without a thread each."""
+
+    def __init__(self, mux: Multiplexer, store: RunStore) -> None:
+        self.mux = mux
+        self.store = store
+
+    async def start_task(self, run_id: str, index: int, worker: str) -> tuple[int, str]:
+        """See RunStore.start_task."""
+        keys, args = self.store.start_call(run_id, index, worker)
+        return started(await self.mux.script(START, keys, args))
+
+    async def finish_task(
+        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+    ) -> FinishOutcome:
+        """See RunStore.finish_task."""
+        keys, args = self.store.finish_call(run_id, env, claim=claim, stats=stats)
+        return finished(await self.mux.script(FINISH, keys, args))
+
+    async def event(self, run_id: str, kind: str, **fields: Any) -> None:
+        """See RunStore.event."""
+        data = {"type": kind, "ts": repr(time.time()), **flat(fields)}
+        await self.mux.append(
+            self.store.keys.events(run_id), data, self.store.maxlen, self.store.ttl_s
+        )
 
 
 def async_store(url: str, prefix: str) -> AsyncStore:

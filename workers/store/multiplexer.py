@@ -18,7 +18,7 @@ import asyncio
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -119,9 +119,20 @@ class Multiplexer:
         """GET a string key."""
         return await self._command(lambda r: r.get(key))  # type: ignore[no-any-return]
 
-    async def script(self, script: Script, keys: list[str], args: list[str] | None = None) -> Any:
+    async def script(self, script: Script, keys: list[str], args: Sequence[Any] = ()) -> Any:
         """Run a Lua script of the registry (EVALSHA, loading it on first use)."""
-        return await self._command(lambda r: script.run_async(r, keys, args or []))
+        return await self._command(lambda r: script.run_async(r, keys, args))
+
+    async def append(self, key: str, fields: dict[str, str], maxlen: int, ttl_s: int) -> None:
+        """XADD one entry (capped) and keep the stream's TTL, one round trip."""
+
+        async def call(r: aioredis.Redis) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.xadd(key, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, ttl_s)
+            return await pipe.execute()
+
+        await self._command(call)
 
     async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
         """HMGET some fields of a hash."""

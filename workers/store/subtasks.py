@@ -27,6 +27,18 @@ class FinishOutcome:
     won: bool
 
 
+def started(reply: Any) -> tuple[int, str]:
+    """start.lua's reply: (attempt, reason not to run or '')."""
+    attempt, reason = reply
+    return int(attempt), str(reason)
+
+
+def finished(reply: Any) -> FinishOutcome:
+    """finish.lua's reply."""
+    new, done, n, won = reply
+    return FinishOutcome(new=bool(new), done=int(done), n=int(n), won=bool(won))
+
+
 class CancelFeed:
     """The cancel channel as one worker process reads it (pub/sub, reconnected by the caller)."""
 
@@ -49,28 +61,29 @@ class CancelFeed:
 class SubtaskStore(StoreBase):
     """Starting and finishing subtasks; cancel flags."""
 
+    def start_call(self, run_id: str, index: int, worker: str) -> tuple[list[str], list[Any]]:
+        """start.lua's keys and arguments (the sync and asyncio stores run the same call)."""
+        k = self.keys
+        keys = [
+            k.run(run_id),
+            k.attempts(run_id),
+            k.cancel(run_id),
+            k.task_cancel(run_id),
+            k.events(run_id),
+            k.results(run_id),
+            k.started_by(run_id),
+        ]
+        return keys, [index, repr(time.time()), worker, self.ttl_s, self.maxlen]
+
     def start_task(self, run_id: str, index: int, worker: str) -> tuple[int, str]:
         """Count the attempt and return (attempt, reason not to run or '')."""
-        k = self.keys
-        attempt, reason = START(
-            self.r,
-            keys=[
-                k.run(run_id),
-                k.attempts(run_id),
-                k.cancel(run_id),
-                k.task_cancel(run_id),
-                k.events(run_id),
-                k.results(run_id),
-                k.started_by(run_id),
-            ],
-            args=[index, repr(time.time()), worker, self.ttl_s, self.maxlen],
-        )
-        return int(attempt), str(reason)
+        keys, args = self.start_call(run_id, index, worker)
+        return started(START(self.r, keys=keys, args=args))
 
-    def finish_task(
+    def finish_call(
         self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
-    ) -> FinishOutcome:
-        """Record the envelope once; with claim, try to win the race.
+    ) -> tuple[list[str], list[Any]]:
+        """finish.lua's keys and arguments.
 
         The agent's duration sample (and any extra ``stats``, e.g. its validator's time) is
         appended in the same script, so statistics cost no extra round trip.
@@ -78,31 +91,35 @@ class SubtaskStore(StoreBase):
         k = self.keys
         own = agent_sample(env)
         samples = [own, *stats] if own is not None else list(stats)
-        new, done, n, won = FINISH(
-            self.r,
-            keys=[
-                k.results(run_id),
-                k.run(run_id),
-                k.events(run_id),
-                k.winner(run_id),
-                k.stats_counts,
-                *[k.stats(name) for name, _ in samples],
-            ],
-            args=[
-                env.index,
-                env.model_dump_json(),
-                env.status.value,
-                self.ttl_s,
-                "1" if claim else "0",
-                repr(time.time()),
-                self.maxlen,
-                *finish_args(env),
-                self.stats_samples,
-                self.stats_ttl_s,
-                *[text for _, text in samples],
-            ],
-        )
-        return FinishOutcome(new=bool(new), done=int(done), n=int(n), won=bool(won))
+        keys = [
+            k.results(run_id),
+            k.run(run_id),
+            k.events(run_id),
+            k.winner(run_id),
+            k.stats_counts,
+            *[k.stats(name) for name, _ in samples],
+        ]
+        args = [
+            env.index,
+            env.model_dump_json(),
+            env.status.value,
+            self.ttl_s,
+            "1" if claim else "0",
+            repr(time.time()),
+            self.maxlen,
+            *finish_args(env),
+            self.stats_samples,
+            self.stats_ttl_s,
+            *[text for _, text in samples],
+        ]
+        return keys, args
+
+    def finish_task(
+        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+    ) -> FinishOutcome:
+        """Record the envelope once; with claim, try to win the race (see finish_call)."""
+        keys, args = self.finish_call(run_id, env, claim=claim, stats=stats)
+        return finished(FINISH(self.r, keys=keys, args=args))
 
     def envelope(self, run_id: str, index: int) -> AgentResult | None:
         """The recorded envelope of one subtask."""
