@@ -40,7 +40,7 @@ def wait_for(
 def _stack(**kw: object) -> EmbeddedStack:
     log_dir = ARTIFACTS / "logs" / f"{kw.pop('name', 'stack')}-{uuid.uuid4().hex[:6]}"
     s = EmbeddedStack(
-        agent_modules=AGENT_MODULES,
+        agent_modules=kw.pop("agent_modules", AGENT_MODULES),  # type: ignore[arg-type]
         extra_env={"PYTHONPATH": str(ROOT), **kw.pop("extra_env", {})},  # type: ignore[dict-item]
         log_dir=log_dir,
         **kw,  # type: ignore[arg-type]
