@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from workers.errors import LoopBlocked
-from workers.settings_async import AsyncSettings
+from workers.settings_sections import AsyncSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

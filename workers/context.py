@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 
 from workers.cancel import Running
 from workers.errors import TaskCancelled
-from workers.models import Pattern
+from workers.ledger import SpendDelta, SpendMeter
+from workers.models import Pattern, Usage
+from workers.prices import Prices
 from workers.store import RunStore
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ class AgentContext:
         running: Running | None = None,
         store: RunStore | None = None,
         aio: Callable[[], AsyncSubtasks] | None = None,
+        meter: SpendMeter | None = None,
+        flush: Callable[[SpendDelta], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.task_id = task_id
@@ -52,6 +56,9 @@ class AgentContext:
         self._aio = aio
         self._last_progress = 0.0
         self._pending: set[asyncio.Task[None]] = set()
+        #: This subagent's spend (``record_usage``) and how it reaches the run's ledger.
+        self.meter = meter or SpendMeter(Prices(), flush_s=0.25)
+        self._flush = flush
 
     def remaining_s(self) -> float:
         """Seconds until the orchestration's deadline."""
@@ -81,6 +88,29 @@ class AgentContext:
         else:
             time.sleep(limit)
         self.raise_if_cancelled()
+
+    def record_usage(
+        self,
+        *,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float | None = None,
+    ) -> Usage:
+        """Add model usage to this subagent's running total (call it per chunk or per call;
+        ``workers.llm.chat`` does). Dollars come from ``ORCH_PRICES`` when ``cost_usd`` is not
+        given; a model with no price keeps its tokens and no cost. The total reaches the run's
+        ledger and its budget check at most every ``ORCH_LEDGER__FLUSH_S``, and with the
+        envelope; a crossed budget stops the run (this subagent included)."""
+        self.meter.add(model, input_tokens, output_tokens, cost_usd)
+        if self._flush is not None and self.meter.due():
+            self._flush(self.meter.take())
+        return self.spent
+
+    @property
+    def spent(self) -> Usage:
+        """This subagent's usage so far (tokens, and dollars when priced)."""
+        return self.meter.usage or Usage()
 
     async def sleep_async(self, seconds: float) -> None:
         """``await asyncio.sleep``, but at most until the deadline, and raising TaskCancelled

@@ -23,6 +23,7 @@ from workers.models import AgentResult, AgentStatus, RunResult, RunStatus
 from workers.names import other_subtask_ids, run_task_ids
 from workers.run_result import (
     Aggregates,
+    budget_reason,
     build_result,
     failure_reasons,
     fill_missing,
@@ -41,6 +42,7 @@ __all__ = [
     "fail_unrecorded",
     "finish",
     "finish_all_reported",
+    "over_budget",
     "overdue",
     "refresh",
     "win",
@@ -197,6 +199,15 @@ def cancel(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResu
     """Stop every queued and running subtask and end the run ``cancelled``."""
     _stop(store, revoke, run_id, reason, RunStatus.CANCELLED)
     return finish(store, run_id, RunStatus.CANCELLED, error=reason)
+
+
+def over_budget(store: RunStore, revoke: Revoke, run_id: str) -> str:
+    """The run's spend crossed its budget: record that it ends ``budget_exceeded``, stop every
+    queued and running subtask, revoke its messages; returns the reason. The pattern then ends
+    the run (a gather merges what finished when its quorum is met)."""
+    reason = budget_reason(store.record(run_id))
+    _stop(store, revoke, run_id, reason, RunStatus.BUDGET_EXCEEDED)
+    return reason
 
 
 def expire(store: RunStore, revoke: Revoke, run_id: str) -> RunResult | None:

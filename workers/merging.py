@@ -14,11 +14,14 @@ from workers import ending
 from workers.cancel import Running
 from workers.error_info import error_info, validation_error
 from workers.errors import TaskCancelled
+from workers.ledger import SpendDelta
 from workers.models import AgentResult, AgentStatus, RunStatus, TaskMeta
 from workers.registry import AgentSpec
 from workers.run_result import failure_reasons
-from workers.runtime import Services, call_agent, coerce_output, make_context
+from workers.runtime import call_agent, coerce_output, make_context
+from workers.services import Services
 from workers.stats import MERGER, duration_sample
+from workers.store import NO_SPEND
 
 
 @dataclass
@@ -57,10 +60,13 @@ def merge_begin(
 
 def merge_end(
     services: Services, spec: AgentSpec, run_id: str, meta: TaskMeta, quorum: int,
-    plan: MergePlan, merged: Any, error: str | None,
+    plan: MergePlan, merged: Any, error: str | None, spend: SpendDelta = NO_SPEND,
 ) -> dict[str, Any]:  # fmt: skip
-    """End the run with the merged output (or why the merge failed)."""
+    """End the run with the merged output (or why the merge failed); the merger's own spend
+    joins the ledger first."""
     store = services.store
+    if spend:
+        store.add_spend(run_id, spend)  # a crossing now changes nothing: the run ends here
     merge_s = time.time() - plan.started
     status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
     partial = failure_reasons(plan.results)
@@ -104,7 +110,8 @@ def execute_merge(
             attempt=1, meta=meta,
         )  # fmt: skip
         merged, error = _run_merger(services, spec, item, plan.ok, ctx)
-    return merge_end(services, spec, run_id, meta, quorum, plan, merged, error)
+    spend = ctx.meter.take()
+    return merge_end(services, spec, run_id, meta, quorum, plan, merged, error, spend)
 
 
 def _run_merger(

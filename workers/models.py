@@ -31,7 +31,7 @@ class AgentStatus(StrEnum):
 
 
 class RunStatus(StrEnum):
-    """Lifecycle of a run; the last four are final."""
+    """Lifecycle of a run; all but the first two are final."""
 
     SUBMITTED = "submitted"
     RUNNING = "running"
@@ -39,6 +39,8 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+    #: A token or dollar budget was crossed: what finished is kept, the rest was stopped.
+    BUDGET_EXCEEDED = "budget_exceeded"
 
     @property
     def final(self) -> bool:
@@ -113,6 +115,25 @@ class WorkerInfo(BaseModel):
         return self.serves is None or catalog_field(entry.kind.value, entry.name) in self.serves
 
 
+class Usage(BaseModel):
+    """Tokens and dollars one subagent spent (``ctx.record_usage`` adds to it)."""
+
+    model: str | None = Field(None, description="The model (the last one, when several).")
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = Field(
+        None, description="Dollars; None when no model of it had a price (never guessed)."
+    )
+    unpriced: list[str] = Field(
+        default_factory=list, description="Models it used that have no price (ORCH_PRICES)."
+    )
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
 class TaskMeta(BaseModel):
     """Per-subtask context sent with every agent message."""
 
@@ -139,6 +160,11 @@ class AgentResult(BaseModel):
     attempt: int = 0
     cancel_requested_at: float | None = Field(
         None, description="When this subtask was asked to stop (race won, cancel, deadline)."
+    )
+    usage: Usage | None = Field(
+        None,
+        description="Tokens and dollars this attempt spent, also when it was cancelled, failed, "
+        "was invalid or lost a race: partial spend is spend.",
     )
 
     @property
@@ -230,6 +256,32 @@ class RoiReport(BaseModel):
     prediction: Prediction | None = Field(
         None, description="What pre-flight predicted at submit (None with preflight='off')."
     )
+    tokens_spent: int = Field(
+        0, description="Every token every attempt of every subagent used (the run's ledger)."
+    )
+    input_tokens_spent: int = 0
+    output_tokens_spent: int = 0
+    tokens_wasted: int = Field(
+        0,
+        description="Tokens that bought no kept result: cancelled and skipped subagents, race "
+        "losers, failed and invalid outputs, attempts that died.",
+    )
+    cost_usd_spent: float | None = Field(
+        None, description="Dollars spent (None: no model used had a price in ORCH_PRICES)."
+    )
+    cost_usd_wasted: float | None = None
+    cost_usd_per_useful_result: float | None = Field(
+        None, description="Dollars spent per kept result (ok outputs; a race's winner)."
+    )
+    unpriced_models: list[str] = Field(
+        default_factory=list, description="Models used that have no price: their cost is unknown."
+    )
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    budget_overshoot_tokens: int | None = Field(
+        None, description="Tokens spent beyond max_tokens (what was in flight at the crossing)."
+    )
+    budget_overshoot_usd: float | None = None
 
 
 class RunResult(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery.worker.consumer.control import Control
 
-from workers.settings import GUARDED_CONTROL_COMMANDS
+from workers.settings_sections import GUARDED_CONTROL_COMMANDS
 
 logger = logging.getLogger(__name__)
 

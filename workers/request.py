@@ -66,6 +66,15 @@ class OrchestrationRequest(BaseModel):
         description="Subagents per Celery message (spawn and gather; races never batch). "
         "Tiny subagents lose to per-message overhead; each still gets its own envelope.",
     )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget of the run: once every subagent's spend (ctx.record_usage) "
+        "crosses it, what is queued or running is stopped and the run ends budget_exceeded.",
+    )
+    max_cost_usd: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Dollar budget of the run (ORCH_PRICES)."
+    )
     created_at: float = Field(
         default_factory=time.time,
         allow_inf_nan=False,

@@ -18,6 +18,19 @@ from workers.models import (
     RunStatus,
 )
 from workers.names import subtask_id
+from workers.spend_report import budget_reason, spend_fields
+
+__all__ = [
+    "Aggregates",
+    "budget_reason",
+    "build_result",
+    "failure_reasons",
+    "fill_missing",
+    "finish_args",
+    "merge_wait",
+    "roi",
+    "roi_of_all_ok",
+]
 
 
 def fill_missing(
@@ -284,6 +297,7 @@ def build_result(
             update={
                 "execution": Execution(record.get("execution") or Execution.PARALLEL.value),
                 "prediction": _prediction(record.get("prediction")),
+                **spend_fields(record, results, winner),
             }
         ),
     )

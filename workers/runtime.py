@@ -8,63 +8,25 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from workers import ending
-from workers.agent_loop import AgentLoop
-from workers.cancel import CancelListener, Running
+from workers.cancel import Running
 from workers.context import AgentContext
 from workers.error_info import error_info, validation_error
 from workers.errors import TaskCancelled
+from workers.ledger import SpendDelta, SpendMeter
 from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, TaskMeta
-from workers.patterns import Completion, pattern_of
-from workers.registry import AgentSpec, Registry
+from workers.patterns import pattern_of
+from workers.registry import AgentSpec
+from workers.services import Services
+from workers.spending import budget_crossed, spend_flusher
 from workers.stats import VALIDATOR, Sample, duration_sample
-from workers.store import AsyncSubtasks, RunStore, multiplexer
+from workers.store import NO_SPEND, FinishOutcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What the runtime needs in each worker process."""
-
-    store: RunStore
-    listener: CancelListener
-    registry: Registry
-    revoke: ending.Revoke
-    #: Sends a message the coordinator stored on the run record (a gather's merger).
-    send: Callable[[str], None]
-    #: Starts of one subtask after which it is given up (ORCH_MAX_ATTEMPTS).
-    max_attempts: int = 3
-    #: Retries of a state Redis call of the async path (ORCH_STATE_RETRIES).
-    state_retries: int = 25
-    #: The process's event loop for async agents, mergers and validators.
-    loop: AgentLoop | None = None
-    #: The state Redis URL the loop's multiplexer connects to.
-    state_url: str = ""
-    _aio: AsyncSubtasks | None = None
-
-    def completion(self, run_id: str) -> Completion:
-        """What a pattern's completion rule gets."""
-        return Completion(store=self.store, run_id=run_id, send=self.send)
-
-    def agent_loop(self) -> AgentLoop:
-        """The process's event loop (started on first use)."""
-        if self.loop is None:
-            raise RuntimeError("this process has no event loop for async agents")
-        return self.loop.start()
-
-    def aio(self) -> AsyncSubtasks:
-        """The subtask calls for the event loop (made on the loop, on first use)."""
-        if self._aio is None:
-            self._aio = AsyncSubtasks(
-                multiplexer(self.state_url, self.store.keys.prefix), self.store
-            )
-        return self._aio
 
 
 def coerce_output(spec: AgentSpec, out: Any) -> BaseModel:
@@ -93,7 +55,10 @@ def make_context(
     run_id: str, index: int, attempt: int, meta: TaskMeta,
 ) -> AgentContext:  # fmt: skip
     """The AgentContext of one subagent or merger."""
+    meter = SpendMeter(services.prices, services.flush_s)
     return AgentContext(
+        meter=meter,
+        flush=spend_flusher(services, run_id, meta, meter),
         run_id=run_id,
         task_id=task_id,
         index=index,
@@ -196,9 +161,10 @@ def execute_agent(
             except Exception as exc:  # a ValidationError raised inside the agent is its error
                 failed(env, exc)
         env.cancel_requested_at = item.cancel_at
+    env.usage = ctx.meter.usage
     timings = _check_candidate(services, env, meta)
     env.finished_at = time.time()
-    _record(services, env, run_id, meta, timings)
+    _record(services, env, run_id, meta, timings, ctx.meter.take())
     return env
 
 
@@ -321,12 +287,24 @@ def _record(
     run_id: str,
     meta: TaskMeta,
     timings: Sequence[Sample] = (),
+    spend: SpendDelta = NO_SPEND,
 ) -> None:
     """Record the envelope; the win, or the last report, ends the run (the pattern says how)."""
     pattern = pattern_of(meta.pattern)
     claim = pattern.claims_win and env.status is AgentStatus.OK
-    outcome = services.store.finish_task(run_id, env, claim=claim, stats=timings)
+    outcome = services.store.finish_task(run_id, env, claim=claim, stats=timings, spend=spend)
+    after_record(services, env, run_id, meta, outcome)
+
+
+def after_record(
+    services: Services, env: AgentResult, run_id: str, meta: TaskMeta, outcome: FinishOutcome
+) -> None:
+    """What recording an envelope decided: a win ends the run (a valid winner stands, budget
+    or not), a crossed budget stops it, the last report ends it as its pattern says."""
     if outcome.won:
         ending.win(services.store, services.revoke, run_id, env, meta.n)
-    elif outcome.new and outcome.done >= outcome.n:
-        pattern.on_all_reported(services.completion(run_id))
+        return
+    if outcome.crossed:
+        budget_crossed(services, run_id, meta)
+    if outcome.new and outcome.done >= outcome.n:
+        pattern_of(meta.pattern).on_all_reported(services.completion(run_id))

@@ -19,15 +19,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from workers import ending
 from workers.cancel import Running
 from workers.errors import BrokerUnavailable, LoopBlocked, TaskCancelled
+from workers.ledger import SpendDelta
 from workers.merging import MergePlan, merge_begin, merge_end, merge_failure
 from workers.models import AgentResult, AgentStatus, TaskMeta
 from workers.patterns import pattern_of
 from workers.registry import AgentSpec
 from workers.runtime import (
-    Services,
+    after_record,
     cancelled,
     coerce_output,
     failed,
@@ -41,6 +41,7 @@ from workers.runtime import (
     validator_of,
     wants_check,
 )
+from workers.services import Services
 from workers.stats import VALIDATOR, Sample, duration_sample
 
 T = TypeVar("T")
@@ -145,9 +146,12 @@ async def execute_agent_async(
             else:
                 trap_output(spec, env, out)
         env.cancel_requested_at = item.cancel_at
+    if ctx.meter.inflight:  # flushes on their way: the envelope carries only the rest
+        await asyncio.gather(*ctx.meter.inflight, return_exceptions=True)
+    env.usage = ctx.meter.usage
     timings = await _check_candidate(services, env, meta)
     env.finished_at = time.time()
-    await _record(services, env, run_id, meta, timings)
+    await _record(services, env, run_id, meta, timings, ctx.meter.take())
     return env
 
 
@@ -168,20 +172,22 @@ async def _check_candidate(services: Services, env: AgentResult, meta: TaskMeta)
 
 
 async def _record(
-    services: Services, env: AgentResult, run_id: str, meta: TaskMeta, timings: list[Sample]
+    services: Services,
+    env: AgentResult,
+    run_id: str,
+    meta: TaskMeta,
+    timings: list[Sample],
+    spend: SpendDelta,
 ) -> None:
-    """Record the envelope; the win, or the last report, ends the run (in a thread: it sends
-    Celery messages and revokes, which block)."""
-    pattern = pattern_of(meta.pattern)
-    claim = pattern.claims_win and env.status is AgentStatus.OK
+    """Record the envelope; what that decided (a win, a crossed budget, the last report) runs
+    in a thread: it sends Celery messages and revokes, which block."""
+    claim = pattern_of(meta.pattern).claims_win and env.status is AgentStatus.OK
     aio = services.aio()
     outcome = await retrying(
-        services, lambda: aio.finish_task(run_id, env, claim=claim, stats=timings)
+        services, lambda: aio.finish_task(run_id, env, claim=claim, stats=timings, spend=spend)
     )
-    if outcome.won:
-        await asyncio.to_thread(ending.win, services.store, services.revoke, run_id, env, meta.n)
-    elif outcome.new and outcome.done >= outcome.n:
-        await asyncio.to_thread(pattern.on_all_reported, services.completion(run_id))
+    if outcome.won or outcome.crossed or (outcome.new and outcome.done >= outcome.n):
+        await asyncio.to_thread(after_record, services, env, run_id, meta, outcome)
 
 
 async def execute_merge_async(
@@ -213,6 +219,8 @@ async def execute_merge_async(
             merged = coerce_output(spec, out).model_dump(mode="json")
         except (TaskCancelled, Exception) as exc:
             error = merge_failure(spec, exc)
+    if ctx.meter.inflight:
+        await asyncio.gather(*ctx.meter.inflight, return_exceptions=True)
     return await asyncio.to_thread(
-        merge_end, services, spec, run_id, meta, quorum, plan, merged, error
+        merge_end, services, spec, run_id, meta, quorum, plan, merged, error, ctx.meter.take()
     )

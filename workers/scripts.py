@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-__all__ = ["FINALIZE", "FINISH", "RESULT", "SCRIPTS", "START", "Script"]
+__all__ = ["FINALIZE", "FINISH", "RESULT", "SCRIPTS", "SPEND", "START", "Script"]
 
 
 class Script:
@@ -54,9 +54,11 @@ class Script:
 START = Script("start.lua")
 #: Record an envelope once, keep the run's aggregates, claim a race's win.
 FINISH = Script("finish.lua")
+#: Add a running subagent's spend to the run's ledger; check the budget.
+SPEND = Script("spend.lua")
 #: Store the final result once and close the run.
 FINALIZE = Script("finalize.lua")
 #: Read the final result and, when they stayed in the results hash, its envelopes.
 RESULT = Script("result.lua")
 
-SCRIPTS = (START, FINISH, FINALIZE, RESULT)
+SCRIPTS = (START, FINISH, SPEND, FINALIZE, RESULT)

@@ -23,9 +23,11 @@ from workers.merging import execute_merge
 from workers.models import AgentKind, AgentResult, AgentStatus, TaskMeta
 from workers.names import batch_task_name, subtask_id
 from workers.patterns import send_merger_message
+from workers.prices import parse_prices
 from workers.registry import AgentSpec, Registry
-from workers.runtime import Services, execute_agent
+from workers.runtime import execute_agent
 from workers.runtime_async import execute_agent_async, execute_merge_async
+from workers.services import Services
 from workers.settings import Settings
 from workers.store import CONNECTION_ERRORS, make_store
 
@@ -66,6 +68,8 @@ class _ProcessServices:
                     state_retries=self.settings.state_retries,
                     loop=AgentLoop(self.settings.aio),
                     state_url=self.settings.redis_url(),
+                    prices=parse_prices(self.settings.prices),
+                    flush_s=self.settings.ledger.flush_s,
                 )
             return self._services
 

@@ -92,6 +92,8 @@ class SpawnOptions(TypedDict, total=False):
     preflight: PreflightPolicy
     run_id: str | None
     batch_size: int | None
+    max_tokens: int | None
+    max_cost_usd: float | None
 
 
 class GatherOptions(SpawnOptions, total=False):
@@ -107,6 +109,8 @@ class RaceOptions(TypedDict, total=False):
     deadline_s: float | None
     preflight: PreflightPolicy
     run_id: str | None
+    max_tokens: int | None
+    max_cost_usd: float | None
 
 
 class Orchestrator:
@@ -176,7 +180,8 @@ class Orchestrator:
         """parallel-spawn: run every task independently and collect every output.
 
         Options: ``deadline_s``, ``preflight`` (warn | refuse | auto | off), ``run_id``,
-        ``batch_size`` (subagents per Celery message, for tiny subagents).
+        ``batch_size`` (subagents per Celery message, for tiny subagents), ``max_tokens`` and
+        ``max_cost_usd`` (a budget: crossing it stops the run, ``budget_exceeded``).
         """
         return self.submit(self.request(Pattern.SPAWN, tasks, **options))
 
@@ -227,6 +232,8 @@ class Orchestrator:
         preflight: PreflightPolicy = "warn",
         run_id: str | None = None,
         batch_size: int | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
     ) -> OrchestrationRequest:
         """Build and check a request (InvalidRequest on a malformed one)."""
         if isinstance(tasks, Task):
@@ -243,6 +250,8 @@ class Orchestrator:
             "deadline_s": deadline_s,
             "preflight": preflight,
             "batch_size": batch_size,
+            "max_tokens": max_tokens,
+            "max_cost_usd": max_cost_usd,
         }
         if run_id is not None:
             fields["run_id"] = run_id

@@ -49,6 +49,8 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
         "created_at": repr(req.created_at),
         "deadline_at": repr(deadline_at),
         "quorum": req.quorum or len(req.tasks),
+        **({"max_tokens": str(req.max_tokens)} if req.max_tokens else {}),
+        **({"max_cost_usd": repr(req.max_cost_usd)} if req.max_cost_usd else {}),
         "merge": req.merge or "",
         "validate": req.validate_with or "",
         "status": RunStatus.SUBMITTED.value,

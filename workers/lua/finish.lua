@@ -7,16 +7,39 @@
 -- ARGV[8] seconds ran  ARGV[9] seconds queued before start, or ''  ARGV[10] queued at, or ''
 -- ARGV[11] '1' if a stop had been requested of this subtask
 -- Duration statistics (optional), appended only for a new envelope:
--- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[14..]
--- ARGV[12] samples kept per list  ARGV[13] stats ttl seconds  ARGV[14..] the samples
--- Returns {new, done, n, won}: new=1 if this envelope was recorded (0: duplicate delivery, or a
--- run whose record is gone: a server restarted without persistence; its waiters get RunLost, and
--- a partial record written here would look like a finished run of 0 subtasks).
+-- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[18..]
+-- ARGV[12] samples kept per list  ARGV[13] stats ttl seconds  ARGV[18..] the samples
+-- Spend not yet in the run's ledger (added for a duplicate too: it was spent), as spend.lua
+-- takes it: ARGV[14] input tokens  ARGV[15] output tokens  ARGV[16] dollars  ARGV[17] models
+-- with no price
+-- Returns {new, done, n, won, crossed}: new=1 if this envelope was recorded (0: duplicate
+-- delivery, or a run whose record is gone: a server restarted without persistence; its waiters
+-- get RunLost, and a partial record written here would look like a finished run of 0
+-- subtasks); crossed=1 if this spend took the run over its budget (see spend.lua).
 local count_field = 'agg:' .. ARGV[3]
 local rec = redis.call('HMGET', KEYS[2], 'done', 'n', count_field, 'agg:ran', 'agg:wait',
   'agg:waits', 'agg:min_queued', 'agg:stop_requested')
 if not rec[2] then
-  return {0, 0, 0, 0}
+  return {0, 0, 0, 0, 0}
+end
+local crossed = 0
+if ARGV[14] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0.0' or ARGV[17] ~= '' then
+  local tokens_in = redis.call('HINCRBY', KEYS[2], 'spent:in', ARGV[14])
+  local tokens_out = redis.call('HINCRBY', KEYS[2], 'spent:out', ARGV[15])
+  local cost = tonumber(redis.call('HINCRBYFLOAT', KEYS[2], 'spent:cost', ARGV[16]))
+  if ARGV[17] ~= '' then
+    for model in string.gmatch(ARGV[17], '[^,]+') do
+      redis.call('HSET', KEYS[2], 'unpriced:' .. model, '1')
+    end
+  end
+  local budget = redis.call('HMGET', KEYS[2], 'max_tokens', 'max_cost_usd')
+  local over = (budget[1] and tokens_in + tokens_out > tonumber(budget[1]))
+    or (budget[2] and cost > tonumber(budget[2]))
+  if over and redis.call('HSETNX', KEYS[2], 'budget_crossed_at', ARGV[6]) == 1 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'budget_exceeded',
+      'tokens', tokens_in + tokens_out, 'cost_usd', string.format('%.17g', cost), 'ts', ARGV[6])
+    crossed = 1
+  end
 end
 local new = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 local done = tonumber(rec[1] or '0')
@@ -62,7 +85,7 @@ if new == 1 then
     'status', ARGV[3], 'won', won, 'ts', ARGV[6])
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   for i = 6, #KEYS do
-    redis.call('LPUSH', KEYS[i], ARGV[i + 8])
+    redis.call('LPUSH', KEYS[i], ARGV[i + 12])
     redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[12]) - 1)
     redis.call('EXPIRE', KEYS[i], ARGV[13])
     redis.call('HINCRBY', KEYS[5], KEYS[i], 1)
@@ -71,4 +94,4 @@ if new == 1 then
     redis.call('EXPIRE', KEYS[5], ARGV[13])
   end
 end
-return {new, done, n, won}
+return {new, done, n, won, crossed}

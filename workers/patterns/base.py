@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, ClassVar
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from workers.models import AgentKind, CatalogEntry, Pattern, TaskMeta
+from workers import ending
+from workers.models import AgentKind, CatalogEntry, Pattern, RunStatus, TaskMeta
 from workers.patterns.members import (
     LazySignatures,
     agent_signature,
@@ -165,6 +166,11 @@ class PatternSpec:
 
     def on_reported_again(self, done: Completion) -> None:
         """A member was delivered again after its envelope was recorded."""
+
+    def on_budget(self, done: Completion) -> None:
+        """The run's spend crossed its budget and everything left was stopped: end it with
+        what finished (``ending`` honours the recorded budget_exceeded ending)."""
+        ending.finish(done.store, done.run_id, RunStatus.BUDGET_EXCEEDED)
 
     def progress(self, done: int, n: int, *, merged: bool, decided: bool) -> tuple[int, int]:
         """(steps done, steps in all) for the progress bar."""

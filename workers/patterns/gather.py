@@ -112,6 +112,11 @@ class Gather(PatternSpec):
     def on_reported_again(self, done: Completion) -> None:
         send_merger(done, only_if_unsent=True)
 
+    def on_budget(self, done: Completion) -> None:
+        # The merger merges what finished if the quorum is met, else fails naming the budget
+        # (the recorded ending); a second merger sent by the last report is harmless.
+        send_merger(done)
+
     def progress(self, done: int, n: int, *, merged: bool, decided: bool) -> tuple[int, int]:
         return done + (1 if merged else 0), n + 1
 

@@ -17,11 +17,12 @@ from workers.store.multiplexer import (
 from workers.store.records import stream_entries
 from workers.store.run_store import RunStore
 from workers.store.service import RecoveryView
-from workers.store.subtasks import CancelFeed, FinishOutcome
+from workers.store.subtasks import NO_SPEND, CancelFeed, FinishOutcome
 
 __all__ = [
     "CONNECTION_ERRORS",
     "ERRORS",
+    "NO_SPEND",
     "RETRIES",
     "AsyncStore",
     "AsyncSubtasks",

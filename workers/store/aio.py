@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.errors import RunNotFound
+from workers.ledger import SpendDelta
 from workers.models import AgentResult, RunResult
 from workers.names import indices as fields_of
-from workers.scripts import FINISH, RESULT, START
+from workers.scripts import FINISH, RESULT, SPEND, START
 from workers.stats import Sample
 from workers.store.base import flat
 from workers.store.multiplexer import Entry, Multiplexer, Subscription, close_async, multiplexer
 from workers.store.run_store import RunStore
-from workers.store.subtasks import FinishOutcome, finished, started
+from workers.store.subtasks import NO_SPEND, FinishOutcome, finished, started
 from workers.stored_result import assemble_result, parse_envelopes, result_args
 
 __all__ = ["AsyncStore", "AsyncSubtasks", "async_store", "close_async"]
@@ -97,11 +98,22 @@ class AsyncSubtasks:
         return started(await self.mux.script(START, keys, args))
 
     async def finish_task(
-        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+        self,
+        run_id: str,
+        env: AgentResult,
+        *,
+        claim: bool,
+        stats: Sequence[Sample] = (),
+        spend: SpendDelta = NO_SPEND,
     ) -> FinishOutcome:
         """See RunStore.finish_task."""
-        keys, args = self.store.finish_call(run_id, env, claim=claim, stats=stats)
+        keys, args = self.store.finish_call(run_id, env, claim=claim, stats=stats, spend=spend)
         return finished(await self.mux.script(FINISH, keys, args))
+
+    async def add_spend(self, run_id: str, spend: SpendDelta) -> bool:
+        """See RunStore.add_spend."""
+        keys, args = self.store.spend_call(run_id, spend)
+        return bool(await self.mux.script(SPEND, keys, args))
 
     async def event(self, run_id: str, kind: str, **fields: Any) -> None:
         """See RunStore.event."""

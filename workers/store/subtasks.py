@@ -8,13 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from workers.ledger import SpendDelta
 from workers.models import AgentResult, RunStatus
 from workers.names import indices as fields_of
 from workers.run_result import finish_args
-from workers.scripts import FINISH, START
+from workers.scripts import FINISH, SPEND, START
 from workers.stats import Sample, agent_sample
 from workers.store.base import StoreBase
 from workers.stored_result import parse_envelopes
+
+#: No spend to add.
+NO_SPEND = SpendDelta()
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class FinishOutcome:
     done: int
     n: int
     won: bool
+    #: Its spend took the run over its budget (the caller stops the run).
+    crossed: bool = False
 
 
 def started(reply: Any) -> tuple[int, str]:
@@ -35,8 +41,10 @@ def started(reply: Any) -> tuple[int, str]:
 
 def finished(reply: Any) -> FinishOutcome:
     """finish.lua's reply."""
-    new, done, n, won = reply
-    return FinishOutcome(new=bool(new), done=int(done), n=int(n), won=bool(won))
+    new, done, n, won, crossed = reply
+    return FinishOutcome(
+        new=bool(new), done=int(done), n=int(n), won=bool(won), crossed=bool(crossed)
+    )
 
 
 class CancelFeed:
@@ -81,7 +89,13 @@ class SubtaskStore(StoreBase):
         return started(START(self.r, keys=keys, args=args))
 
     def finish_call(
-        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+        self,
+        run_id: str,
+        env: AgentResult,
+        *,
+        claim: bool,
+        stats: Sequence[Sample] = (),
+        spend: SpendDelta = NO_SPEND,
     ) -> tuple[list[str], list[Any]]:
         """finish.lua's keys and arguments.
 
@@ -110,16 +124,36 @@ class SubtaskStore(StoreBase):
             *finish_args(env),
             self.stats_samples,
             self.stats_ttl_s,
+            *spend.args(),
             *[text for _, text in samples],
         ]
         return keys, args
 
     def finish_task(
-        self, run_id: str, env: AgentResult, *, claim: bool, stats: Sequence[Sample] = ()
+        self,
+        run_id: str,
+        env: AgentResult,
+        *,
+        claim: bool,
+        stats: Sequence[Sample] = (),
+        spend: SpendDelta = NO_SPEND,
     ) -> FinishOutcome:
-        """Record the envelope once; with claim, try to win the race (see finish_call)."""
-        keys, args = self.finish_call(run_id, env, claim=claim, stats=stats)
+        """Record the envelope once; with claim, try to win the race; add the spend not yet in
+        the run's ledger (see finish_call)."""
+        keys, args = self.finish_call(run_id, env, claim=claim, stats=stats, spend=spend)
         return finished(FINISH(self.r, keys=keys, args=args))
+
+    def spend_call(self, run_id: str, spend: SpendDelta) -> tuple[list[str], list[Any]]:
+        """spend.lua's keys and arguments."""
+        k = self.keys
+        args = [*spend.args(), repr(time.time()), self.ttl_s, self.maxlen]
+        return [k.run(run_id), k.events(run_id)], args
+
+    def add_spend(self, run_id: str, spend: SpendDelta) -> bool:
+        """Add a running subagent's spend to the run's ledger; True if it crossed the run's
+        budget (exactly one caller sees True: it stops the run)."""
+        keys, args = self.spend_call(run_id, spend)
+        return bool(SPEND(self.r, keys=keys, args=args))
 
     def envelope(self, run_id: str, index: int) -> AgentResult | None:
         """The recorded envelope of one subtask."""

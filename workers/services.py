@@ -1,0 +1,59 @@
+"""What the runtime needs in each worker process: the store, the cancel listener, the
+registry, the event loop for async agents, the price table; one per process, after fork."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workers import ending
+from workers.agent_loop import AgentLoop
+from workers.cancel import CancelListener
+from workers.patterns import Completion
+from workers.prices import Prices
+from workers.registry import Registry
+from workers.store import AsyncSubtasks, RunStore, multiplexer
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    """What the runtime needs in each worker process."""
+
+    store: RunStore
+    listener: CancelListener
+    registry: Registry
+    revoke: ending.Revoke
+    #: Sends a message the coordinator stored on the run record (a gather's merger).
+    send: Callable[[str], None]
+    #: Starts of one subtask after which it is given up (ORCH_MAX_ATTEMPTS).
+    max_attempts: int = 3
+    #: Retries of a state Redis call of the async path (ORCH_STATE_RETRIES).
+    state_retries: int = 25
+    #: The process's event loop for async agents, mergers and validators.
+    loop: AgentLoop | None = None
+    #: The state Redis URL the loop's multiplexer connects to.
+    state_url: str = ""
+    #: ORCH_PRICES, and how often a subagent's spend reaches the ledger (ORCH_LEDGER__FLUSH_S).
+    prices: Prices = field(default_factory=Prices)
+    flush_s: float = 0.25
+    _aio: AsyncSubtasks | None = None
+
+    def completion(self, run_id: str) -> Completion:
+        """What a pattern's completion rule gets."""
+        return Completion(store=self.store, run_id=run_id, send=self.send)
+
+    def agent_loop(self) -> AgentLoop:
+        """The process's event loop (started on first use)."""
+        if self.loop is None:
+            raise RuntimeError("this process has no event loop for async agents")
+        return self.loop.start()
+
+    def aio(self) -> AsyncSubtasks:
+        """The subtask calls for the event loop (made on the loop, on first use)."""
+        if self._aio is None:
+            self._aio = AsyncSubtasks(
+                multiplexer(self.state_url, self.store.keys.prefix), self.store
+            )
+        return self._aio

@@ -1,0 +1,65 @@
+"""How a subagent's running spend reaches the run's ledger, and what a crossed budget does:
+stop everything still queued or running, then end the run as its pattern says."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from workers import ending
+from workers.ledger import SpendDelta, SpendMeter
+from workers.models import TaskMeta
+from workers.patterns import pattern_of
+from workers.services import Services
+
+__all__ = ["budget_crossed", "spend_flusher"]
+
+log = logging.getLogger(__name__)
+
+
+def spend_flusher(
+    services: Services, run_id: str, meta: TaskMeta, meter: SpendMeter
+) -> Callable[[SpendDelta], None]:
+    """How a subagent's running spend reaches the run's ledger: one round trip from a sync
+    agent's thread; a background task from an async one (the loop never waits for it; the
+    envelope waits for what is still in flight)."""
+
+    def flush(delta: SpendDelta) -> None:
+        if services.loop is not None and services.loop.in_loop:
+            task = asyncio.get_running_loop().create_task(
+                _flush_async(services, run_id, meta, meter, delta)
+            )
+            meter.inflight.add(task)
+            task.add_done_callback(meter.inflight.discard)
+            return
+        try:
+            crossed = services.store.add_spend(run_id, delta)
+        except Exception as exc:  # the ledger gets it with the next flush, or the envelope
+            meter.give_back(delta)
+            log.warning("run %s: spend not recorded yet (%s); it goes with the next", run_id, exc)
+            return
+        if crossed:
+            budget_crossed(services, run_id, meta)
+
+    return flush
+
+
+async def _flush_async(
+    services: Services, run_id: str, meta: TaskMeta, meter: SpendMeter, delta: SpendDelta
+) -> None:
+    try:
+        crossed = await services.aio().add_spend(run_id, delta)
+    except Exception as exc:  # as above
+        meter.give_back(delta)
+        log.warning("run %s: spend not recorded yet (%s); it goes with the next", run_id, exc)
+        return
+    if crossed:
+        await asyncio.to_thread(budget_crossed, services, run_id, meta)
+
+
+def budget_crossed(services: Services, run_id: str, meta: TaskMeta) -> None:
+    """The run's spend crossed its budget (this process saw it first): stop everything still
+    queued or running, then end the run as the pattern says (a gather may still merge)."""
+    ending.over_budget(services.store, services.revoke, run_id)
+    pattern_of(meta.pattern).on_budget(services.completion(run_id))
