@@ -145,7 +145,10 @@ def test_a_retried_secret_subagent_never_shows_its_payload(
         state.stop()  # the state Redis goes away (its append-only file keeps the run)
         # echo's own queue under this stack's base queue (routing by agent).
         echo_queue = agent_queue_name(queue, "agent", "echo")
-        replies = orch.app.control.add_consumer(echo_queue, destination=[hostname], reply=True)
+        # A loaded machine may answer after the default 1 s: wait longer for the one reply.
+        replies = orch.app.control.add_consumer(
+            echo_queue, destination=[hostname], reply=True, timeout=10
+        )
         assert replies, "the worker did not take the queue"
 
         # Flower's RETRY state lasts until the new message's task-received: read the worker.
