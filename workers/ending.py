@@ -188,11 +188,13 @@ def win(store: RunStore, revoke: Revoke, run_id: str, env: AgentResult, n: int) 
 
 
 def _stop(store: RunStore, revoke: Revoke, run_id: str, reason: str, status: RunStatus) -> None:
-    """Record how the run ends, flag it, tell every worker, revoke every message it sent."""
+    """Record how the run ends, flag it, tell every worker, revoke every message it sent (but
+    a merger that must still merge what finished: over budget)."""
     rec = store.record(run_id)
     store.request_cancel(run_id, reason, ending=status)
     batches = json.loads(rec["batches"]) if rec.get("batches") else []
-    revoke(run_task_ids(run_id, int(rec["n"]), len(batches)))
+    merges = status is RunStatus.BUDGET_EXCEEDED
+    revoke(run_task_ids(run_id, int(rec["n"]), len(batches), with_merger=not merges))
 
 
 def cancel(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResult | None:

@@ -102,12 +102,13 @@ def group_id(run_id: str) -> str:
     return f"{run_id}.group"
 
 
-def run_task_ids(run_id: str, n: int, batches: int = 0) -> list[str]:
-    """Every task id a run of ``n`` subtasks (and ``batches`` batch messages) may have sent."""
+def run_task_ids(run_id: str, n: int, batches: int = 0, *, with_merger: bool = True) -> list[str]:
+    """Every task id a run of ``n`` subtasks (and ``batches`` batch messages) may have sent;
+    without the merger's when it must still run (a gather over budget merges what finished)."""
     return (
         [subtask_id(run_id, i) for i in range(n)]
         + [batch_id(run_id, b) for b in range(batches)]
-        + [merge_id(run_id)]
+        + ([merge_id(run_id)] if with_merger else [])
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 
 from workers import ending
@@ -40,7 +41,11 @@ def spend_flusher(
             log.warning("run %s: spend not recorded yet (%s); it goes with the next", run_id, exc)
             return
         if crossed:
-            budget_crossed(services, run_id, meta)
+            # Not on this thread: the stop interrupts this very agent (it is in flight), and
+            # the interrupt must not land inside the stop itself.
+            threading.Thread(
+                target=budget_crossed, args=(services, run_id, meta), name="orch-budget"
+            ).start()
 
     return flush
 
