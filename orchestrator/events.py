@@ -32,6 +32,7 @@ class EventType(StrEnum):
     WON = "won"  # a racer claimed the win (index, worker)
     CANCEL_REQUESTED = "cancel_requested"  # the run or some subtasks were asked to stop (reason)
     MERGED = "merged"  # the merger ran (merger, ok)
+    BUDGET_EXCEEDED = "budget_exceeded"  # the run's spend crossed its budget (tokens, cost_usd)
     RUN_FINISHED = "run_finished"  # the run ended (status); always the last event
 
     @property
@@ -62,6 +63,12 @@ class RunEvent(BaseModel):
     reason: str | None = Field(None, description="cancel_requested: why.")
     merger: str | None = None
     verdict: str | None = Field(None, description="preflight: the advisor's verdict.")
+    tokens: int | None = Field(
+        None,
+        description="finished (when the envelope carried spend), budget_exceeded: the run's "
+        "ledger after it, in tokens.",
+    )
+    cost_usd: float | None = Field(None, description="The same in dollars (0 while unpriced).")
     data: dict[str, str] = Field(
         default_factory=dict, description="Every raw field, including ones not modelled here."
     )
@@ -85,8 +92,8 @@ class RunEvent(BaseModel):
         return self.type == EventType.FINISHED and self.status in STOPPED_STATUSES
 
 
-_INTS = ("index", "attempt", "n")
-_FLOATS = ("fraction",)
+_INTS = ("index", "attempt", "n", "tokens")
+_FLOATS = ("fraction", "cost_usd")
 _TEXTS = ("status", "worker", "message", "reason", "merger", "verdict")
 
 

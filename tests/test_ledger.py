@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, RunStatus, Task
+from orchestrator.cli.report import report_lines, roi_summary
 from tests.conftest import AGENT_MODULES, _stack
 from workers.errors import ConfigError
 from workers.prices import parse_prices
@@ -82,6 +83,8 @@ def test_an_unknown_model_keeps_its_tokens_and_has_no_cost(o: Orchestrator) -> N
     assert res.report.tokens_spent == 150
     assert res.report.cost_usd_spent is None  # never a guessed price
     assert res.report.unpriced_models == ["m-secret-sauce"]
+    table = "\n".join(report_lines(res))
+    assert "no price for model(s) m-secret-sauce" in table
 
 
 def test_failed_subagents_spend_is_counted_and_wasted(o: Orchestrator) -> None:
@@ -110,6 +113,9 @@ def test_a_race_reports_its_losers_waste_in_dollars(o: Orchestrator) -> None:
     assert res.report.tokens_wasted == burnt
     assert res.report.cost_usd_wasted is not None and res.report.cost_usd_wasted > 0
     assert res.report.cost_usd_per_useful_result == pytest.approx(res.report.cost_usd_spent)
+    table = "\n".join(report_lines(res))
+    assert "tokens wasted" in table and "cost wasted" in table
+    assert "tokens ($" in roi_summary(res.report)
 
 
 @pytest.mark.parametrize("agent, in_flight", [("ledger.spend_sync", 2), ("ledger.spend_async", 10)])
@@ -125,6 +131,8 @@ def test_a_token_budget_stops_a_spawn_within_its_bound(
     ]
     run = o.spawn(tasks, deadline_s=120, max_tokens=5000)
     run.wait(timeout_s=120)
+    live = run.status()
+    assert live.max_tokens == 5000 and live.tokens_spent > 5000
     res = run.settle(timeout_s=30)
     assert res.status is RunStatus.BUDGET_EXCEEDED, res.error
     assert res.error is not None and "max_tokens=5,000" in res.error

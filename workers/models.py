@@ -343,3 +343,7 @@ class RunProgress(BaseModel):
     created_at: float
     deadline_at: float
     winner: int | None = None
+    tokens_spent: int = Field(0, description="The run's ledger so far (every attempt).")
+    cost_usd_spent: float | None = Field(None, description="None while nothing was priced.")
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None

@@ -6,13 +6,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from orchestrator.advisor import Preflight, PreflightSource
 from orchestrator.api import aio
+from orchestrator.api.options import GatherOptions, RaceOptions, SpawnOptions
 from orchestrator.api.runs import Run
 from orchestrator.catalog import Catalog
 from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
@@ -83,34 +84,6 @@ def _deeper_than(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
-
-
-class SpawnOptions(TypedDict, total=False):
-    """Keyword options of ``spawn`` (see ``Orchestrator.request``)."""
-
-    deadline_s: float | None
-    preflight: PreflightPolicy
-    run_id: str | None
-    batch_size: int | None
-    max_tokens: int | None
-    max_cost_usd: float | None
-
-
-class GatherOptions(SpawnOptions, total=False):
-    """Keyword options of ``gather``: those of ``spawn`` plus the quorum."""
-
-    quorum: int | None
-
-
-class RaceOptions(TypedDict, total=False):
-    """Keyword options of ``race`` (races never batch)."""
-
-    validate: str | None
-    deadline_s: float | None
-    preflight: PreflightPolicy
-    run_id: str | None
-    max_tokens: int | None
-    max_cost_usd: float | None
 
 
 class Orchestrator:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from orchestrator.advisor import CheckStatus, Preflight
+from orchestrator.cli.spend import spend_clause, spend_rows, tokens_of, unpriced_note
 from workers.models import AgentResult, AgentStatus, RoiReport, RunResult
 from workers.patterns import pattern_of
 
@@ -67,7 +68,7 @@ def roi_summary(r: RoiReport) -> str:
     text = f"{speed}; work spent {duration(r.work_spent_s)}, wasted {duration(r.work_wasted_s)}"
     if r.merge_s or r.merge_wait_s:
         text += f"; merge {duration(r.merge_s)} after {duration(r.merge_wait_s)} queued"
-    return text
+    return text + spend_clause(r)
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -94,14 +95,10 @@ def report_lines(result: RunResult) -> list[str]:
         ("coordinator overhead", _ms(r.coordinator_overhead_s), ""),
         ("mean queue wait", _ms(r.queue_wait_s), ""),
     ]
+    rows += spend_rows(r, p)
     if r.cancel_latency_max_s is not None:
-        rows.append(
-            (
-                "cancel latency p50/max",
-                f"{_ms(r.cancel_latency_p50_s)} / {_ms(r.cancel_latency_max_s)}",
-                "",
-            )
-        )
+        latency = f"{_ms(r.cancel_latency_p50_s)} / {_ms(r.cancel_latency_max_s)}"
+        rows.append(("cancel latency p50/max", latency, ""))
     lines = [
         f"run {result.run_id}  {result.pattern.value}  {result.status.value}  "
         f"{r.n} subagents, executed {r.execution.value}",
@@ -122,6 +119,8 @@ def report_lines(result: RunResult) -> list[str]:
     note = pattern_of(result.pattern).report_note
     if note:
         lines.append(f"  {note}")
+    if (unpriced := unpriced_note(r)) is not None:
+        lines.append(f"  {unpriced}")
     if result.error:
         lines.append(f"  note: {result.error}")
     return lines
@@ -188,7 +187,7 @@ def _agent_row(env: AgentResult, won: bool) -> _Row:
         finished=env.finished_at,
         won=won,
         cancel_at=env.cancel_requested_at,
-        detail=_ms(env.ran_s) if env.started_at else "",
+        detail=(_ms(env.ran_s) if env.started_at else "") + tokens_of(env),
     )
 
 

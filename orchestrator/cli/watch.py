@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.cli.report import duration, roi_summary
+from orchestrator.cli.spend import tokens, usd
 from orchestrator.events import EventType, RunEvent, follow_events
 from workers import ending
 from workers.errors import RunTimedOut
@@ -68,6 +69,10 @@ class RunView:
     verdict: str | None = None
     cancel_reason: str | None = None
     finished_ts: float | None = None
+    #: The run's ledger as the events told it (tokens, dollars), and its budget.
+    tokens: int = 0
+    cost_usd: float = 0.0
+    max_tokens: int | None = None
 
     @classmethod
     def from_record(cls, rec: dict[str, str]) -> RunView:
@@ -80,6 +85,7 @@ class RunView:
             created_at=float(rec["created_at"]),
             deadline_at=float(rec["deadline_at"]),
             merger=rec.get("merge") or None,
+            max_tokens=int(rec["max_tokens"]) if rec.get("max_tokens") else None,
         )
 
     @property
@@ -125,6 +131,11 @@ class RunView:
         elif kind is EventType.RUN_FINISHED:
             self.status = ev.status or "finished"
             self.finished_ts = ev.ts
+        if ev.tokens is not None:  # finished, budget_exceeded: the ledger after it
+            self.tokens = max(self.tokens, ev.tokens)
+            self.cost_usd = max(self.cost_usd, ev.cost_usd or 0.0)
+        if kind is EventType.BUDGET_EXCEEDED:
+            self.cancel_reason = "budget exceeded"
 
     # -- drawing ---------------------------------------------------------------------------
     def progress(self) -> tuple[int, int]:
@@ -183,12 +194,17 @@ class RunView:
         if not self.finished:
             clock += f", deadline in {left:.0f}s" if left > 0 else ", deadline passed"
         verdict = f"  pre-flight {self.verdict}" if self.verdict else ""
-        return f"run {self.run_id}  {self.pattern.value}  {self.status}  {clock}{verdict}"
+        spend = ""
+        if self.tokens or self.max_tokens is not None:
+            spend = f"  {tokens(self.tokens)} tokens"
+            spend += f" of {tokens(self.max_tokens)}" if self.max_tokens is not None else ""
+            spend += f" {usd(self.cost_usd)}" if self.cost_usd else ""
+        return f"run {self.run_id}  {self.pattern.value}  {self.status}  {clock}{verdict}{spend}"
 
 
 def _pipe_state(view: RunView) -> tuple[object, ...]:
     """What must change for a new block in a pipe: states, not the clock nor progress."""
-    run = (view.status, view.merged, view.winner, view.cancel_reason)
+    run = (view.status, view.merged, view.winner, view.cancel_reason, view.tokens)
     return run + tuple((s.state, s.won) for s in view.subtasks)
 
 

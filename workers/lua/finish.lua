@@ -23,6 +23,7 @@ if not rec[2] then
   return {0, 0, 0, 0, 0}
 end
 local crossed = 0
+local ledger = nil
 if ARGV[14] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0.0' or ARGV[17] ~= '' then
   local tokens_in = redis.call('HINCRBY', KEYS[2], 'spent:in', ARGV[14])
   local tokens_out = redis.call('HINCRBY', KEYS[2], 'spent:out', ARGV[15])
@@ -32,6 +33,7 @@ if ARGV[14] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0.0' or ARGV[17] ~= '' the
       redis.call('HSET', KEYS[2], 'unpriced:' .. model, '1')
     end
   end
+  ledger = {tokens_in + tokens_out, string.format('%.17g', cost)}
   local budget = redis.call('HMGET', KEYS[2], 'max_tokens', 'max_cost_usd')
   local over = (budget[1] and tokens_in + tokens_out > tonumber(budget[1]))
     or (budget[2] and cost > tonumber(budget[2]))
@@ -81,8 +83,16 @@ if new == 1 then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if new == 1 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'finished', 'index', ARGV[1],
-    'status', ARGV[3], 'won', won, 'ts', ARGV[6])
+  local event = {'type', 'finished', 'index', ARGV[1], 'status', ARGV[3], 'won', won,
+    'ts', ARGV[6]}
+  if ledger then
+    -- The run's ledger after this envelope: live spend for watchers, no extra read.
+    table.insert(event, 'tokens')
+    table.insert(event, ledger[1])
+    table.insert(event, 'cost_usd')
+    table.insert(event, ledger[2])
+  end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', unpack(event))
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   for i = 6, #KEYS do
     redis.call('LPUSH', KEYS[i], ARGV[i + 12])

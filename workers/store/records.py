@@ -9,6 +9,7 @@ from typing import Any
 from workers.errors import RunNotFound
 from workers.models import Pattern, RunProgress, RunStatus
 from workers.run_result import Aggregates
+from workers.spend_report import Ledger
 from workers.store.base import StoreBase, flat
 from workers.store.timeouts import blocking_for
 
@@ -168,7 +169,12 @@ class RecordStore(StoreBase):
         pipe.get(k.winner(run_id))
         started, winner = pipe.execute()
         agg = Aggregates.of(rec)
+        led = Ledger.of(rec)
         return RunProgress(
+            tokens_spent=led.tokens,
+            cost_usd_spent=led.cost_usd if led.priced else None,
+            max_tokens=led.max_tokens,
+            max_cost_usd=led.max_cost_usd,
             run_id=run_id,
             pattern=Pattern(rec["pattern"]),
             status=RunStatus(rec["status"]),
