@@ -83,6 +83,24 @@ def test_async_gather_merges_with_an_async_merger(o: Orchestrator) -> None:
     assert res.merged["texts"] == [f"t{i}" for i in range(6)]
 
 
+def test_an_async_batch_runs_its_items_at_once(o: Orchestrator) -> None:
+    """A batch message of an async agent runs its items concurrently on the loop (not one
+    after another), each with its own envelope and progress events."""
+    tasks = [Task("async.nap", {"seconds": 0.5, "text": str(i)}) for i in range(8)]
+    run = o.spawn(tasks, deadline_s=60, batch_size=4)
+    res = run.wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    batches = [res.results[:4], res.results[4:]]
+    for batch in batches:
+        latest_start = max(e.started_at or 0.0 for e in batch)
+        earliest_end = min(e.finished_at or 0.0 for e in batch)
+        assert latest_start < earliest_end, "the items of one batch did not overlap"
+    progressed = {
+        int(f["index"]) for _, f in o.store.events_after(run.id) if f.get("type") == "progress"
+    }
+    assert progressed == set(range(8))  # ctx.progress from async agents, off the loop
+
+
 def test_sync_and_async_agents_mix_in_one_run(o: Orchestrator) -> None:
     tasks = [Task("echo", {"text": "sync"}), Task("async.nap", {"seconds": 0.05, "text": "a"})]
     res = o.spawn(tasks, deadline_s=60).wait(timeout_s=60)
@@ -117,7 +135,8 @@ def test_300_async_subagents_in_flight_on_one_process(o: Orchestrator, model: Mo
     """One worker process of a single prefork slot, default ORCH_AIO__MAX_IN_FLIGHT (500):
     all 300 streams are open at the same moment."""
     before = model.max_concurrent
-    tasks = [_stream(model, chunks=20, interval_ms=150) for _ in range(300)]  # 3 s each
+    # 8 s each: on a loaded machine the 300 starts spread over seconds, yet they all overlap.
+    tasks = [_stream(model, chunks=40, interval_ms=200) for _ in range(300)]
     res = o.spawn(tasks, deadline_s=120).wait(timeout_s=120)
     assert res.status is RunStatus.SUCCEEDED, res.error
     assert len({e.output["pid"] for e in res.results if e.output}) == 1
@@ -195,6 +214,25 @@ def test_async_subagents_of_a_killed_worker_are_run_again() -> None:
             env = res.results[i]
             assert env.status is AgentStatus.OK
             assert env.attempt == 2 and env.worker is not None and env.worker.startswith("worker1@")
+    finally:
+        o.close()
+        s.stop()
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_async_agents_under_other_pools(pool: str) -> None:
+    """Our threads pool runs async subagents on the loop too (more in flight than its one
+    slot); Celery's solo pool runs them one per slot, each waiting for its coroutine."""
+    s = _stack(name=f"async-{pool}", workers=1, concurrency=1, pool=pool, agent_modules=MODULES)
+    o = Orchestrator(broker_url=s.url, key_prefix=s.key_prefix)
+    try:
+        tasks = [Task("async.nap", {"seconds": 0.5, "text": str(i)}) for i in range(4)]
+        res = o.spawn(tasks, deadline_s=60).wait(timeout_s=60)
+        assert res.status is RunStatus.SUCCEEDED, res.error
+        latest_start = max(e.started_at or 0.0 for e in res.results)
+        earliest_end = min(e.finished_at or 0.0 for e in res.results)
+        overlapped = latest_start < earliest_end
+        assert overlapped is (pool == "threads")
     finally:
         o.close()
         s.stop()
