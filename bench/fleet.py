@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--http-clients", type=int, default=1, help="httpx clients per worker process, in turn"
     )
+    parser.add_argument(
+        "--broker-max-connections",
+        type=int,
+        default=0,
+        help="raw workers' Redis transport pool (0: kombu's default, 10)",
+    )
     parser.add_argument("--quick", action="store_true", help="n=50, 0.2 s streams, 3 races")
     parser.add_argument("--out", type=str, default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -256,14 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     with interrupt_as_exit():
         try:
-            with fleet_env(RESULTS / "logs" / f"fleet-{stamp}", args.http_clients) as env:
+            with fleet_env(
+                RESULTS / "logs" / f"fleet-{stamp}", args.http_clients, args.broker_max_connections
+            ) as env:
                 fleets, races = measure(args, env)
         except BenchError as exc:
             print(f"fleet benchmark failed: {exc}", file=sys.stderr)
             return 1
     header = (
         f"fleet: n={args.n} streams of {CHUNKS} events {args.stream_s * 100:g} ms apart, "
-        f"{args.http_clients} httpx client(s) per worker process, {os.cpu_count()} CPUs, "
+        f"{args.http_clients} httpx client(s) per worker process, raw workers' broker pool "
+        f"{args.broker_max_connections or 'default'}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {_versions()}; "
         f"{dt.datetime.now().isoformat(timespec='seconds')}"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -90,6 +91,7 @@ def fleet_any(out: StreamOut) -> bool:
 F = TypeVar("F", bound=Callable[..., Any])
 _clients: list[httpx.Client] = []
 _clients_pid = -1
+_clients_lock = threading.Lock()
 
 
 def raw_task(name: str) -> Callable[[F], F]:
@@ -101,8 +103,12 @@ def sync_client() -> httpx.Client:
     """One of the process's blocking clients, in turn, shared by its threads (or greenlets)."""
     global _clients_pid
     if _clients_pid != os.getpid():
-        _clients[:] = [httpx.Client(limits=LIMITS, timeout=TIMEOUT) for _ in range(CLIENTS)]
-        _clients_pid = os.getpid()
+        # The first tasks start together: without the lock each would make a set of clients
+        # (an httpx.Client holds its own TLS context, ~1 MiB with OpenSSL 3 here).
+        with _clients_lock:
+            if _clients_pid != os.getpid():
+                _clients[:] = [httpx.Client(limits=LIMITS, timeout=TIMEOUT) for _ in range(CLIENTS)]
+                _clients_pid = os.getpid()
     return _clients[next(_turn) % CLIENTS]
 
 

@@ -165,7 +165,9 @@ class FleetEnv:
 
 
 @contextlib.contextmanager
-def fleet_env(log_dir: Path, http_clients: int = 1) -> Iterator[FleetEnv]:
+def fleet_env(
+    log_dir: Path, http_clients: int = 1, broker_max_connections: int = 0
+) -> Iterator[FleetEnv]:
     """Start everything; stop every process it started on the way out, however it goes."""
     tag = new_tag()[:8]
     prefix = f"orchfleet-{tag}"
@@ -175,7 +177,9 @@ def fleet_env(log_dir: Path, http_clients: int = 1) -> Iterator[FleetEnv]:
         "ORCH_AGENT_QUEUE": f"{prefix}-agents",
         "ORCH_COORDINATOR_QUEUE": f"{prefix}-orchestrator",
         "ORCH_RUN_TTL_S": "3600",
-        "FLEET_HTTP_CLIENTS": str(http_clients),  # read by bench/fleet_agents.py in workers
+        # Read in the workers by bench/fleet_agents.py and bench/fleet_worker.py (raw only).
+        "FLEET_HTTP_CLIENTS": str(http_clients),
+        "FLEET_BROKER_MAX_CONNECTIONS": str(broker_max_connections),
     }
     model = start_model_server(log_dir / "model-server.log")
     stack = _BenchStack(

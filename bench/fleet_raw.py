@@ -31,6 +31,9 @@ from bench.fleet_env import (
     stream_url,
 )
 
+#: How long a fleet's results are awaited beyond its streams' own length.
+RESULT_WAIT_S = 120.0
+
 
 def start_raw_worker(env: FleetEnv, pool: str, concurrency: int) -> str:
     """``celery worker -P <pool> -c <concurrency>`` on the agents' queue, ready for work."""
@@ -49,16 +52,18 @@ def start_raw_worker(env: FleetEnv, pool: str, concurrency: int) -> str:
             start_new_session=True,
         )
     # Ready once it has run a few: imports done, connections made.
-    raw_streams(env, name, 20, (1, 0.0), timeout_s=90)
+    _, _, warm = raw_streams(env, name, 20, (1, 0.0), timeout_s=90)
+    if len(warm) < 20:
+        raise BenchError(f"{name} ran {len(warm)} of 20 warm-up streams: {env.stack.tail(name)}")
     return name
 
 
 def raw_streams(
     env: FleetEnv, worker: str, n: int, shape: tuple[int, float], timeout_s: float
 ) -> tuple[str, float, list[dict[str, Any]]]:
-    """Send ``n`` raw streams as one group; (tag, wall s from first send to last result, results).
+    """Send ``n`` raw streams as one group; (tag, s from first send to last result, results).
 
-    Fails early if the worker process exits meanwhile.
+    Results missing at the deadline are left out; fails early if the worker process exits.
     """
     tag = new_tag()
     ids = [f"{tag}-{i}" for i in range(n)]
@@ -69,10 +74,10 @@ def raw_streams(
     proc = env.stack.procs[worker]
     got: dict[str, dict[str, Any]] = {}
     with env.raw.results(tag) as stream:
-        started = time.perf_counter()
+        started = last = time.perf_counter()
         group(sigs).apply_async()
         deadline = time.monotonic() + timeout_s
-        while len(got) < n:
+        while len(got) < n and time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BenchError(
                     f"{worker} exited with {proc.returncode}: {env.stack.tail(worker)}"
@@ -80,10 +85,21 @@ def raw_streams(
             with contextlib.suppress(BenchError):  # a second's silence: check the worker again
                 meta = stream.next(min(deadline, time.monotonic() + 1.0))
                 got[meta["task_id"]] = meta
-            if time.monotonic() > deadline:
-                raise BenchError(f"{n - len(got)} of {n} raw streams had no result in {timeout_s}s")
-        wall_s = time.perf_counter() - started
-    return tag, wall_s, list(got.values())
+                last = time.perf_counter()
+    return tag, last - started, list(got.values())
+
+
+def log_trouble(env: FleetEnv, worker: str) -> str:
+    """What went wrong in a worker's log, counted (empty when nothing did)."""
+    text = env.stack.log(worker)
+    signs = {
+        "acks failed": "Couldn't ack",
+        "broker connection lost": "Connection to broker lost",
+        "redis pool exhausted": "MaxConnectionsError",
+        "task errors": "raised unexpected",
+    }
+    found = [f"{text.count(sign)} {what}" for what, sign in signs.items() if sign in text]
+    return "worker log: " + ", ".join(found) if found else ""
 
 
 @contextlib.contextmanager
@@ -98,18 +114,23 @@ def raw_worker(env: FleetEnv, pool: str, concurrency: int) -> Iterator[str]:
 def raw_fleet(env: FleetEnv, worker: str, pool: str, n: int, stream_s: float) -> FleetRow:
     """n raw streams at once on one ``-P <pool> -c <n>`` worker."""
     row = FleetRow(f"raw Celery, {pool} pool", pool, n)
+    timeout_s = stream_s * 10 + RESULT_WAIT_S
     with RssSampler(env.stack.procs[worker].pid) as rss:
-        tag, row.wall_s, results = raw_streams(
-            env, worker, n, (10, stream_s * 100), timeout_s=stream_s * 10 + 300
-        )
+        tag, row.wall_s, results = raw_streams(env, worker, n, (10, stream_s * 100), timeout_s)
     row.idle_rss_bytes, row.peak_rss_bytes, row.cpu_s = rss.idle_bytes, rss.peak_bytes, rss.cpu_s
     good = [
         m["status"] == "SUCCESS" and (m.get("result") or {}).get("chunks") == 10 for m in results
     ]
     row.ok = sum(good)
     bad = [m for m, g in zip(results, good, strict=True) if not g]
+    notes = []
+    if len(results) < n:
+        notes.append(f"{n - len(results)} without a result after {timeout_s:.0f} s")
     if bad:
-        row.note = f"{bad[0]['status']}: {str(bad[0].get('result'))[:160]}"
+        notes.append(f"{bad[0]['status']}: {str(bad[0].get('result'))[:160]}")
+    if trouble := log_trouble(env, worker):
+        notes.append(trouble)
+    row.note = "; ".join(notes)
     row.server_peak = server_peak(env.model.records(f"{tag}-"))
     return row
 
