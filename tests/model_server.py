@@ -5,7 +5,8 @@ speaks OpenAI's chat-completions protocol (streaming and not), with directives i
 message, e.g. ``"hi [[tokens=50 interval_ms=20 id=abc]]"``. Every request is recorded; while a
 response is produced the request side is watched, so a client that goes away is seen at once
 (``disconnected_at``) and nothing more is written to it. One event loop holds thousands of
-streams. ``python -m tests.model_server [--port 0]`` serves until SIGTERM, with ``GET /_records``.
+streams. ``python -m tests.model_server [--port 0]`` serves until SIGTERM, with
+``GET /_records[?ids=a,b][&prefix=p]``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class ModelServer:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     @property
     def url(self) -> str:
@@ -126,9 +127,14 @@ class ModelServer:
 
     async def _shutdown(self, server: asyncio.Server) -> None:
         server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
+        # Hang up rather than cancel: each handler then ends as it does when a client leaves
+        # (a cancelled one is logged as an error by asyncio's stream protocol).
+        for writer in self._conns.values():
+            writer.transport.abort()
+        if self._conns:
+            _, stuck = await asyncio.wait(list(self._conns), timeout=5.0)
+            for task in stuck:
+                task.cancel()
         await server.wait_closed()
 
     # -- records --------------------------------------------------------------------------------
@@ -182,7 +188,7 @@ class ModelServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         conn = Conn(reader, writer)
         try:
             while (req := await conn.read_request()) is not None:
@@ -194,7 +200,7 @@ class ModelServer:
         except ConnectionError:
             pass  # the client went away between requests
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
             writer.close()
 
     async def _dispatch(self, conn: Conn, req: Request) -> None:
@@ -224,7 +230,12 @@ class ModelServer:
 
     async def _serve_records(self, conn: Conn, req: Request) -> None:
         wanted = set(filter(None, req.query.get("ids", "").split(",")))
-        rows = [dataclasses.asdict(r) for r in self.records() if not wanted or r.id in wanted]
+        prefix = req.query.get("prefix", "")
+        rows = [
+            dataclasses.asdict(r)
+            for r in self.records()
+            if (not wanted or r.id in wanted) and r.id.startswith(prefix)
+        ]
         conn.writer.write(response(200, json.dumps(rows).encode(), req.keep_alive))
         await conn.writer.drain()
 

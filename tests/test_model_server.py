@@ -232,6 +232,8 @@ def test_runs_as_a_process_with_records() -> None:
             rows = client.get(f"{url}/_records", params={"ids": "p2"}).json()
             assert [(r["id"], r["completed"], r["chunks_sent"]) for r in rows] == [("p2", True, 1)]
             assert len(client.get(f"{url}/_records").json()) == 2
+            assert len(client.get(f"{url}/_records", params={"prefix": "p"}).json()) == 2
+            assert client.get(f"{url}/_records", params={"prefix": "q"}).json() == []
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
