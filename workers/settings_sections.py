@@ -201,7 +201,8 @@ class LlmSettings(BaseModel):
     api_key: SecretStr | None = Field(
         None,
         description="Its API key (never logged nor shown; any value for a server that needs "
-        "none). Unset: the openai SDK's OPENAI_API_KEY.",
+        "none). Required: OPENAI_API_KEY is never used instead, it would be sent to whatever "
+        "base_url names.",
     )
     timeout_s: float = Field(
         120.0, gt=0, description="Longest wait for one model call's next bytes (connect, read)."
