@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tests.model_http import HttpError
 
-#: ``[[tokens=50 interval_ms=20 id=abc]]`` in the last message's content.
+#: ``[[tokens=50 interval_ms=20 id=abc usage=0]]`` in the last message's content.
 DIRECTIVES = re.compile(r"\[\[([^\]]*)\]\]")
 
 
@@ -81,7 +81,8 @@ def parse_chat(body: bytes) -> ChatRequest:
             interval_s=float(opts.get("interval_ms", 10)) / 1000,
             stream_id=opts.get("id") or uuid.uuid4().hex,
             stream=req.get("stream") is True,
-            include_usage=options.get("include_usage") is True,
+            # ``usage=0``: a server that ignores stream_options.include_usage.
+            include_usage=options.get("include_usage") is True and opts.get("usage") != "0",
         )
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise HttpError(400, f"bad chat-completions request: {exc!r}") from exc

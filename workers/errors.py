@@ -184,6 +184,26 @@ class LoopBlocked(OrchestratorError):
         self.where = where
 
 
+class ModelCallFailed(OrchestratorError):
+    """A model provider refused or failed a call (``workers.llm.chat``): ``status`` is its HTTP
+    status (None: no answer, e.g. a connection error or a timeout), ``retry_after_s`` what it
+    asked to wait (429, 503). The message never holds the API key, nor anything that looks
+    like one: providers quote parts of a wrong key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        model: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.model = model
+        self.retry_after_s = retry_after_s
+
+
 class TaskCancelled(BaseException):
     """Raised inside an agent whose run or subtask was cancelled.
 

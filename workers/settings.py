@@ -21,6 +21,7 @@ from workers.settings_sections import (
     CancelSettings,
     FlowerSettings,
     LedgerSettings,
+    LlmSettings,
     RemoteControlSettings,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "CancelSettings",
     "FlowerSettings",
     "LedgerSettings",
+    "LlmSettings",
     "RemoteControlSettings",
     "Settings",
     "check_environment",
@@ -146,6 +148,7 @@ class Settings(BaseSettings):
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     remote_control: RemoteControlSettings = Field(default_factory=RemoteControlSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from workers.errors import ConfigError
@@ -185,4 +185,25 @@ class LedgerSettings(BaseModel):
         description="A subagent's usage reaches the run's ledger (and its budget check) at most "
         "this often, and when it ends: a budget's overshoot is bounded by what the subagents in "
         "flight spend in this long.",
+    )
+
+
+class LlmSettings(BaseModel):
+    """The OpenAI-compatible endpoint ``workers.llm.chat`` streams from (the ``[llm]`` extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible chat-completions API, e.g. "
+        "https://api.openai.com/v1 or http://localhost:8000/v1 (vLLM, Ollama, a gateway).",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Its API key (never logged nor shown; any value for a server that needs "
+        "none). Required: OPENAI_API_KEY is never used instead, it would be sent to whatever "
+        "base_url names.",
+    )
+    timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for one model call's next bytes (connect, read)."
     )
