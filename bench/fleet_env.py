@@ -177,6 +177,8 @@ def fleet_env(
         "ORCH_AGENT_QUEUE": f"{prefix}-agents",
         "ORCH_COORDINATOR_QUEUE": f"{prefix}-orchestrator",
         "ORCH_RUN_TTL_S": "3600",
+        # Our worker process holds every stream of the spawn at once (the default is 500).
+        "ORCH_AIO__MAX_IN_FLIGHT": "2000",
         # Read in the workers by bench/fleet_agents.py and bench/fleet_worker.py (raw only).
         "FLEET_HTTP_CLIENTS": str(http_clients),
         "FLEET_BROKER_MAX_CONNECTIONS": str(broker_max_connections),

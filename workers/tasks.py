@@ -16,7 +16,7 @@ from celery.canvas import Signature
 from celery.exceptions import Ignore
 
 from workers.agent_loop import AgentLoop
-from workers.async_tasks import AsyncTasks
+from workers.async_tasks import AsyncTasks, MessageTask
 from workers.cancel import CancelListener
 from workers.errors import SubagentFailed
 from workers.merging import execute_merge
@@ -190,7 +190,9 @@ def _add_async(
     app.orch_async.add(name, lambda task, args, kwargs: body(task, *args, **kwargs))
 
     def in_a_slot(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return services.get().agent_loop().run(body(self, *args, **kwargs))
+        # The request is thread-local: take it here, the body runs on the loop's thread.
+        task = MessageTask(self, self.request)
+        return services.get().agent_loop().run(body(task, *args, **kwargs))
 
     app.task(name=name, throws=THROWS, **options)(in_a_slot)
 
