@@ -10,6 +10,7 @@ from orchestrator.errors import (
     ConfigError,
     InvalidPayload,
     InvalidRequest,
+    ModelCallFailed,
     OrchestratorError,
     ParallelismDoesNotPay,
     RunFailed,
@@ -31,6 +32,7 @@ from workers.models import (
     RunProgress,
     RunResult,
     RunStatus,
+    Usage,
     Verdict,
 )
 from workers.settings import Settings
@@ -50,6 +52,7 @@ __all__ = [
     "Execution",
     "InvalidPayload",
     "InvalidRequest",
+    "ModelCallFailed",
     "OrchestrationRequest",
     "Orchestrator",
     "OrchestratorError",
@@ -72,6 +75,7 @@ __all__ = [
     "TaskCancelled",
     "TaskSpec",
     "UnknownAgent",
+    "Usage",
     "Verdict",
     "advise",
 ]
