@@ -1,7 +1,9 @@
 """Deliberately shaped agents for the pre-flight and ROI tests (loaded by the test workers).
 
 ``nap`` sleeps, so its parallelism is predictable even on a 2-core machine; ``tiny`` returns at
-once, so spawning it never pays; ``needs_score`` is a merger whose input ``tiny`` cannot satisfy.
+once, so spawning it never pays; ``needs_score`` is a merger whose input ``tiny`` cannot satisfy;
+``spender`` records a given number of tokens (ctx.record_usage) over a given time, as a model
+call streaming them would.
 """
 
 import time
@@ -42,11 +44,43 @@ class Ranked(BaseModel):
     best: str
 
 
+class Spend(BaseModel):
+    tokens: int = Field(ge=0, le=10_000_000)
+    seconds: float = Field(0.0, ge=0, le=30)
+    #: Dollars for all of the tokens (the shared test workers have no ORCH_PRICES).
+    cost_usd: float | None = Field(None, ge=0)
+    tag: int = 0
+
+
+class Spent(BaseModel):
+    tag: int
+    tokens: int
+
+
 @agent("nap", input=Nap, output=Napped, description="Sleep (predictable parallelism).")
 def nap(n: Nap, ctx: AgentContext) -> Napped:
     start = time.perf_counter()
     ctx.sleep(n.seconds)  # the work itself; wakes at once on cancel
     return Napped(tag=n.tag, slept_s=time.perf_counter() - start)
+
+
+#: Pieces ``spender`` records its tokens in: a stopped one has spent part of them.
+SPEND_CHUNKS = 10
+
+
+@agent("spender", input=Spend, output=Spent, description="Spends tokens over time.")
+def spender(s: Spend, ctx: AgentContext) -> Spent:
+    for i in range(SPEND_CHUNKS):
+        ctx.sleep(s.seconds / SPEND_CHUNKS)  # wakes at once (and raises) when stopped
+        share = s.tokens * (i + 1) // SPEND_CHUNKS - s.tokens * i // SPEND_CHUNKS
+        cost = s.cost_usd / SPEND_CHUNKS if s.cost_usd is not None else None
+        ctx.record_usage(
+            model="advisor-test-model",
+            input_tokens=share // 2,
+            output_tokens=share - share // 2,
+            cost_usd=cost,
+        )
+    return Spent(tag=s.tag, tokens=ctx.spent.total_tokens)
 
 
 @agent("tiny", input=Words, output=Said, description="Answers at once: never worth a spawn.")

@@ -210,6 +210,20 @@ class Prediction(BaseModel):
     parallel_s: float | None = Field(None, description="Predicted wall time, submit to finish.")
     speedup: float | None = None
     cost_s: float | None = Field(None, description="Predicted worker-seconds spent.")
+    tokens: int | None = Field(
+        None, description="Predicted tokens of the plan (None: some agent has no token history)."
+    )
+    cost_usd: float | None = Field(
+        None, description="Predicted dollars (None: unknown, or some agent has no price)."
+    )
+    loser_tokens: int | None = Field(
+        None,
+        description="Race: tokens the losers burn before they stop (up to the winner's finish, "
+        "plus their token rate x the stop latency).",
+    )
+    loser_stop_tokens: int | None = Field(
+        None, description="Race: of loser_tokens, those spent after the stop request."
+    )
     reasons: list[str] = Field(default_factory=list, description="Checks that warned or failed.")
 
 

@@ -53,6 +53,12 @@ class AdvisorSettings(BaseModel):
     marginal_speedup: float = Field(
         1.1, gt=0.0, description="Predicted speedup below which a plan is judged 'does-not-pay'."
     )
+    substantial_tokens: int = Field(
+        5000,
+        ge=0,
+        description="Mean tokens per subagent (measured: ctx.record_usage) below which a plan "
+        "is warned as not substantial (0 turns the warning off).",
+    )
     stats_samples: int = Field(
         200, ge=1, le=10_000, description="Recent duration samples kept per agent/merger/pattern."
     )

@@ -1,16 +1,24 @@
-"""Duration statistics per agent, merger, validator and pattern: capped sample lists in Redis.
+"""Duration and spend statistics per agent, merger, validator and pattern: capped sample lists in
+Redis.
 
 A subagent's sample is written by ``finish.lua`` in the same round trip that records its envelope,
 so the hot path pays no extra call; merge and coordinator samples are written once per run.
 Every list keeps the newest ``stats_samples`` entries and expires after ``stats_ttl_s`` without
 use. Readers compute count, mean and percentiles from the kept samples.
+
+An agent sample is ``"<run_s> <wait_s> <o|i|e>"``, followed by ``" <tokens> <cost_usd|->"`` when
+the subagent recorded usage (``ctx.record_usage``; ``-``: not every model it used had a price).
+A subagent stopped while running (``c``) carries its stop latency before them:
+``"<run_s> <wait_s> c <stop_s>[ <tokens> <cost_usd|->]"``. Samples without usage are exactly
+the older three-field ones, so readers of either build parse them; an older reader skips the
+longer ones.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -21,8 +29,15 @@ MERGER = "merger"
 VALIDATOR = "validator"
 PATTERN = "pattern"
 
-#: One-letter outcome codes of agent samples (ok, invalid, error).
-_CODES = {AgentStatus.OK: "o", AgentStatus.INVALID: "i", AgentStatus.ERROR: "e"}
+#: One-letter outcome codes of agent samples (ok, invalid, error, stopped while running).
+_CODES = {
+    AgentStatus.OK: "o",
+    AgentStatus.INVALID: "i",
+    AgentStatus.ERROR: "e",
+    AgentStatus.CANCELLED: "c",
+}
+#: The codes of subagents that did their work: the ones run time, waits and tokens learn from.
+_WORKED = ("o", "i", "e")
 
 Sample = tuple[str, str]  # (series, sample text)
 
@@ -33,16 +48,29 @@ def series(kind: str, name: str) -> str:
 
 
 def agent_sample(env: AgentResult) -> Sample | None:
-    """``"<run_s> <wait_s> <o|i|e>"`` for a subagent that did its work, else None.
+    """The sample of a subagent that did its work or was stopped while running, else None.
 
-    Cancelled and skipped subagents are left out: their run time says nothing about how long the
-    agent takes.
+    Skipped subagents (and stopped ones whose stop moment is unknown) are left out: they say
+    nothing about the agent. A stopped one's run time is not the agent's either: its sample
+    teaches the stop latency and what a stopped subagent spent.
     """
     code = _CODES.get(env.status)
     if code is None or env.started_at is None or env.finished_at is None:
         return None
     wait = env.started_at - env.queued_at if env.queued_at is not None else 0.0
-    return series(AGENT, env.agent), f"{env.ran_s:.6f} {max(0.0, wait):.6f} {code}"
+    text = f"{env.ran_s:.6f} {max(0.0, wait):.6f} {code}"
+    if code == "c":
+        stop_s = env.cancel_latency_s
+        if stop_s is None:
+            return None
+        text += f" {stop_s:.6f}"
+    usage = env.usage
+    if usage is not None:
+        # A partly priced spend is not its cost: unknown, never a lower bound shown as the cost.
+        priced = usage.cost_usd is not None and not usage.unpriced
+        cost = f"{usage.cost_usd:.9g}" if priced and usage.cost_usd is not None else "-"
+        text += f" {usage.total_tokens} {cost}"
+    return series(AGENT, env.agent), text
 
 
 def duration_sample(kind: str, name: str, seconds: float) -> Sample:
@@ -88,14 +116,34 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+class TokenStats(BaseModel):
+    """What one subagent of an agent spends, over the kept samples that carried usage."""
+
+    samples: int = Field(description="Kept samples (subagents that did their work) with usage.")
+    mean: float = Field(description="Mean tokens (input plus output) per subagent.")
+    per_s: float | None = Field(
+        None, description="Tokens per second of run time (total tokens / total run time)."
+    )
+    priced: int = Field(0, description="Of those samples, how many had a dollar cost.")
+    cost_usd_mean: float | None = Field(
+        None, description="Mean dollars per subagent over the priced samples (None: none)."
+    )
+
+
 class AgentStats(BaseModel):
-    """How long an agent runs and waits, and how often it succeeds."""
+    """How long an agent runs and waits, how often it succeeds, and what it spends."""
 
     name: str
     count: int = Field(description="Samples ever recorded (the summaries use the kept ones).")
     run: Summary
     wait: Summary
     ok_rate: float = Field(description="Fraction of kept samples whose output was valid.")
+    tokens: TokenStats | None = Field(None, description="None: no kept sample had usage.")
+    stop: Summary | None = Field(
+        None,
+        description="Stop latency (stop requested to stopped) of its subagents stopped while "
+        "running; None: none measured.",
+    )
 
 
 class DurationStats(BaseModel):
@@ -158,26 +206,69 @@ def snapshot(names: Sequence[str], replies: Sequence[Any]) -> StatsSnapshot:
     return snap
 
 
+class _Row(NamedTuple):
+    run_s: float
+    wait_s: float
+    code: str
+    stop_s: float | None
+    tokens: int | None
+    cost_usd: float | None
+
+
+def _agent_row(text: str) -> _Row | None:
+    """One agent sample, or None when malformed."""
+    parts = text.split()
+    if len(parts) < 3 or parts[2] not in ("o", "i", "e", "c"):
+        return None
+    nums = _floats(" ".join(parts[:2]))
+    rest = parts[3:]
+    stop: float | None = None
+    if parts[2] == "c":
+        if not rest or not (stops := _floats(rest[0])):
+            return None
+        stop, rest = stops[0], rest[1:]
+    if len(nums) != 2 or len(rest) not in (0, 2) or (rest and not rest[0].isdigit()):
+        return None
+    tokens = int(rest[0]) if rest else None
+    cost = _floats(rest[1]) if rest and rest[1] != "-" else []
+    return _Row(nums[0], nums[1], parts[2], stop, tokens, cost[0] if cost else None)
+
+
 def _add_agent(snap: StatsSnapshot, name: str, count: str | None, texts: list[str]) -> None:
-    rows: list[tuple[float, float, str]] = []
-    for text in texts:
-        parts = text.split()
-        nums = _floats(" ".join(parts[:2]))
-        if len(parts) == 3 and len(nums) == 2 and parts[2] in ("o", "i", "e"):
-            rows.append((nums[0], nums[1], parts[2]))
+    parsed = [r for r in (_agent_row(t) for t in texts) if r is not None]
+    rows = [r for r in parsed if r.code in _WORKED]
     if not rows:
         return
     # Errors are often instant: time only the samples that did the work, if there are any.
-    timed = [r for r in rows if r[2] != "e"] or rows
-    run = Summary.of([r[0] for r in timed])
-    wait = Summary.of([r[1] for r in rows])
+    timed = [r for r in rows if r.code != "e"] or rows
+    run = Summary.of([r.run_s for r in timed])
+    wait = Summary.of([r.wait_s for r in rows])
     assert run is not None and wait is not None
     snap.agents[name] = AgentStats(
         name=name,
         count=int(count or len(rows)),
         run=run,
         wait=wait,
-        ok_rate=sum(1 for r in rows if r[2] == "o") / len(rows),
+        ok_rate=sum(1 for r in rows if r.code == "o") / len(rows),
+        tokens=_tokens(rows),
+        stop=Summary.of([r.stop_s for r in parsed if r.stop_s is not None]),
+    )
+
+
+def _tokens(rows: Sequence[_Row]) -> TokenStats | None:
+    used = [r for r in rows if r.tokens is not None]
+    if not used:
+        return None
+    total = sum(r.tokens or 0 for r in used)
+    ran_s = sum(r.run_s for r in used)
+    costs = [r.cost_usd for r in used if r.cost_usd is not None]
+    return TokenStats(
+        samples=len(used),
+        mean=total / len(used),
+        # A ratio of sums: an instant error that spent nothing does not make the rate infinite.
+        per_s=total / ran_s if ran_s > 0 else None,
+        priced=len(costs),
+        cost_usd_mean=statistics.fmean(costs) if costs else None,
     )
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from orchestrator.advisor import checks
+from orchestrator.advisor import checks, spendchecks
 from orchestrator.advisor.checks import Capacity, Check, CheckStatus, QueueCapacity
 from orchestrator.advisor.costmodel import Estimate, estimate
+from orchestrator.advisor.spendmodel import Spend, spend
 from workers.models import AgentKind, CatalogEntry, Execution, Pattern, Prediction, Verdict
 from workers.patterns import pattern_of
 from workers.request import OrchestrationRequest
@@ -42,6 +44,16 @@ class Preflight(BaseModel):
     batch_size: int | None = Field(
         None, description="Subagents per message chosen by adaptive batching, if any."
     )
+    tokens: int | None = Field(None, description="Predicted tokens (None: no token history).")
+    cost_usd: float | None = Field(None, description="Predicted dollars (None: unknown).")
+    sequential_tokens: int | None = Field(None, description="Doing it one task at a time.")
+    loser_tokens: int | None = Field(
+        None, description="Race: what the losers burn before they stop."
+    )
+    loser_stop_tokens: int | None = Field(
+        None, description="Race: of loser_tokens, spent after the stop request."
+    )
+    stop_s: float | None = Field(None, description="Race: the stop latency the losers' burn uses.")
     checks: list[Check]
 
     def failed(self) -> list[Check]:
@@ -62,6 +74,10 @@ class Preflight(BaseModel):
             parallel_s=self.parallel_s,
             speedup=self.speedup,
             cost_s=self.cost_s,
+            tokens=self.tokens,
+            cost_usd=self.cost_usd,
+            loser_tokens=self.loser_tokens,
+            loser_stop_tokens=self.loser_stop_tokens,
             reasons=self.reasons(),
         )
 
@@ -95,16 +111,10 @@ def advise(
         checks.race(req, stats, capacity, queues, est),
     ]
     if size is not None:
-        mean_ms = 1000 * statistics.fmean(stats.agents[t.agent].run.mean_s for t in req.tasks)
-        lines.append(
-            Check(
-                name="batching",
-                status=CheckStatus.PASS,
-                reason=f"subagents are tiny (~{mean_ms:.2f} ms each): packed {size} per message "
-                f"({-(-len(req.tasks) // size)} messages), each keeping its own envelope",
-            )
-        )
-    verdict = _verdict(lines, est, config)
+        lines.append(_batching(req, stats, size))
+    sp = spend(req, stats, est)
+    lines += spendchecks.spend_checks(req, stats, est, sp, config)
+    verdict = spendchecks.temper(_verdict(lines, est, config), est, sp)
     return Preflight(
         pattern=req.pattern,
         n=len(req.tasks),
@@ -119,6 +129,7 @@ def advise(
         waves=est.waves,
         checks=lines,
         batch_size=size,
+        **_spend_fields(sp),
     )
 
 
@@ -146,6 +157,32 @@ def suggest_batch(
     per_slot = -(-n // max(1, sum(slots.values())))
     size = min(per_slot, max(2, -(-config.batch_target_s // max(mean_s, 1e-5))))
     return int(size) if size >= 2 else None
+
+
+def _batching(req: OrchestrationRequest, stats: StatsSnapshot, size: int) -> Check:
+    mean_ms = 1000 * statistics.fmean(stats.agents[t.agent].run.mean_s for t in req.tasks)
+    return Check(
+        name="batching",
+        status=CheckStatus.PASS,
+        reason=f"subagents are tiny (~{mean_ms:.2f} ms each): packed {size} per message "
+        f"({-(-len(req.tasks) // size)} messages), each keeping its own envelope",
+    )
+
+
+def _spend_fields(sp: Spend) -> dict[str, Any]:
+    race = sp.race_tokens
+    return {
+        "tokens": _round(sp.tokens),
+        "cost_usd": sp.cost_usd,
+        "sequential_tokens": _round(sp.sequential_tokens),
+        "loser_tokens": _round(race.losers) if race else None,
+        "loser_stop_tokens": _round(race.after_stop) if race else None,
+        "stop_s": sp.stop_s,
+    }
+
+
+def _round(tokens: float | None) -> int | None:
+    return None if tokens is None else round(tokens)
 
 
 def _queue(catalog: Mapping[tuple[AgentKind, str], CatalogEntry], agent: str) -> str:

@@ -54,6 +54,9 @@ class Estimate:
     saved_s: float = 0.0
     mean_task_s: float = 0.0
     fastest_task_s: float = 0.0
+    #: When each message starts and ends, seconds after submit (one per task unless batched).
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def estimate(
     unit_s, unit_queues = batches(req, durations, queues)
     times = schedule(unit_s, unit_queues, slots, ov)
     ends = [e for _, e in times]
+    est.starts, est.ends = [s for s, _ in times], ends
     first_start = min(s for s, _ in times)
     members_s = max(ends) - first_start
     est.spawn_overhead_s = ov.coordinator_s + len(unit_s) * ov.dispatch_s + ov.latency_s
