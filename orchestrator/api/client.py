@@ -299,18 +299,24 @@ class Orchestrator:
         merge: str | None = None,
         quorum: int | None = None,
         validate: str | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
     ) -> Preflight:
-        """Should this plan run in parallel? A verdict, predicted times and one line per check.
+        """Should this plan run in parallel? A verdict, predicted times, tokens and dollars, and
+        one line per check (a budget smaller than the prediction fails).
 
-        Nothing is submitted. Predictions use the duration statistics of past runs and the live
-        worker capacity; with no history for an agent the verdict is 'unknown'.
+        Nothing is submitted. Predictions use the statistics of past runs and the live worker
+        capacity; with no history for an agent the verdict is 'unknown'.
         """
         try:
             kind = Pattern(pattern)
         except ValueError as exc:
             known = ", ".join(p.value for p in Pattern)
             raise InvalidRequest(f"unknown pattern {pattern!r}; use one of {known}") from exc
-        req = self.request(kind, tasks, merge=merge, quorum=quorum, validate=validate)
+        req = self.request(
+            kind, tasks, merge=merge, quorum=quorum, validate=validate,
+            max_tokens=max_tokens, max_cost_usd=max_cost_usd,
+        )  # fmt: skip
         return self.preflight_request(req)
 
     def preflight_request(self, req: OrchestrationRequest) -> Preflight:

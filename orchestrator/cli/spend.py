@@ -36,8 +36,8 @@ def usd(value: float | None) -> str:
 
 def spend_rows(r: RoiReport, p: Prediction | None) -> list[tuple[str, str, str]]:
     """(name, actual, predicted) rows for the report's table; none when nothing was spent."""
-    predicted_tokens = getattr(p, "tokens", None) if p else None
-    predicted_cost = getattr(p, "cost_usd", None) if p else None
+    predicted_tokens = p.tokens if p else None
+    predicted_cost = p.cost_usd if p else None
     if not r.tokens_spent and predicted_tokens is None:
         return []
     rows = [
