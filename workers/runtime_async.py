@@ -118,7 +118,26 @@ async def execute_agent_async(
     payload: Any,
     meta: TaskMeta,
 ) -> AgentResult:
-    """Run one async subagent and return its envelope (recorded in Redis once)."""
+    """Run one async subagent and return its envelope (recorded in Redis once), when one of
+    the process's ORCH_AIO__MAX_IN_FLIGHT places is free."""
+    async with services.aio_slots():
+        return await _execute_agent(
+            services, spec, task_id=task_id, worker=worker, run_id=run_id, index=index,
+            payload=payload, meta=meta,
+        )  # fmt: skip
+
+
+async def _execute_agent(
+    services: Services,
+    spec: AgentSpec,
+    *,
+    task_id: str,
+    worker: str,
+    run_id: str,
+    index: int,
+    payload: Any,
+    meta: TaskMeta,
+) -> AgentResult:
     aio = services.aio()
     env = new_envelope(spec, task_id=task_id, worker=worker, index=index, meta=meta)
     started = time.time()

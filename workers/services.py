@@ -3,6 +3,7 @@ registry, the event loop for async agents, the price table; one per process, aft
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,7 +39,11 @@ class Services:
     #: ORCH_PRICES, and how often a subagent's spend reaches the ledger (ORCH_LEDGER__FLUSH_S).
     prices: Prices = field(default_factory=Prices)
     flush_s: float = 0.25
+    #: Async subagents this process runs at once (ORCH_AIO__MAX_IN_FLIGHT): the consumer's
+    #: prefetch counts messages, and a batch message carries several.
+    max_in_flight: int = 500
     _aio: AsyncSubtasks | None = None
+    _slots: asyncio.Semaphore | None = None
 
     def completion(self, run_id: str) -> Completion:
         """What a pattern's completion rule gets."""
@@ -49,6 +54,12 @@ class Services:
         if self.loop is None:
             raise RuntimeError("this process has no event loop for async agents")
         return self.loop.start()
+
+    def aio_slots(self) -> asyncio.Semaphore:
+        """The loop's in-flight limit (made on the loop, on first use)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        return self._slots
 
     def aio(self) -> AsyncSubtasks:
         """The subtask calls for the event loop (made on the loop, on first use)."""

@@ -159,6 +159,14 @@ class AsyncSettings(BaseModel):
         "(not within) the pool's --concurrency slots for sync ones: the prefetch of the async "
         "agents' queues. Size it by what the provider and the process's memory allow.",
     )
+    batch_size: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="A spawn or gather of more async subagents than this sends them this many "
+        "a message (run at once by the worker that takes it), unless the request names its "
+        "batch_size: Celery's cost per message would otherwise dominate. 0 or 1: one a message.",
+    )
     blocked_warn_s: float = Field(
         0.5,
         gt=0,

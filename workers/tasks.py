@@ -70,6 +70,7 @@ class _ProcessServices:
                     state_url=self.settings.redis_url(),
                     prices=parse_prices(self.settings.prices),
                     flush_s=self.settings.ledger.flush_s,
+                    max_in_flight=self.settings.aio.max_in_flight,
                 )
             return self._services
 

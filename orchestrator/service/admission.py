@@ -10,7 +10,8 @@ from typing import Any
 from orchestrator.advisor import PreflightSource, apply_policy
 from orchestrator.catalog import Catalog
 from workers.errors import InvalidRequest, OrchestratorError, ParallelismDoesNotPay
-from workers.models import RunStatus
+from workers.models import AgentKind, RunStatus
+from workers.patterns import pattern_of
 from workers.request import OrchestrationRequest
 from workers.settings import Settings
 from workers.store import RunStore
@@ -97,9 +98,32 @@ class Admission:
             record.update(fields)
         else:
             unserved = self.source.unserved(req)
+        if self._batch_async(req):
+            record["batching"] = str(req.batch_size)
         if unserved:
             events.append(unserved_event(req.run_id, unserved))
         self.store.create_run(record, events, request=wire)
+
+    def _batch_async(self, req: OrchestrationRequest) -> bool:
+        """A wide spawn or gather of async agents only goes ORCH_AIO__BATCH_SIZE subagents a
+        message: a worker runs a message's subagents at once on its event loop, and Celery's
+        cost per message (three task events, an ack, an unacked-index write) was most of a
+        worker's time at a thousand one-message subagents. True if it chose a batch size."""
+        size = self.settings.aio.batch_size
+        if req.batch_size is not None or size <= 1 or len(req.tasks) <= size:
+            return False
+        if not pattern_of(req.pattern).batches or req.preflight == "auto":
+            return False
+        try:
+            entries = [
+                self.source.catalog.get(AgentKind.AGENT, a) for a in {t.agent for t in req.tasks}
+            ]
+        except OrchestratorError:
+            return False  # unknown agents: expansion says so
+        if not all(e.is_async for e in entries):
+            return False
+        req.batch_size = size
+        return True
 
     def admit_unrecorded(self, req: OrchestrationRequest, wire: str) -> str | None:
         """Record a run sent without a record (a non-Python client), as the client would

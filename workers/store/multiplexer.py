@@ -29,6 +29,7 @@ from workers.names import Keys
 from workers.scripts import Script
 from workers.settings import safe_url
 from workers.store.records import stream_entries
+from workers.store.script_batch import ScriptBatcher
 from workers.store.timeouts import left_s
 
 #: Longest single XREAD BLOCK: how long a silently dead connection can go unnoticed.
@@ -85,6 +86,7 @@ class Multiplexer:
         self._busy = 0
         self._task: asyncio.Task[None] | None = None
         self._cmd: aioredis.Redis | None = None
+        self._scripts: ScriptBatcher | None = None
         self._reader: aioredis.Redis | None = None
 
     # -- short commands --------------------------------------------------------------------
@@ -120,8 +122,11 @@ class Multiplexer:
         return await self._command(lambda r: r.get(key))  # type: ignore[no-any-return]
 
     async def script(self, script: Script, keys: list[str], args: Sequence[Any] = ()) -> Any:
-        """Run a Lua script of the registry (EVALSHA, loading it on first use)."""
-        return await self._command(lambda r: script.run_async(r, keys, args))
+        """Run a Lua script of the registry (EVALSHA, loading it on first use); the calls of
+        one loop turn go in one pipeline (``workers/store/script_batch.py``)."""
+        if self._scripts is None:
+            self._scripts = ScriptBatcher(self._command)
+        return await self._scripts.call(script, keys, args)
 
     async def append(self, key: str, fields: dict[str, str], maxlen: int, ttl_s: int) -> None:
         """XADD one entry (capped) and keep the stream's TTL, one round trip."""

@@ -244,22 +244,30 @@ class SubtaskStore(StoreBase):
 
     def stop_flags(self, items: Sequence[tuple[str, int]]) -> list[tuple[str | None, int | None]]:
         """For each (run, index): why it should stop (or None) and the race's winner (or None),
-        one round trip for them all."""
+        one round trip for them all and three commands per run, not per subtask (a process
+        holds a thousand async subagents of one run)."""
         if not items:
             return []
         k = self.keys
-        pipe = self.pipeline()
+        by_run: dict[str, list[int]] = {}
         for run_id, index in items:
+            by_run.setdefault(run_id, []).append(index)
+        pipe = self.pipeline()
+        for run_id, indices in by_run.items():
             pipe.get(k.cancel(run_id))
-            pipe.hget(k.task_cancel(run_id), str(index))
             pipe.get(k.winner(run_id))
-        flags = pipe.execute()
-        out: list[tuple[str | None, int | None]] = []
-        for n in range(len(items)):
-            run_reason, task_reason, winner = flags[3 * n : 3 * n + 3]
-            reason = task_reason or run_reason
-            out.append((str(reason) if reason else None, int(winner) if winner else None))
-        return out
+            pipe.hmget(k.task_cancel(run_id), fields_of(indices))
+        replies = pipe.execute()
+        flags: dict[tuple[str, int], tuple[str | None, int | None]] = {}
+        for n, (run_id, indices) in enumerate(by_run.items()):
+            run_reason, winner, task_reasons = replies[3 * n : 3 * n + 3]
+            for index, task_reason in zip(indices, task_reasons, strict=True):
+                reason = task_reason or run_reason
+                flags[(run_id, index)] = (
+                    str(reason) if reason else None,
+                    int(winner) if winner else None,
+                )
+        return [flags[item] for item in items]
 
     def cancel_requested_at(self, run_id: str) -> float | None:
         """When a stop of the whole run was first requested."""
