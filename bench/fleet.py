@@ -87,17 +87,23 @@ def first_error(result: RunResult) -> str:
     return f"run {result.status.value}: {result.error}"[:240]
 
 
-def ours_spawn(env: FleetEnv, urls: list[str], timeout_s: float) -> tuple[float, RunResult]:
-    """Spawn one ``fleet.stream`` per URL; (submit -> result s, the result)."""
+def ours_spawn(
+    env: FleetEnv, urls: list[str], timeout_s: float, batch_size: int | None = None
+) -> tuple[float, RunResult]:
+    """Spawn one ``fleet.stream`` per URL; (submit -> result s, the result). ``batch_size``
+    None: our default (ORCH_AIO__BATCH_SIZE subagents a message); 1: one a message."""
     tasks = [Task("fleet.stream", {"url": u}) for u in urls]
     started = time.perf_counter()
-    run = env.orch.spawn(tasks, preflight="off", deadline_s=timeout_s)
+    run = env.orch.spawn(tasks, preflight="off", deadline_s=timeout_s, batch_size=batch_size)
     result = run.wait(timeout_s=timeout_s + 30)
     return time.perf_counter() - started, result
 
 
-def ours_fleet(env: FleetEnv, worker: str, pool: str, n: int, stream_s: float) -> FleetRow:
-    row = FleetRow(f"ours, async agent ({pool} x1)", pool, n)
+def ours_fleet(
+    env: FleetEnv, worker: str, pool: str, n: int, stream_s: float, batch_size: int | None
+) -> FleetRow:
+    per = "one a message" if batch_size == 1 else "batched, the default"
+    row = FleetRow(f"ours, async agent ({pool} x1, {per})", pool, n)
     # Warm-up (imports, connections), and the check that the runtime runs async agents at all.
     _, warm = ours_spawn(env, [stream_url(env.model.url, new_tag(), 1, 0) for _ in range(5)], 60)
     if not warm.ok:
@@ -106,7 +112,7 @@ def ours_fleet(env: FleetEnv, worker: str, pool: str, n: int, stream_s: float) -
     tag = new_tag()
     urls = [stream_url(env.model.url, f"{tag}-{i}", CHUNKS, stream_s * 100) for i in range(n)]
     with RssSampler(env.stack.procs[worker].pid) as rss:
-        row.wall_s, result = ours_spawn(env, urls, stream_s * 10 + 300)
+        row.wall_s, result = ours_spawn(env, urls, stream_s * 10 + 300, batch_size)
     row.idle_rss_bytes, row.peak_rss_bytes, row.cpu_s = rss.idle_bytes, rss.peak_bytes, rss.cpu_s
     row.ok = sum(r.status is AgentStatus.OK and _chunks(r.output) == CHUNKS for r in result.results)
     row.server_peak = server_peak(env.model.records(f"{tag}-"))
@@ -224,8 +230,9 @@ def measure(args: argparse.Namespace, env: FleetEnv) -> tuple[list[FleetRow], li
     if args.only in ("all", "ours"):
         print(f"ours, async agent, n={n} ...", flush=True)
         with ours_worker(env, args.ours_pool, args.ours_concurrency) as worker:
-            row = ours_fleet(env, worker, args.ours_pool, n, stream_s)
+            row = ours_fleet(env, worker, args.ours_pool, n, stream_s, None)
             fleets.append(row)
+            fleets.append(ours_fleet(env, worker, args.ours_pool, n, stream_s, 1))
             if args.race_trials and not row.note.startswith("warm-up failed"):
                 print("our races ...", flush=True)
                 races.append(ours_race(env, args.race_trials))

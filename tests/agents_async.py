@@ -36,6 +36,8 @@ class Nap(BaseModel):
     fail: bool = False
     block_s: float = Field(default=0.0, ge=0, le=120, description="time.sleep on the loop")
     block_loop: bool = Field(default=False, description="time.sleep in a loop, for ever")
+    bursts: int = Field(default=0, ge=0, le=100, description="CPU bursts, an await between")
+    burst_ms: float = Field(default=0.0, ge=0, le=1000)
 
 
 class Napped(BaseModel):
@@ -54,6 +56,11 @@ async def nap(inp: Nap, ctx: AgentContext) -> Napped:
             time.sleep(0.05)  # the mistake under test: a blocking call inside async def
     if inp.block_s:
         time.sleep(inp.block_s)
+    for _ in range(inp.bursts):  # busy, yet never long between two awaits
+        end = time.perf_counter() + inp.burst_ms / 1000
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0)
     ctx.progress(0.5, "half way")
     await ctx.sleep_async(inp.seconds)
     if inp.fail:

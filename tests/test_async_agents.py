@@ -101,6 +101,20 @@ def test_an_async_batch_runs_its_items_at_once(o: Orchestrator) -> None:
     assert progressed == set(range(8))  # ctx.progress from async agents, off the loop
 
 
+def test_a_wide_run_of_async_agents_is_batched_by_default(o: Orchestrator) -> None:
+    """More than ORCH_AIO__BATCH_SIZE (50) async subagents go 50 a message; asked for, one a
+    message; a run with a sync agent, or a race, is never batched for it."""
+    naps = [Task("async.nap", {"seconds": 0.05, "text": str(i)}) for i in range(60)]
+    batched = o.spawn(naps, deadline_s=60)
+    single = o.spawn(naps, deadline_s=60, batch_size=1)
+    mixed = o.spawn([*naps, Task("echo", {"text": "sync"})], deadline_s=60)
+    for run in (batched, single, mixed):
+        assert run.wait(timeout_s=60).status is RunStatus.SUCCEEDED
+    assert o.store.record(batched.id).get("batching") == "50"
+    assert not o.store.record(single.id).get("batching")
+    assert not o.store.record(mixed.id).get("batching")
+
+
 def test_sync_and_async_agents_mix_in_one_run(o: Orchestrator) -> None:
     tasks = [Task("echo", {"text": "sync"}), Task("async.nap", {"seconds": 0.05, "text": "a"})]
     res = o.spawn(tasks, deadline_s=60).wait(timeout_s=60)
@@ -182,6 +196,19 @@ def test_an_agent_blocking_the_loop_is_named_and_stopped(
     log = (one_process.log_dir / "worker1.log").read_text()
     assert "has blocked the event loop of async subagents" in log
     assert "agent 'async.nap'" in log
+
+
+def test_a_busy_loop_is_not_a_blocked_one(o: Orchestrator, one_process: EmbeddedStack) -> None:
+    """60 subagents of short CPU bursts keep the loop busy for seconds (each of its turns runs
+    them all: longer than the 2 s block limit), yet no step of any agent is long: nobody is
+    named, nobody stopped."""
+    log_before = len((one_process.log_dir / "worker1.log").read_text())
+    busy = {"seconds": 0, "bursts": 2, "burst_ms": 40}
+    tasks = [Task("async.nap", {**busy, "text": str(i)}) for i in range(60)]
+    res = o.spawn(tasks, deadline_s=60, batch_size=60).wait(timeout_s=60)
+    assert res.status is RunStatus.SUCCEEDED, res.error
+    log = (one_process.log_dir / "worker1.log").read_text()[log_before:]
+    assert "has blocked the event loop" not in log
 
 
 def test_async_subagents_of_a_killed_worker_are_run_again() -> None:

@@ -2,11 +2,13 @@
 agent, merger and validator of the process runs, many at once; and the watchdog that names an
 async subagent blocking that loop (a ``time.sleep`` or a sync HTTP call inside ``async def``).
 
-A blocked loop stalls every subagent on it, so the watchdog does two things: after
+A blocked loop stalls every subagent on it, so the watchdog does two things: when one step of
+an agent's coroutine (the code between two of its awaits) has run for
 ``ORCH_AIO__BLOCKED_WARN_S`` it logs which subagent blocks and where (file, line); after
 ``ORCH_AIO__BLOCKED_LIMIT_S`` it raises :class:`LoopBlocked` inside it (an asynchronous
 exception: it lands when the blocking call returns to Python), so that subagent ends with an
-error envelope and the others go on.
+error envelope and the others go on. It times steps, not the loop's latency: a loop that is
+merely busy (a thousand subagents each doing a little) blocks nobody and stops nobody.
 """
 
 from __future__ import annotations
@@ -57,6 +59,44 @@ def _where(frame: FrameType | None) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
+class Timed:
+    """An agent's coroutine whose every step is timed: the loop thread notes when the step it
+    runs began, the watchdog reads it (``AgentLoop.timed``)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], label: str, owner: AgentLoop) -> None:
+        self._coro = coro
+        self.label = label
+        self._owner = owner
+        #: What the watchdog saw, if this agent blocked the loop.
+        self.block: Block | None = None
+
+    def __await__(self) -> Timed:
+        return self
+
+    def __iter__(self) -> Timed:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        self._owner.step = (self, time.monotonic())
+        try:
+            return self._coro.send(value)
+        finally:
+            self._owner.step = None
+
+    def throw(self, *exc: Any) -> Any:
+        self._owner.step = (self, time.monotonic())
+        try:
+            return self._coro.throw(*exc)
+        finally:
+            self._owner.step = None
+
+    def close(self) -> None:
+        self._coro.close()
+
+
 class AgentLoop:
     """The process's event loop for async subagents (start it after fork)."""
 
@@ -64,10 +104,8 @@ class AgentLoop:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._watched: dict[asyncio.Task[Any], str] = {}
-        #: Blocks of watched tasks, read (and dropped) by the runtime when the task ends.
-        self.blocks: dict[asyncio.Task[Any], Block] = {}
-        self._beat_at = time.monotonic()
+        #: The agent step running on the loop now, and when it began (set on the loop thread).
+        self.step: tuple[Timed, float] | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -83,7 +121,6 @@ class AgentLoop:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(lambda: self.loop.create_task(self._beat()))
         while True:
             try:
                 self.loop.run_forever()
@@ -110,54 +147,39 @@ class AgentLoop:
             raise RuntimeError("AgentLoop.run() called on the loop's own thread; await instead")
         return self.submit(coro).result()
 
+    def timed(self, coro: Coroutine[Any, Any, Any], label: str) -> Timed:
+        """The agent's coroutine with its steps timed for the watchdog (await it, or give
+        ``run_timed`` to a task)."""
+        return Timed(coro, label, self)
+
     # -- the watchdog ----------------------------------------------------------------------
-    def watch(self, task: asyncio.Task[Any], what: str) -> None:
-        """Name a task for the watchdog ("agent 'x' (run r #3)"); unwatch it when it ends."""
-        self._watched[task] = what
-
-    def unwatch(self, task: asyncio.Task[Any]) -> Block | None:
-        """Stop watching; the block the task caused, if any."""
-        self._watched.pop(task, None)
-        return self.blocks.pop(task, None)
-
-    async def _beat(self) -> None:
-        tick_s = min(0.05, self.settings.blocked_warn_s / 5)
-        while True:
-            self._beat_at = time.monotonic()
-            await asyncio.sleep(tick_s)
-
     def _watchdog(self) -> None:
         tick_s = min(0.05, self.settings.blocked_warn_s / 5)
-        warned_for = -1.0
+        warned: tuple[Timed, float] | None = None
         while True:
             time.sleep(tick_s)
-            beat_at = self._beat_at
-            blocked_s = time.monotonic() - beat_at - tick_s
+            step = self.step
+            if step is None:
+                continue
+            timed, began = step
+            blocked_s = time.monotonic() - began
             if blocked_s < self.settings.blocked_warn_s:
                 continue
-            task = asyncio.current_task(self.loop)
-            what = self._watched.get(task) if task is not None else None
-            if warned_for != beat_at:
-                warned_for = beat_at
-                self._warn(task, what, blocked_s)
-            if task is None or what is None or blocked_s < self.settings.blocked_limit_s:
-                continue
-            block = self.blocks.get(task)
-            if block is not None and block.stopped:
-                continue
-            self.blocks[task] = Block(what, self._frame_where(), blocked_s, stopped=True)
-            self._interrupt()
+            where = self._frame_where()
+            if warned != step:
+                warned = step
+                self._warn(timed.label, blocked_s, where)
+            if blocked_s >= self.settings.blocked_limit_s and timed.block is None:
+                timed.block = Block(timed.label, where, blocked_s, stopped=True)
+                if self.step is step:  # still that very step: interrupt it
+                    self._interrupt()
 
-    def _warn(self, task: asyncio.Task[Any] | None, what: str | None, blocked_s: float) -> None:
-        where = self._frame_where()
-        who = what or (f"task {task.get_name()}" if task is not None else "a callback")
-        if task is not None and what is not None and task not in self.blocks:
-            self.blocks[task] = Block(what, where, blocked_s)
+    def _warn(self, what: str, blocked_s: float, where: str) -> None:
         log.warning(
             "%s has blocked the event loop of async subagents for %.1f s at %s; every async "
             "subagent of this process waits meanwhile (stopped after ORCH_AIO__BLOCKED_LIMIT_S"
             "=%.0f s): await instead of blocking, or use asyncio.to_thread",
-            who,
+            what,
             blocked_s,
             where,
             self.settings.blocked_limit_s,
@@ -173,3 +195,8 @@ class AgentLoop:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(ident), ctypes.py_object(LoopBlocked)
             )
+
+
+async def run_timed(timed: Timed) -> Any:
+    """A task's coroutine for a Timed agent coroutine."""
+    return await timed

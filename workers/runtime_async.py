@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from workers.agent_loop import run_timed
 from workers.cancel import Running
 from workers.errors import BrokerUnavailable, LoopBlocked, TaskCancelled
 from workers.ledger import SpendDelta
@@ -71,8 +72,8 @@ async def _guarded(
     LoopBlocked (saying where) when the watchdog did, else whatever the agent raised."""
     agent_loop = services.agent_loop()
     services.listener.enter(item)  # raises TaskCancelled when the stop came first
-    task = child.task = asyncio.get_running_loop().create_task(make())
-    agent_loop.watch(task, label)
+    timed = agent_loop.timed(make(), label)
+    task = child.task = asyncio.get_running_loop().create_task(run_timed(timed))
     try:
         return await task
     except asyncio.CancelledError:
@@ -81,7 +82,7 @@ async def _guarded(
             raise  # not ours: the worker is shutting down
         raise TaskCancelled(item.reason or "cancelled") from None
     except LoopBlocked:
-        block = agent_loop.blocks.get(task)
+        block = timed.block
         if block is None:
             raise
         raise LoopBlocked(
@@ -89,7 +90,6 @@ async def _guarded(
         ) from None
     finally:
         services.listener.leave(item)
-        agent_loop.unwatch(task)
 
 
 async def retrying(services: Services, make: Callable[[], Awaitable[T]]) -> T:
