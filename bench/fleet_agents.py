@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import httpx
 from celery import shared_task
@@ -71,8 +72,34 @@ def async_client() -> httpx.AsyncClient:
     return _async_clients[next(_turn) % CLIENTS]
 
 
+#: ``FLEET_HTTP=asyncio``: read the stream with plain asyncio streams instead of httpx, to
+#: measure the runtime apart from the HTTP client's own cost (httpx's pool is most of it).
+PLAIN = os.environ.get("FLEET_HTTP", "httpx") == "asyncio"
+
+
+async def _plain_stream(url: str) -> int:
+    """GET an SSE stream over one fresh connection and count its data events (HTTP/1.1,
+    chunked; only what the loopback model server sends)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+        chunks = 0
+        async for raw in reader:  # chunk sizes and blank lines count nothing
+            line = raw.decode("utf-8", "replace").strip()
+            if line == "data: [DONE]":
+                break
+            chunks += _count(line)
+        return chunks
+    finally:
+        writer.close()  # a cancel lands in the read above: the server sees the hang-up
+
+
 @agent("fleet.stream", input=StreamIn, output=StreamOut, description="Reads one model stream.")
 async def fleet_stream(inp: StreamIn, ctx: AgentContext) -> StreamOut:
+    if PLAIN:
+        return StreamOut(chunks=await _plain_stream(inp.url), finished_at=time.time())
     chunks = 0
     async with async_client().stream("GET", inp.url) as resp:
         resp.raise_for_status()

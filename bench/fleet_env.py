@@ -181,6 +181,7 @@ def fleet_env(
         "ORCH_AIO__MAX_IN_FLIGHT": "2000",
         # Read in the workers by bench/fleet_agents.py and bench/fleet_worker.py (raw only).
         "FLEET_HTTP_CLIENTS": str(http_clients),
+        "FLEET_HTTP": os.environ.get("FLEET_HTTP", "httpx"),
         "FLEET_BROKER_MAX_CONNECTIONS": str(broker_max_connections),
     }
     model = start_model_server(log_dir / "model-server.log")
