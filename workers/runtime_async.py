@@ -121,23 +121,13 @@ async def execute_agent_async(
     """Run one async subagent and return its envelope (recorded in Redis once), when one of
     the process's ORCH_AIO__MAX_IN_FLIGHT places is free."""
     async with services.aio_slots():
-        return await _execute_agent(
-            services, spec, task_id=task_id, worker=worker, run_id=run_id, index=index,
-            payload=payload, meta=meta,
-        )  # fmt: skip
+        return await _execute_agent(services, spec, run_id, index, meta, payload, task_id, worker)
 
 
 async def _execute_agent(
-    services: Services,
-    spec: AgentSpec,
-    *,
-    task_id: str,
-    worker: str,
-    run_id: str,
-    index: int,
-    payload: Any,
-    meta: TaskMeta,
-) -> AgentResult:
+    services: Services, spec: AgentSpec, run_id: str, index: int, meta: TaskMeta,
+    payload: Any, task_id: str, worker: str,
+) -> AgentResult:  # fmt: skip
     aio = services.aio()
     env = new_envelope(spec, task_id=task_id, worker=worker, index=index, meta=meta)
     started = time.time()

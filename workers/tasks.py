@@ -111,22 +111,8 @@ def _register_agent(app: Celery, spec: AgentSpec, services: _ProcessServices, qu
 
     def run_batch(self: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
         svc = services.get()
-        task_meta = TaskMeta.model_validate(meta)
-        worker = self.request.hostname or socket.gethostname()
-        envs = [
-            execute_agent(
-                svc,
-                spec,
-                task_id=subtask_id(run_id, int(index)),
-                worker=worker,
-                run_id=run_id,
-                index=int(index),
-                payload=payload,
-                meta=task_meta,
-            )
-            for index, payload in items
-        ]
-        return _outcome(self, run_id, envs)
+        calls = _batch_items(self, run_id, items, meta)
+        return _outcome(self, run_id, [execute_agent(svc, spec, **kw) for kw in calls])
 
     app.task(name=batch_task_name(spec.name), throws=THROWS, **_agent_task_options(queue))(
         run_batch
@@ -156,23 +142,8 @@ def _register_async_agent(
 
     async def run_batch(task: Any, run_id: str, items: list[Any], meta: dict[str, Any]) -> Any:
         svc = services.get()
-        task_meta = TaskMeta.model_validate(meta)
-        worker = task.request.hostname or socket.gethostname()
-        envs = await asyncio.gather(
-            *(
-                execute_agent_async(
-                    svc,
-                    spec,
-                    task_id=subtask_id(run_id, int(index)),
-                    worker=worker,
-                    run_id=run_id,
-                    index=int(index),
-                    payload=payload,
-                    meta=task_meta,
-                )
-                for index, payload in items
-            )
-        )
+        calls = _batch_items(task, run_id, items, meta)
+        envs = await asyncio.gather(*(execute_agent_async(svc, spec, **kw) for kw in calls))
         return _outcome(task, run_id, list(envs))
 
     _add_async(app, services, spec.task_name or "", run_agent, _agent_task_options(queue))
@@ -196,6 +167,26 @@ def _add_async(
         return services.get().agent_loop().run(body(task, *args, **kwargs))
 
     app.task(name=name, throws=THROWS, **options)(in_a_slot)
+
+
+def _batch_items(
+    task: Any, run_id: str, items: list[Any], meta: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The keyword arguments of execute_agent (or its async twin) for each item of a batch
+    message: one envelope each, under the item's own subtask id."""
+    task_meta = TaskMeta.model_validate(meta)
+    worker = task.request.hostname or socket.gethostname()
+    return [
+        {
+            "task_id": subtask_id(run_id, int(index)),
+            "worker": worker,
+            "run_id": run_id,
+            "index": int(index),
+            "payload": payload,
+            "meta": task_meta,
+        }
+        for index, payload in items
+    ]
 
 
 class _KeepsReprs(Task):  # type: ignore[misc]
