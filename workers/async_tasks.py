@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from billiard.einfo import ExceptionInfo
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import Celery, Task
 from celery.app.task import Context
 from celery.exceptions import Ignore, Reject
@@ -112,7 +112,7 @@ class AsyncTasks:
             call, request = self._decode(request_dict, body, content_type, content_encoding)
             result = await self.handlers[name](MessageTask(task, request), *call)
         except (SubagentFailed, Ignore) as exc:
-            outcome: tuple[int, Any, float] = (1, ExceptionInfo(), time.monotonic() - started)
+            outcome: tuple[int, Any, float] = (1, _einfo_now(), time.monotonic() - started)
             log.info("Task %s[%s] %s", name, task_id, _said(exc))
         except BrokerUnavailable as exc:
             # The state Redis stayed away through every retry: the message goes back to its
@@ -121,7 +121,7 @@ class AsyncTasks:
             outcome = (1, _einfo(Reject(str(exc), requeue=True)), time.monotonic() - started)
         except Exception as exc:
             log.exception("Task %s[%s] raised unexpected: %r", name, task_id, exc)
-            outcome = (1, ExceptionInfo(), time.monotonic() - started)
+            outcome = (1, _einfo_now(), time.monotonic() - started)
         else:
             runtime_s = time.monotonic() - started
             log.info("Task %s[%s] succeeded in %.3fs", name, task_id, runtime_s)
@@ -156,7 +156,17 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
     try:
         raise exc
     except BaseException:
-        return ExceptionInfo()
+        return _einfo_now()
+
+
+def _einfo_now() -> ExceptionInfo:
+    """The exception being handled, as Celery's tracer hands it to the request: unwrapped
+    from billiard's ExceptionWithTraceback, so task-failed events (and Flower) show the error
+    itself, not the wrapper."""
+    einfo = ExceptionInfo()
+    if isinstance(einfo.exception, ExceptionWithTraceback):
+        einfo.exception = einfo.exception.exc
+    return einfo
 
 
 def _call_logged(callback: Callable[[Any], Any], outcome: Any) -> None:
