@@ -188,11 +188,14 @@ class Limiter:
             return lease
         quota, store, waited = limit.quota(), self._store(), False
         began = time.monotonic()
-        while (wait_s := await store.acquire(name, lease.lease_id, quota, tokens)) > 0:
-            waited = True
-            await waiter.sleep_async(wait_s + random.uniform(0, min(JITTER_MAX_S, wait_s * JITTER)))
-        if waited:
-            waiter.note_throttled(name, time.monotonic() - began)
+        try:
+            while (wait_s := await store.acquire(name, lease.lease_id, quota, tokens)) > 0:
+                waited = True
+                jitter_s = random.uniform(0, min(JITTER_MAX_S, wait_s * JITTER))
+                await waiter.sleep_async(wait_s + jitter_s)
+        finally:  # a wait cut short by a cancel is throttled time too
+            if waited:
+                waiter.note_throttled(name, time.monotonic() - began)
         return Lease(self, name, lease.lease_id, tokens)
 
     async def release(self, lease: Lease, extra_input: int, output_tokens: int) -> None:
