@@ -1,7 +1,9 @@
 """``chat``: one streamed call to an OpenAI-compatible chat-completions API, from an ``async def``
 agent, with its tokens recorded in the subagent's ledger as they arrive (the ``[llm]`` extra).
 
-The endpoint and its key come from ``ORCH_LLM__BASE_URL`` and ``ORCH_LLM__API_KEY``. A cancel
+The endpoint and its key come from ``ORCH_LLM__BASE_URL`` and ``ORCH_LLM__API_KEY``. Each
+attempt waits for its turn under the model's fleet-wide limit (``ORCH_RATE_LIMITS``,
+workers/ratelimit.py) and a 429 / 5xx / lost connection is retried (workers/retries.py). A cancel
 (race lost, ``Run.cancel()``, the deadline) lands at the stream's ``async for``: the response is
 closed at once, so the provider sees the disconnect and stops generating; what was counted
 until then stays recorded. The key never reaches a log, an exception, an envelope or an event:
