@@ -59,6 +59,10 @@ class ModelServer:
         self._records: list[StreamRecord] = []
         self._by_id: dict[str, StreamRecord] = {}
         self._failures: list[tuple[int, float | None]] = []
+        self._limit: tuple[int, float] | None = None
+        self._admitted: list[float] = []
+        #: Model requests answered 429 because they were over ``limit``.
+        self.refused_by_limit = 0
         self._in_flight = 0
         self._max_concurrent = 0
         self._thread: threading.Thread | None = None
@@ -155,6 +159,39 @@ class ModelServer:
         with self._lock:
             self._failures.extend([(status, retry_after_s)] * n)
 
+    def clear_failures(self) -> None:
+        """Forget the failures ``fail_next`` queued and no request took."""
+        with self._lock:
+            self._failures.clear()
+
+    def limit(self, requests: int | None, per_s: float = 60.0) -> None:
+        """Enforce a provider's limit: a model request beyond ``requests`` in any ``per_s``
+        (a sliding window over the admitted ones) gets 429 with the Retry-After that frees a
+        place; None lifts it. Admissions are counted afresh."""
+        with self._lock:
+            self._limit = None if requests is None else (requests, per_s)
+            self._admitted = []
+            self.refused_by_limit = 0
+
+    def admitted_at(self) -> list[float]:
+        """When each model request the limit let in arrived (monotonic s), in order."""
+        with self._lock:
+            return list(self._admitted)
+
+    def _over_limit(self) -> float | None:
+        """None: admitted (and counted); else the seconds until a place frees."""
+        now = time.monotonic()
+        with self._lock:
+            if self._limit is None:
+                return None
+            requests, per_s = self._limit
+            recent = [t for t in self._admitted if t > now - per_s]
+            if len(recent) >= requests:
+                self.refused_by_limit += 1
+                return recent[-requests] + per_s - now
+            self._admitted.append(now)
+            return None
+
     def _begin(self, req: Request, stream_id: str, model: str | None, prompt: int) -> StreamRecord:
         rec = StreamRecord(
             id=stream_id,
@@ -241,7 +278,8 @@ class ModelServer:
 
     def _refused(self, conn: Conn, req: Request, rec: StreamRecord) -> bool:
         """Answer with the next queued failure, if any (True then)."""
-        failure = self._take_failure()
+        wait_s = self._over_limit()
+        failure = self._take_failure() if wait_s is None else (429, round(wait_s + 0.0005, 3))
         if failure is None:
             return False
         status, retry_after_s = failure

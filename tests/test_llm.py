@@ -30,6 +30,7 @@ from workers.errors import ConfigError, ModelCallFailed, TaskCancelled
 from workers.ledger import SpendMeter
 from workers.models import Pattern
 from workers.prices import parse_prices
+from workers.retries import DEFAULT_POLICY, RetryPolicy
 
 T = TypeVar("T")
 KEY = f"sk-test-{uuid.uuid4().hex}"
@@ -105,7 +106,11 @@ def _ended(server: ModelServer, stream_id: str) -> StreamRecord:
 
 
 def chat_(
-    ctx: AgentContext, server: ModelServer, directive: str, model: str = "m"
+    ctx: AgentContext,
+    server: ModelServer,
+    directive: str,
+    model: str = "m",
+    retry: RetryPolicy = DEFAULT_POLICY,
 ) -> Coroutine[Any, Any, str]:
     return llm.chat(
         ctx,
@@ -114,6 +119,7 @@ def chat_(
         base_url=server.url + "/v1",
         api_key=KEY,
         temperature=0,
+        retry=retry,
     )
 
 
@@ -225,7 +231,7 @@ def test_a_429_is_a_model_call_failed_with_retry_after_and_no_key(
     server.fail_next(1, 429, retry_after_s=1.5)
     ctx = _ctx()
     with pytest.raises(ModelCallFailed) as caught:
-        _run(lambda: chat_(ctx, server, "tokens=3 id=limited1"))
+        _run(lambda: chat_(ctx, server, "tokens=3 id=limited1", retry=RetryPolicy(attempts=1)))
     exc = caught.value
     assert (exc.status, exc.model, exc.retry_after_s) == (429, "m", 1.5)
     assert "rate limited" in str(exc) and "injected failure 429" in str(exc)

@@ -13,6 +13,7 @@ from workers.errors import TaskCancelled
 from workers.ledger import SpendDelta, SpendMeter
 from workers.models import Pattern, Usage
 from workers.prices import Prices
+from workers.ratelimit import Limiter, Throttle
 from workers.store import RunStore
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class AgentContext:
         aio: Callable[[], AsyncSubtasks] | None = None,
         meter: SpendMeter | None = None,
         flush: Callable[[SpendDelta], None] | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.run_id = run_id
         self.task_id = task_id
@@ -59,6 +61,11 @@ class AgentContext:
         #: This subagent's spend (``record_usage``) and how it reaches the run's ledger.
         self.meter = meter or SpendMeter(Prices(), flush_s=0.25)
         self._flush = flush
+        self._limiter = limiter
+        #: Seconds spent waiting for a turn under a rate limit, and retries of failed calls
+        #: (the envelope's ``throttled_s`` and ``retries``).
+        self.throttled_s = 0.0
+        self.retries = 0
 
     def remaining_s(self) -> float:
         """Seconds until the orchestration's deadline."""
@@ -119,6 +126,29 @@ class AgentContext:
         await asyncio.sleep(max(0.0, min(seconds, self.remaining_s())))
         self.raise_if_cancelled()
 
+    def throttle(
+        self, *, model: str | None = None, key: str | None = None, tokens: int = 0
+    ) -> Throttle:
+        """Wait for a turn under the fleet-wide rate limit of ``key`` (else ``model``;
+        ORCH_RATE_LIMITS): ``await ctx.throttle(model="m", tokens=1200)`` before a call of
+        about 1200 input tokens, or ``async with ctx.throttle(...) as lease:`` to give back a
+        concurrency slot and charge the output at the end (``lease.release(output_tokens=)``).
+        No limit for that name: it goes at once. A cancel ends the wait at once."""
+        return Throttle(self._limiter, key or model, max(0, int(tokens)), self)
+
+    def note_throttled(self, name: str, waited_s: float) -> None:
+        """A wait under a rate limit ended: counted, and a ``throttled`` event."""
+        self.throttled_s += waited_s
+        fields = {"index": str(self.index), "limit": name[:100], "waited_s": f"{waited_s:.3f}"}
+        self._event("throttled", fields)
+
+    def note_retry(self, retry: int, delay_s: float, status: int | None) -> None:
+        """A failed call will be tried again after ``delay_s``: counted, and a ``retry``
+        event."""
+        self.retries += 1
+        fields = {"index": str(self.index), "retry": str(retry), "delay_s": f"{delay_s:.3f}"}
+        self._event("retry", {**fields, "status": "" if status is None else str(status)})
+
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0..1) to the run's event stream; throttled. From an async agent
         it never blocks the event loop: the event is sent in the background."""
@@ -131,22 +161,28 @@ class AgentContext:
             "fraction": f"{max(0.0, min(1.0, fraction)):.3f}",
             "message": message[:200],
         }
+        self._event("progress", fields)
+
+    def _event(self, kind: str, fields: dict[str, str]) -> None:
+        """Append an event, best effort; from the loop in the background, never blocking."""
+        if self._store is None:
+            return
         if self._aio is not None and _on_a_loop():
-            task = asyncio.get_running_loop().create_task(self._progress_async(fields))
+            task = asyncio.get_running_loop().create_task(self._event_async(kind, fields))
             self._pending.add(task)  # a task nobody holds may be collected before it runs
             task.add_done_callback(self._pending.discard)
             return
         try:
-            self._store.event(self.run_id, "progress", **fields)
-        except Exception as exc:  # progress is best effort; never fail the agent for it
-            log.debug("progress event dropped: %s", exc)
+            self._store.event(self.run_id, kind, **fields)
+        except Exception as exc:  # events are best effort; never fail the agent for one
+            log.debug("%s event dropped: %s", kind, exc)
 
-    async def _progress_async(self, fields: dict[str, str]) -> None:
+    async def _event_async(self, kind: str, fields: dict[str, str]) -> None:
         assert self._aio is not None
         try:
-            await self._aio().event(self.run_id, "progress", **fields)
+            await self._aio().event(self.run_id, kind, **fields)
         except Exception as exc:  # best effort, as above
-            log.debug("progress event dropped: %s", exc)
+            log.debug("%s event dropped: %s", kind, exc)
 
 
 def _on_a_loop() -> bool:

@@ -1,7 +1,9 @@
 """``chat``: one streamed call to an OpenAI-compatible chat-completions API, from an ``async def``
 agent, with its tokens recorded in the subagent's ledger as they arrive (the ``[llm]`` extra).
 
-The endpoint and its key come from ``ORCH_LLM__BASE_URL`` and ``ORCH_LLM__API_KEY``. A cancel
+The endpoint and its key come from ``ORCH_LLM__BASE_URL`` and ``ORCH_LLM__API_KEY``. Each
+attempt waits for its turn under the model's fleet-wide limit (``ORCH_RATE_LIMITS``,
+workers/ratelimit.py) and a 429 / 5xx / lost connection is retried (workers/retries.py). A cancel
 (race lost, ``Run.cancel()``, the deadline) lands at the stream's ``async for``: the response is
 closed at once, so the provider sees the disconnect and stops generating; what was counted
 until then stays recorded. The key never reaches a log, an exception, an envelope or an event:
@@ -34,6 +36,7 @@ except ImportError as exc:  # the extra is optional: say how to get it
 
 from workers.context import AgentContext
 from workers.errors import ConfigError, ModelCallFailed
+from workers.retries import DEFAULT_POLICY, RetryPolicy, retrying
 from workers.settings import LlmSettings, Settings, safe_url
 
 __all__ = ["aclose", "chat"]
@@ -68,28 +71,41 @@ async def chat(
     messages: list[dict[str, Any]],
     base_url: str | None = None,
     api_key: str | None = None,
+    retry: RetryPolicy = DEFAULT_POLICY,
     **params: Any,
 ) -> str:
     """Stream one chat completion and return its text; every chunk is recorded in ``ctx``'s
     usage as it arrives, corrected to the provider's own count when it sends one.
 
+    Each attempt first waits for a turn under the model's fleet-wide rate limit
+    (ORCH_RATE_LIMITS); a 429, a transient 5xx or a lost connection is retried as ``retry``
+    says (honouring Retry-After, within the deadline; every attempt's usage counts).
     ``params`` go to ``chat.completions.create`` (temperature, max_tokens, ...); the call
     always streams. ``base_url`` and ``api_key`` override the settings (tests). Raises
-    ModelCallFailed (status, retry_after_s) when the provider refuses or fails, ConfigError
-    when no endpoint is configured, TaskCancelled / CancelledError when stopped.
+    ModelCallFailed (status, retry_after_s) when the provider refuses or fails and retrying
+    is over, ConfigError when no endpoint is configured, TaskCancelled / CancelledError when
+    stopped.
     """
     ctx.raise_if_cancelled()
     client = _client(base_url, api_key)
     params.pop("stream", None)  # always streamed: usage arrives as it goes, a cancel closes it
     options = {**(params.pop("stream_options", None) or {}), "include_usage": True}
-    tally = _Tally(ctx, model, _estimate_input_tokens(messages))
-    try:
-        return await _stream(client, tally, model, messages, options, params)
-    except openai.APIError as exc:
-        failure = _failure(exc, model, client)
-    # Raised outside the except block: the SDK's error (whose message, body and request may
-    # quote the key) is neither chained nor kept as __context__ of what we raise.
-    raise failure
+    estimate = _estimate_input_tokens(messages)
+
+    async def attempt() -> str:
+        lease = await ctx.throttle(model=model, tokens=estimate)
+        tally = _Tally(ctx, model, estimate)
+        try:
+            return await _stream(client, tally, model, messages, options, params)
+        except openai.APIError as exc:
+            failure = _failure(exc, model, client)
+        finally:
+            await lease.release(input_tokens=tally.input_tokens, output_tokens=tally.output_tokens)
+        # Raised outside the except block: the SDK's error (whose message, body and request
+        # may quote the key) is neither chained nor kept as __context__ of what we raise.
+        raise failure
+
+    return await retrying(ctx, attempt, retry)
 
 
 async def aclose() -> None:
@@ -247,8 +263,8 @@ def _client(base_url: str | None, api_key: str | None) -> openai.AsyncOpenAI:
             del _clients[stale]  # a parent's (after fork) or a finished loop's: unusable here
         made = _clients.get((pid, id(loop), url, key))
         if made is None:
-            # Retries are not the SDK's to decide (they belong with the orchestrator's own
-            # retry policy, a separate issue): a 429 or a 5xx surfaces at once, typed.
+            # Retries are not the SDK's to decide: chat's own policy retries within the
+            # deadline, after the fleet-wide limiter's turn (workers/retries.py).
             client = openai.AsyncOpenAI(
                 base_url=url, api_key=key, max_retries=0, timeout=settings.timeout_s
             )

@@ -166,6 +166,12 @@ class AgentResult(BaseModel):
         description="Tokens and dollars this attempt spent, also when it was cancelled, failed, "
         "was invalid or lost a race: partial spend is spend.",
     )
+    throttled_s: float = Field(
+        0.0,
+        description="Seconds this subagent waited for a turn under a fleet-wide rate limit "
+        "(ORCH_RATE_LIMITS): part of its run time, not of its queue wait.",
+    )
+    retries: int = Field(0, description="Failed calls it tried again (workers.retries).")
 
     @property
     def ran_s(self) -> float:

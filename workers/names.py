@@ -222,6 +222,13 @@ class Keys:
         one more run (orchestrator/aio.py)."""
         return f"{self.prefix}:aio:{token}:wake"
 
+    def rate_limit(self, name: str) -> list[str]:
+        """The keys of one fleet-wide rate limit (a model or a named key), in throttle.lua's
+        order: the window's token sums (hash), its requests, input and output token charges
+        and the concurrency leases (sorted sets); TTL'd, one hash slot per limit."""
+        base = f"{self.prefix}:limit:{{{name}}}"
+        return [f"{base}:{part}" for part in ("sums", "requests", "in", "out", "leases")]
+
     def swept(self, hostname: str) -> str:
         """String (TTL'd): when this coordinator's sweeper last completed a round (epoch s);
         `orchestrator check --role coordinator` reads it."""

@@ -70,6 +70,7 @@ def make_context(
         running=item,
         store=services.store,
         aio=services.aio if spec.is_async else None,
+        limiter=services.limiter() if spec.is_async else None,
     )
 
 
@@ -162,6 +163,7 @@ def execute_agent(
                 failed(env, exc)
         env.cancel_requested_at = item.cancel_at
     env.usage = ctx.meter.usage
+    env.throttled_s, env.retries = ctx.throttled_s, ctx.retries
     timings = _check_candidate(services, env, meta)
     env.finished_at = time.time()
     _record(services, env, run_id, meta, timings, ctx.meter.take())

@@ -158,6 +158,7 @@ async def _execute_agent(
     if ctx.meter.inflight:  # flushes on their way: the envelope carries only the rest
         await asyncio.gather(*ctx.meter.inflight, return_exceptions=True)
     env.usage = ctx.meter.usage
+    env.throttled_s, env.retries = ctx.throttled_s, ctx.retries
     timings = await _check_candidate(services, env, meta)
     env.finished_at = time.time()
     await _record(services, env, run_id, meta, timings, ctx.meter.take())

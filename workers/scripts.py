@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-__all__ = ["FINALIZE", "FINISH", "RESULT", "SCRIPTS", "SPEND", "START", "Script"]
+__all__ = ["FINALIZE", "FINISH", "RESULT", "SCRIPTS", "SPEND", "START", "THROTTLE", "Script"]
 
 
 class Script:
@@ -61,4 +61,7 @@ FINALIZE = Script("finalize.lua")
 #: Read the final result and, when they stayed in the results hash, its envelopes.
 RESULT = Script("result.lua")
 
-SCRIPTS = (START, FINISH, SPEND, FINALIZE, RESULT)
+#: A fleet-wide rate limit: check and charge a model call, or release it (workers/ratelimit.py).
+THROTTLE = Script("throttle.lua")
+
+SCRIPTS = (START, FINISH, SPEND, FINALIZE, RESULT, THROTTLE)

@@ -12,8 +12,10 @@ from workers.agent_loop import AgentLoop
 from workers.cancel import CancelListener
 from workers.patterns import Completion
 from workers.prices import Prices
+from workers.ratelimit import Limiter, RateLimits
 from workers.registry import Registry
 from workers.store import AsyncSubtasks, RunStore, multiplexer
+from workers.store.limits import AsyncLimits
 
 __all__ = ["Services"]
 
@@ -42,7 +44,10 @@ class Services:
     #: Async subagents this process runs at once (ORCH_AIO__MAX_IN_FLIGHT): the consumer's
     #: prefetch counts messages, and a batch message carries several.
     max_in_flight: int = 500
+    #: ORCH_RATE_LIMITS: the fleet-wide limits of model calls.
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     _aio: AsyncSubtasks | None = None
+    _limiter: Limiter | None = None
     _slots: asyncio.Semaphore | None = None
 
     def completion(self, run_id: str) -> Completion:
@@ -68,3 +73,10 @@ class Services:
                 multiplexer(self.state_url, self.store.keys.prefix), self.store
             )
         return self._aio
+
+    def limiter(self) -> Limiter:
+        """The process's side of the fleet-wide rate limits (its store made on the loop, when
+        a limited call first asks)."""
+        if self._limiter is None:
+            self._limiter = Limiter(self.rate_limits, lambda: AsyncLimits(self.aio().mux))
+        return self._limiter

@@ -143,6 +143,14 @@ class Settings(BaseSettings):
         '{"model": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}}. A model without a price '
         "has a cost of None, never a guessed one.",
     )
+    rate_limits: str | None = Field(
+        None,
+        description="Fleet-wide limits of model calls by model or named key, inline JSON or a "
+        'JSON file\'s path: {"model": {"requests_per_minute": 60, "input_tokens_per_minute": '
+        '200000, "output_tokens_per_minute": 50000, "concurrent": 20}} (any subset; '
+        '"window_s" sets the sliding window, default 60). Enforced through Redis before each '
+        "request of workers.llm.chat and ctx.throttle.",
+    )
     aio: AsyncSettings = Field(default_factory=AsyncSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     advisor: AdvisorSettings = Field(default_factory=AdvisorSettings)

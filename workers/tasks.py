@@ -24,6 +24,7 @@ from workers.models import AgentKind, AgentResult, AgentStatus, TaskMeta
 from workers.names import batch_task_name, subtask_id
 from workers.patterns import send_merger_message
 from workers.prices import parse_prices
+from workers.ratelimit import parse_rate_limits
 from workers.registry import AgentSpec, Registry
 from workers.runtime import execute_agent
 from workers.runtime_async import execute_agent_async, execute_merge_async
@@ -69,6 +70,7 @@ class _ProcessServices:
                     loop=AgentLoop(self.settings.aio),
                     state_url=self.settings.redis_url(),
                     prices=parse_prices(self.settings.prices),
+                    rate_limits=parse_rate_limits(self.settings.rate_limits),
                     flush_s=self.settings.ledger.flush_s,
                     max_in_flight=self.settings.aio.max_in_flight,
                 )
