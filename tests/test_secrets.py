@@ -145,9 +145,15 @@ def test_a_retried_secret_subagent_never_shows_its_payload(
         state.stop()  # the state Redis goes away (its append-only file keeps the run)
         # echo's own queue under this stack's base queue (routing by agent).
         echo_queue = agent_queue_name(queue, "agent", "echo")
-        # A loaded machine may answer after the default 1 s: wait longer for the one reply.
-        replies = orch.app.control.add_consumer(
-            echo_queue, destination=[hostname], reply=True, timeout=10
+        # A broadcast is pub/sub: one sent before the worker's control channel subscribed (it
+        # subscribes in its event loop's first turns, just after "ready") is lost. Ask again
+        # until it answers; taking a queue it already consumes is harmless.
+        replies = wait_for(
+            lambda: orch.app.control.add_consumer(
+                echo_queue, destination=[hostname], reply=True, timeout=2
+            ),
+            30,
+            "the worker to take the queue",
         )
         assert replies, "the worker did not take the queue"
 
