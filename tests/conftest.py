@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator import EmbeddedRedis, EmbeddedStack, Orchestrator, Settings
 from orchestrator.embedded import free_port
+from tests.model_server import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_MODULES = ["workers.agents", "tests.agents_for_tests", "tests.agents_advisor"]
@@ -46,6 +47,31 @@ def _stack(**kw: object) -> EmbeddedStack:
         **kw,  # type: ignore[arg-type]
     )
     return s.start()
+
+
+def client_for(stack: EmbeddedStack) -> Iterator[Orchestrator]:
+    """A fixture's client of its own stack, closed after (``yield from client_for(s)``)."""
+    client = Orchestrator(broker_url=stack.url, key_prefix=stack.key_prefix)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def stack_for(**kw: object) -> Iterator[EmbeddedStack]:
+    """A fixture's own stack (``_stack``'s arguments), stopped after (``yield from``)."""
+    s = _stack(**kw)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    """The loopback model endpoint (tests/model_server.py) of a module's tests."""
+    with ModelServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

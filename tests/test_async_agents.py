@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, RunStatus, Task
-from tests.conftest import AGENT_MODULES, _stack, wait_for
+from tests.conftest import AGENT_MODULES, _stack, client_for, stack_for, wait_for
 from tests.model_server import ModelServer, StreamRecord
 
 pytestmark = pytest.mark.integration
@@ -22,33 +22,21 @@ MODULES = [*AGENT_MODULES, "tests.agents_async"]
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[ModelServer]:
-    with ModelServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def one_process() -> Iterator[EmbeddedStack]:
     """ONE worker process (a single prefork slot, default async settings but a short block
     limit) and a coordinator."""
-    s = _stack(
+    yield from stack_for(
         name="async",
         workers=1,
         concurrency=1,
         agent_modules=MODULES,
         extra_env={"ORCH_AIO__BLOCKED_WARN_S": "0.3", "ORCH_AIO__BLOCKED_LIMIT_S": "2"},
     )
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def o(one_process: EmbeddedStack) -> Iterator[Orchestrator]:
-    client = Orchestrator(broker_url=one_process.url, key_prefix=one_process.key_prefix)
-    yield client
-    client.close()
+    yield from client_for(one_process)
 
 
 def _stream(model: ModelServer, chunks: int = 10, interval_ms: int = 20) -> Task:

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, RunStatus, Task
 from orchestrator.cli.report import report_lines, roi_summary
-from tests.conftest import AGENT_MODULES, _stack
+from tests.conftest import AGENT_MODULES, client_for, stack_for
 from workers.errors import ConfigError
 from workers.prices import parse_prices
 
@@ -29,7 +29,7 @@ def _cost(input_tokens: int, output_tokens: int) -> float:
 def ledger_stack() -> Iterator[EmbeddedStack]:
     """One worker process of two prefork slots (sync spenders queue behind them) and its
     event loop (async spenders, ten at once)."""
-    s = _stack(
+    yield from stack_for(
         name="ledger",
         workers=1,
         concurrency=2,
@@ -40,17 +40,11 @@ def ledger_stack() -> Iterator[EmbeddedStack]:
             "ORCH_AIO__MAX_IN_FLIGHT": "10",
         },
     )
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def o(ledger_stack: EmbeddedStack) -> Iterator[Orchestrator]:
-    client = Orchestrator(broker_url=ledger_stack.url, key_prefix=ledger_stack.key_prefix)
-    yield client
-    client.close()
+    yield from client_for(ledger_stack)
 
 
 def _spend(agent: str = "ledger.spend_async", **payload: object) -> Task:

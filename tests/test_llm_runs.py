@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, RunResult, RunStatus, Task
 from tests.agents_llm import SYSTEM
-from tests.conftest import AGENT_MODULES, _stack, wait_for
+from tests.conftest import AGENT_MODULES, client_for, stack_for, wait_for
 from tests.model_server import ModelServer, StreamRecord
 from workers.models import Usage
 
@@ -26,14 +26,8 @@ PRICES = f'{{"m": {{"input_per_mtok": {IN_PER_MTOK}, "output_per_mtok": {OUT_PER
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[ModelServer]:
-    with ModelServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def stack(model: ModelServer) -> Iterator[EmbeddedStack]:
-    s = _stack(
+    yield from stack_for(
         name="llm",
         workers=1,
         concurrency=1,
@@ -44,17 +38,11 @@ def stack(model: ModelServer) -> Iterator[EmbeddedStack]:
             "ORCH_PRICES": PRICES,
         },
     )
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def o(stack: EmbeddedStack) -> Iterator[Orchestrator]:
-    client = Orchestrator(broker_url=stack.url, key_prefix=stack.key_prefix)
-    yield client
-    client.close()
+    yield from client_for(stack)
 
 
 def _ask(tokens: int, interval_ms: int = 5) -> tuple[Task, str]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Run, RunResult, RunStatus, Task
-from tests.conftest import AGENT_MODULES, _stack, wait_for
+from tests.conftest import AGENT_MODULES, client_for, stack_for, wait_for
 from tests.model_server import ModelServer
 from workers.errors import ConfigError
 from workers.ratelimit import RateLimit, parse_rate_limits
@@ -32,14 +32,8 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[ModelServer]:
-    with ModelServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def stack(model: ModelServer) -> Iterator[EmbeddedStack]:
-    s = _stack(
+    yield from stack_for(
         name="ratelimit",
         workers=2,
         concurrency=1,
@@ -52,17 +46,11 @@ def stack(model: ModelServer) -> Iterator[EmbeddedStack]:
             "ORCH_AIO__MAX_IN_FLIGHT": "15",
         },
     )
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def o(stack: EmbeddedStack) -> Iterator[Orchestrator]:
-    client = Orchestrator(broker_url=stack.url, key_prefix=stack.key_prefix)
-    yield client
-    client.close()
+    yield from client_for(stack)
 
 
 def _ask(model: str = "m", tokens: int = 3) -> tuple[Task, str]:

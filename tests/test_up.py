@@ -13,7 +13,7 @@ import time
 import pytest
 
 from orchestrator.embedded import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.test_demo import PRINTED_URL, _env, _leftovers
 
 pytestmark = pytest.mark.integration
@@ -60,10 +60,8 @@ def test_up_piped_into_a_log_then_stopped_leaves_no_process(sig: signal.Signals)
     proc.stdout.close()  # the reader (tee) is gone
     proc.send_signal(sig)
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 20
-    while _leftovers(url.group(1)) and time.monotonic() < deadline:
-        time.sleep(0.2)  # processes being reaped after up's own exit
-    assert _leftovers(url.group(1)) == []
+    # Its processes are reaped just after up's own exit.
+    wait_for(lambda: _leftovers(url.group(1)) == [], 20, "up's processes to be gone")
 
 
 def test_up_names_the_process_that_failed_and_exits_non_zero() -> None:
