@@ -59,7 +59,9 @@ def test_flower_shows_async_subagents_states(async_stack: EmbeddedStack) -> None
                 continue
         naps = [{"seconds": 0}, {"seconds": 0, "fail": True}]
         mixed = o.spawn([Task("async.nap", p) for p in naps]).wait(timeout_s=30)
-        race = o.race([Task("async.nap", p) for p in ({"seconds": 0}, {"seconds": 30})])
+        # The winner naps a little, so the loser has usually started (cancelled); a loaded
+        # machine may start it after the win (skipped): Flower shows both REVOKED.
+        race = o.race([Task("async.nap", p) for p in ({"seconds": 0.3}, {"seconds": 30})])
         raced = race.settle(timeout_s=30)
         ok, failed = (
             wait_for(lambda e=e: _state(fl, e.task_id), 10, "Flower") for e in mixed.results
@@ -67,7 +69,7 @@ def test_flower_shows_async_subagents_states(async_stack: EmbeddedStack) -> None
         assert isinstance(ok, dict) and ok["state"] == "SUCCESS"
         assert isinstance(failed, dict) and failed["state"] == "FAILURE"
         assert "RuntimeError: asked to fail" in str(failed["exception"])
-        assert raced.results[1].status is AgentStatus.CANCELLED
+        assert raced.results[1].status in (AgentStatus.CANCELLED, AgentStatus.SKIPPED)
         loser = wait_for(lambda: _state(fl, raced.results[1].task_id), 10, "the loser")
         assert isinstance(loser, dict) and loser["state"] == "REVOKED"
     finally:

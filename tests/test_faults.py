@@ -197,6 +197,14 @@ def _gather_whose_merger_was_never_sent(
         deliver(i)
     n = str(len(texts))
     wait_for(lambda: sender.store.record(run.id).get("done") == n, 15, "every envelope")
+    # The members' tasks have returned too (their Celery results are stored after the body):
+    # the last one's completion rule has looked for the merger and found none. Storing it
+    # before that (a loaded machine) would let that member send it after all.
+    wait_for(
+        lambda: all(sender.app.AsyncResult(f"{run.id}.{i}").ready() for i in range(len(texts))),
+        15,
+        "the members' tasks to return",
+    )
     merger = sender.catalog.get(AgentKind.MERGER, "join")
     message = merger_message(merge_signature(sender.app, req, merger, meta))
     sender.store.update_run(run.id, merger_message=message)
