@@ -207,7 +207,12 @@ def test_async_subagents_of_a_killed_worker_are_run_again() -> None:
         workers=2,
         concurrency=1,
         agent_modules=MODULES,
-        extra_env={"ORCH_HEARTBEAT_S": "0.5", "ORCH_LOST_WORKER_S": "2"},
+        # Four at once per process: the eight subagents are shared by both workers.
+        extra_env={
+            "ORCH_HEARTBEAT_S": "0.5",
+            "ORCH_LOST_WORKER_S": "2",
+            "ORCH_AIO__MAX_IN_FLIGHT": "4",
+        },
     )
     o = Orchestrator(broker_url=s.url, key_prefix=s.key_prefix)
     try:
