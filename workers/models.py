@@ -304,6 +304,17 @@ class RoiReport(BaseModel):
     budget_overshoot_usd: float | None = None
 
 
+class RunParent(BaseModel):
+    """Where a child run comes from: the subagent (of the parent run) that started it."""
+
+    run_id: str = Field(description="The parent run.")
+    index: int = Field(description="The index of the subagent in the parent run.")
+    agent: str = Field(description="The subagent's agent name.")
+    task_id: str = Field(description="The subagent's Celery task id (Flower's task page).")
+    root_run_id: str = Field(description="The top run of the tree.")
+    depth: int = Field(1, ge=1, description="1 for a child of the root run, 2 below it, ...")
+
+
 class RunResult(BaseModel):
     """The outcome of one orchestration."""
 
@@ -317,6 +328,12 @@ class RunResult(BaseModel):
     created_at: float
     finished_at: float
     report: RoiReport
+    parent: RunParent | None = Field(
+        None, description="Set on a child run (started by a subagent with ctx.spawn/gather/race)."
+    )
+    children: list[str] = Field(
+        default_factory=list, description="Ids of the child runs this run's subagents started."
+    )
 
     @property
     def ok(self) -> bool:
