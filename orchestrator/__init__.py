@@ -18,7 +18,9 @@ from orchestrator.errors import (
     RunNotFound,
     RunTimedOut,
     TaskCancelled,
+    TreeLimitExceeded,
     UnknownAgent,
+    WouldDeadlock,
 )
 from orchestrator.events import EventType, RunEvent
 from orchestrator.request import OrchestrationRequest, Task, TaskSpec
@@ -29,12 +31,15 @@ from workers.models import (
     Pattern,
     Prediction,
     RoiReport,
+    RunParent,
     RunProgress,
     RunResult,
     RunStatus,
     Usage,
     Verdict,
 )
+from workers.routing import Route, Routed
+from workers.run_tree import RunTree, TreeTotals
 from workers.settings import Settings
 
 __all__ = [
@@ -61,21 +66,28 @@ __all__ = [
     "Prediction",
     "Preflight",
     "RoiReport",
+    "Route",
+    "Routed",
     "Run",
     "RunEvent",
     "RunFailed",
     "RunLost",
     "RunNotFound",
+    "RunParent",
     "RunProgress",
     "RunResult",
     "RunStatus",
     "RunTimedOut",
+    "RunTree",
     "Settings",
     "Task",
     "TaskCancelled",
     "TaskSpec",
+    "TreeLimitExceeded",
+    "TreeTotals",
     "UnknownAgent",
     "Usage",
     "Verdict",
+    "WouldDeadlock",
     "advise",
 ]

@@ -14,7 +14,9 @@ from workers.errors import (
     RunNotFound,
     RunTimedOut,
     TaskCancelled,
+    TreeLimitExceeded,
     UnknownAgent,
+    WouldDeadlock,
 )
 
 __all__ = [
@@ -31,5 +33,7 @@ __all__ = [
     "RunNotFound",
     "RunTimedOut",
     "TaskCancelled",
+    "TreeLimitExceeded",
     "UnknownAgent",
+    "WouldDeadlock",
 ]

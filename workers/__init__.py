@@ -19,7 +19,9 @@ from workers.errors import (
     RunNotFound,
     RunTimedOut,
     TaskCancelled,
+    TreeLimitExceeded,
     UnknownAgent,
+    WouldDeadlock,
 )
 from workers.models import (
     AgentKind,
@@ -31,6 +33,7 @@ from workers.models import (
     Pattern,
     Prediction,
     RoiReport,
+    RunParent,
     RunProgress,
     RunResult,
     RunStatus,
@@ -43,6 +46,8 @@ from workers.names import Keys
 from workers.presence import presence_step
 from workers.registry import REGISTRY, AgentSpec, Registry, agent, merger, validator
 from workers.request import OrchestrationRequest, TaskSpec
+from workers.routing import Route
+from workers.run_tree import RunTree, TreeTotals
 from workers.settings import CancelSettings, FlowerSettings, Settings
 from workers.store import RunStore, make_store
 
@@ -72,22 +77,28 @@ __all__ = [
     "Prediction",
     "Registry",
     "RoiReport",
+    "Route",
     "RunFailed",
     "RunLost",
     "RunNotFound",
+    "RunParent",
     "RunProgress",
     "RunResult",
     "RunStatus",
     "RunStore",
     "RunTimedOut",
+    "RunTree",
     "Settings",
     "TaskCancelled",
     "TaskMeta",
     "TaskSpec",
+    "TreeLimitExceeded",
+    "TreeTotals",
     "UnknownAgent",
     "Usage",
     "Verdict",
     "WorkerInfo",
+    "WouldDeadlock",
     "agent",
     "agent_queues",
     "create_app",

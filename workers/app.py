@@ -145,7 +145,8 @@ def create_app(
     configure(app, settings)
     app.orch_settings = settings
     if load_agents:
-        load_agent_modules(settings.agent_modules)
+        # The built-in router (orch.route) is served by every worker.
+        load_agent_modules(["workers.routing", *settings.agent_modules])
         register_agents(app, settings, registry)
         app.orch_async_queues = async_queues(settings, registry)
         app.steps["worker"].add(presence_step(settings, registry, "worker"))

@@ -13,6 +13,7 @@ async agents stays on the slots' channel (its async agents still run on the loop
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import bootsteps
@@ -55,6 +56,8 @@ class AsyncQueues(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(c, **kwargs)
         self.consumer: Any = None
         self.channel: Any = None
+        self.prefetch = 0
+        self._lock = threading.Lock()
 
     def start(self, c: Any) -> None:
         names: set[str] = getattr(c.app, "orch_async_queues", set())
@@ -78,6 +81,8 @@ class AsyncQueues(bootsteps.StartStopStep):  # type: ignore[misc]
             self.channel, queues=queues, on_decode_error=c.on_decode_error
         )
         self.consumer.qos(prefetch_count=settings.aio.max_in_flight)
+        self.prefetch = settings.aio.max_in_flight
+        c.app.orch_widen = self.widen
         self.consumer.on_message = c.create_task_handler()
         self.consumer.consume()
         log.info(
@@ -85,6 +90,15 @@ class AsyncQueues(bootsteps.StartStopStep):  # type: ignore[misc]
             ", ".join(sorted(q.name for q in queues)),
             settings.aio.max_in_flight,
         )
+
+    def widen(self, delta: int) -> None:
+        """One more (or one fewer) message of prefetch: a subagent awaiting its child run
+        keeps its message unacked, and must not keep its children's messages out. Called from
+        the event loop's thread; the transport reads the count when it next fetches."""
+        with self._lock:
+            self.prefetch = max(1, self.prefetch + delta)
+            if self.channel is not None:
+                self.channel.basic_qos(prefetch_size=0, prefetch_count=self.prefetch)
 
     def stop(self, c: Any) -> None:
         if self.consumer is not None:

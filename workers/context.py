@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from workers.cancel import Running
 from workers.errors import TaskCancelled
@@ -17,6 +17,7 @@ from workers.ratelimit import Limiter, Throttle
 from workers.store import RunStore
 
 if TYPE_CHECKING:
+    from workers.children import Children, ChildRun
     from workers.store import AsyncSubtasks
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class AgentContext:
         meter: SpendMeter | None = None,
         flush: Callable[[SpendDelta], None] | None = None,
         limiter: Limiter | None = None,
+        children: Children | None = None,
     ) -> None:
         self.run_id = run_id
         self.task_id = task_id
@@ -66,6 +68,7 @@ class AgentContext:
         #: (the envelope's ``throttled_s`` and ``retries``).
         self.throttled_s = 0.0
         self.retries = 0
+        self._children = children
 
     def remaining_s(self) -> float:
         """Seconds until the orchestration's deadline."""
@@ -148,6 +151,39 @@ class AgentContext:
         self.retries += 1
         fields = {"index": str(self.index), "retry": str(retry), "delay_s": f"{delay_s:.3f}"}
         self._event("retry", {**fields, "status": "" if status is None else str(status)})
+
+    # -- child runs (composition) ------------------------------------------------------------
+    def spawn(self, tasks: Sequence[Any], **options: Any) -> ChildRun:
+        """Start a parallel-spawn below this subagent; a Run (``await run.wait_async()``, or
+        ``run.wait()`` from a sync agent). Options as ``Orchestrator.spawn``'s; the child's
+        deadline is at most this run's remaining time, its spend counts toward this run's
+        budget (and every run above), and it stops when this subagent or its run ends."""
+        return self._child(Pattern.SPAWN, tasks, options)
+
+    def gather(self, tasks: Sequence[Any], *, merge: str, **options: Any) -> ChildRun:
+        """Start a gather-then-merge below this subagent (see :meth:`spawn`)."""
+        return self._child(Pattern.GATHER, tasks, {**options, "merge": merge})
+
+    def race(self, tasks: Sequence[Any], **options: Any) -> ChildRun:
+        """Start a race-then-cancel below this subagent (see :meth:`spawn`)."""
+        return self._child(Pattern.RACE, tasks, options)
+
+    def _child(self, pattern: Pattern, tasks: Sequence[Any], options: dict[str, Any]) -> ChildRun:
+        if self._children is None:
+            raise RuntimeError("this context cannot start child runs (not a worker's subagent)")
+        self.raise_if_cancelled()
+        return self._children.start(pattern, tasks, options)
+
+    @property
+    def children(self) -> list[str]:
+        """Ids of the child runs this subagent started."""
+        return [r.id for r in self._children.started] if self._children else []
+
+    def close_children(self) -> None:
+        """Stop the child runs still going: this subagent has ended (the runtime calls it)."""
+        if self._children is not None:
+            what = f"subagent #{self.index} ({self.agent}) of run {self.run_id}"
+            self._children.close(f"{what} ended")
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0..1) to the run's event stream; throttled. From an async agent

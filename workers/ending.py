@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from workers.lineage import children_in
 from workers.models import AgentResult, AgentStatus, RunResult, RunStatus
 from workers.names import other_subtask_ids, run_task_ids
 from workers.run_result import (
@@ -45,6 +46,7 @@ __all__ = [
     "over_budget",
     "overdue",
     "refresh",
+    "stop_children",
     "win",
 ]
 
@@ -105,6 +107,7 @@ def finish(
     )
     if not store.store_result(result, in_hash=len(envs) == len(results)):
         return None
+    stop_children(store, run_id, rec, status)
     # Subtasks that never started get their 'skipped' envelope now: revoked ones never will
     # run, and one that still starts sees its envelope and stops (start.lua 'reported').
     store.write_stand_ins(
@@ -152,7 +155,8 @@ def _finish_all_ok(store: RunStore, run_id: str) -> bool:
     now = time.time()
     report = roi_of_all_ok(agg, n, created_at=float(rec["created_at"]), finished_at=now)
     result = build_result(rec, [], status=RunStatus.SUCCEEDED, finished_at=now, report=report)
-    store.store_result(result, in_hash=True)
+    if store.store_result(result, in_hash=True):
+        stop_children(store, run_id, rec, RunStatus.SUCCEEDED)
     return True
 
 
@@ -192,9 +196,27 @@ def _stop(store: RunStore, revoke: Revoke, run_id: str, reason: str, status: Run
     a merger that must still merge what finished: over budget)."""
     rec = store.record(run_id)
     store.request_cancel(run_id, reason, ending=status)
+    stop_children(store, run_id, rec, status)
     batches = json.loads(rec["batches"]) if rec.get("batches") else []
     merges = status is RunStatus.BUDGET_EXCEEDED
     revoke(run_task_ids(run_id, int(rec["n"]), len(batches), with_merger=not merges))
+
+
+def _no_revoke(task_ids: list[str]) -> None:
+    """A child run stopped from its parent's ending has no Celery app at hand: its flags stop
+    its subtasks (queued ones are skipped when they arrive)."""
+
+
+def stop_children(store: RunStore, run_id: str, rec: dict[str, str], status: RunStatus) -> None:
+    """A run ended or is being stopped: so is every child run of it still going (and, through
+    their endings, every run below them). No child outlives its parent: Temporal's default
+    parent-close policy, and a cancel that reaches the whole tree (celery#4667)."""
+    for child in children_in(rec):
+        try:
+            if not store.has_ended(child):
+                cancel(store, _no_revoke, child, f"parent run {run_id} ended {status.value}")
+        except Exception as exc:  # one child's failure must not keep the others running
+            log.warning("run %s: could not stop child run %s: %s", run_id, child, exc)
 
 
 def cancel(store: RunStore, revoke: Revoke, run_id: str, reason: str) -> RunResult | None:

@@ -72,6 +72,33 @@ class InvalidRequest(OrchestratorError):
         self.size = size
 
 
+class TreeLimitExceeded(InvalidRequest):
+    """A child run would take its tree over a limit: ``limit`` names the setting
+    (``ORCH_TREE__MAX_DEPTH``, ``ORCH_TREE__MAX_SUBAGENTS``), ``value`` what the tree would
+    have had, ``allowed`` the limit."""
+
+    def __init__(self, message: str, *, limit: str, value: int, allowed: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.allowed = allowed
+
+
+class WouldDeadlock(OrchestratorError):
+    """A sync subagent asked to wait for a child run whose subagents need the very worker
+    slots that waiting parents hold: waiting would hang until the deadline. ``agents`` are the
+    child's sync agents, ``slots`` the slots serving them, ``waiting`` the parents holding
+    some."""
+
+    def __init__(
+        self, message: str, *, agents: list[str] | None = None, slots: int = 0, waiting: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.agents = agents or []
+        self.slots = slots
+        self.waiting = waiting
+
+
 class BrokerUnavailable(OrchestratorError):
     """The broker or the state Redis cannot be reached; ``url`` has no password."""
 

@@ -20,6 +20,7 @@ from workers.registry import AgentSpec
 from workers.run_result import failure_reasons
 from workers.runtime import call_agent, coerce_output, make_context
 from workers.services import Services
+from workers.spending import tree_spend
 from workers.stats import MERGER, duration_sample
 from workers.store import NO_SPEND
 
@@ -67,6 +68,8 @@ def merge_end(
     store = services.store
     if spend:
         store.add_spend(run_id, spend)  # a crossing now changes nothing: the run ends here
+        if meta.ancestors:
+            tree_spend(services, meta, spend)  # ... but an ancestor's may stop it
     merge_s = time.time() - plan.started
     status = RunStatus.FAILED if error else RunStatus.SUCCEEDED
     partial = failure_reasons(plan.results)

@@ -142,6 +142,9 @@ class TaskMeta(BaseModel):
     queued_at: float
     deadline_at: float
     validate_with: str | None = None
+    #: The runs above this one (a child run's; the root first): its spend counts toward their
+    #: budgets.
+    ancestors: list[str] = Field(default_factory=list)
 
 
 class AgentResult(BaseModel):
@@ -313,6 +316,11 @@ class RunParent(BaseModel):
     task_id: str = Field(description="The subagent's Celery task id (Flower's task page).")
     root_run_id: str = Field(description="The top run of the tree.")
     depth: int = Field(1, ge=1, description="1 for a child of the root run, 2 below it, ...")
+    ancestors: list[str] = Field(
+        default_factory=list,
+        description="Every run above the child, the root first and the parent last: the runs "
+        "whose budgets its spend counts toward.",
+    )
 
 
 class RunResult(BaseModel):

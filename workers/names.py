@@ -229,6 +229,13 @@ class Keys:
         base = f"{self.prefix}:limit:{{{name}}}"
         return [f"{base}:{part}" for part in ("sums", "requests", "in", "out", "leases")]
 
+    @property
+    def waiting_parents(self) -> str:
+        """Hash: sync subagents waiting for a child run, so holding their worker slot
+        (``<hostname>|<task id>`` -> when the entry ages out, epoch s); composition's deadlock
+        check counts them (workers/store/tree.py)."""
+        return f"{self.prefix}:fleet:waiting-parents"
+
     def swept(self, hostname: str) -> str:
         """String (TTL'd): when this coordinator's sweeper last completed a round (epoch s);
         `orchestrator check --role coordinator` reads it."""

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.models import Pattern
+from workers.models import Pattern, RunParent
 from workers.patterns import pattern_of
 
 PreflightPolicy = Literal["off", "warn", "refuse", "auto"]
@@ -74,6 +74,11 @@ class OrchestrationRequest(BaseModel):
     )
     max_cost_usd: float | None = Field(
         None, gt=0, allow_inf_nan=False, description="Dollar budget of the run (ORCH_PRICES)."
+    )
+    parent: RunParent | None = Field(
+        None,
+        description="Set when a subagent starts this run (ctx.spawn/gather/race): the run "
+        "answers to its parent's deadline, budget and cancel.",
     )
     created_at: float = Field(
         default_factory=time.time,

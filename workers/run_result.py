@@ -6,6 +6,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from workers.lineage import child_ids, parent_in
 from workers.models import (
     AgentResult,
     AgentStatus,
@@ -293,6 +294,8 @@ def build_result(
         error=error,
         created_at=created,
         finished_at=finished_at,
+        parent=parent_in(record),
+        children=child_ids(record),
         report=report.model_copy(
             update={
                 "execution": Execution(record.get("execution") or Execution.PARALLEL.value),

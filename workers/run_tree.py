@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from workers.models import AgentStatus, Pattern, RunParent, RunProgress, RunResult, RunStatus
+from workers.patterns import pattern_of
 
 __all__ = ["RunTree", "TreeTotals", "roll_up"]
 
@@ -57,8 +58,8 @@ def _useful_indices(result: RunResult | None) -> set[int] | None:
         return None
     if result.winner is not None:
         return {result.winner.index}
-    if result.pattern is Pattern.RACE:
-        return set()
+    if pattern_of(result.pattern).claims_win:
+        return set()  # a race nobody won kept nothing
     return {r.index for r in result.results if r.status not in _WASTED}
 
 

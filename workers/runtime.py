@@ -14,15 +14,16 @@ from pydantic import BaseModel, ValidationError
 
 from workers import ending
 from workers.cancel import Running
+from workers.children import Children, Origin
 from workers.context import AgentContext
 from workers.error_info import error_info, validation_error
 from workers.errors import TaskCancelled
 from workers.ledger import SpendDelta, SpendMeter
-from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, TaskMeta
+from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, RunParent, TaskMeta
 from workers.patterns import pattern_of
 from workers.registry import AgentSpec
 from workers.services import Services
-from workers.spending import budget_crossed, spend_flusher
+from workers.spending import budget_crossed, spend_flusher, tree_spend
 from workers.stats import VALIDATOR, Sample, duration_sample
 from workers.store import NO_SPEND, FinishOutcome
 
@@ -56,7 +57,20 @@ def make_context(
 ) -> AgentContext:  # fmt: skip
     """The AgentContext of one subagent or merger."""
     meter = SpendMeter(services.prices, services.flush_s)
+
+    def origin() -> Origin:
+        assert services.settings is not None
+        above = meta.ancestors
+        parent = RunParent(
+            run_id=run_id, index=index, agent=spec.name, task_id=task_id,
+            root_run_id=above[0] if above else run_id, depth=len(above) + 1,
+            ancestors=[*above, run_id],
+        )  # fmt: skip
+        lend = services.lend_slot if spec.is_async else None
+        return Origin(parent, meta.deadline_at, spec.is_async, worker, services.settings, lend)
+
     return AgentContext(
+        children=Children(origin) if services.settings is not None else None,
         meter=meter,
         flush=spend_flusher(services, run_id, meta, meter),
         run_id=run_id,
@@ -162,6 +176,7 @@ def execute_agent(
             except Exception as exc:  # a ValidationError raised inside the agent is its error
                 failed(env, exc)
         env.cancel_requested_at = item.cancel_at
+    ctx.close_children()
     env.usage = ctx.meter.usage
     env.throttled_s, env.retries = ctx.throttled_s, ctx.retries
     timings = _check_candidate(services, env, meta)
@@ -295,6 +310,8 @@ def _record(
     pattern = pattern_of(meta.pattern)
     claim = pattern.claims_win and env.status is AgentStatus.OK
     outcome = services.store.finish_task(run_id, env, claim=claim, stats=timings, spend=spend)
+    if meta.ancestors and spend:
+        tree_spend(services, meta, spend)
     after_record(services, env, run_id, meta, outcome)
 
 

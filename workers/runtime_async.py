@@ -43,6 +43,7 @@ from workers.runtime import (
     wants_check,
 )
 from workers.services import Services
+from workers.spending import tree_spend
 from workers.stats import VALIDATOR, Sample, duration_sample
 
 T = TypeVar("T")
@@ -155,6 +156,8 @@ async def _execute_agent(
             else:
                 trap_output(spec, env, out)
         env.cancel_requested_at = item.cancel_at
+    if ctx.children:
+        await asyncio.to_thread(ctx.close_children)
     if ctx.meter.inflight:  # flushes on their way: the envelope carries only the rest
         await asyncio.gather(*ctx.meter.inflight, return_exceptions=True)
     env.usage = ctx.meter.usage
@@ -196,6 +199,8 @@ async def _record(
     outcome = await retrying(
         services, lambda: aio.finish_task(run_id, env, claim=claim, stats=timings, spend=spend)
     )
+    if meta.ancestors and spend:
+        await asyncio.to_thread(tree_spend, services, meta, spend)
     if outcome.won or outcome.crossed or (outcome.new and outcome.done >= outcome.n):
         await asyncio.to_thread(after_record, services, env, run_id, meta, outcome)
 

@@ -17,7 +17,17 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-__all__ = ["FINALIZE", "FINISH", "RESULT", "SCRIPTS", "SPEND", "START", "THROTTLE", "Script"]
+__all__ = [
+    "FINALIZE",
+    "FINISH",
+    "RESULT",
+    "SCRIPTS",
+    "SPEND",
+    "START",
+    "THROTTLE",
+    "TREE_SPEND",
+    "Script",
+]
 
 
 class Script:
@@ -64,4 +74,7 @@ RESULT = Script("result.lua")
 #: A fleet-wide rate limit: check and charge a model call, or release it (workers/ratelimit.py).
 THROTTLE = Script("throttle.lua")
 
-SCRIPTS = (START, FINISH, SPEND, FINALIZE, RESULT, THROTTLE)
+#: A child run's spend toward its ancestors' budgets (composition).
+TREE_SPEND = Script("tree_spend.lua")
+
+SCRIPTS = (START, FINISH, SPEND, FINALIZE, RESULT, THROTTLE, TREE_SPEND)

@@ -4,7 +4,8 @@ registry, the event loop for async agents, the price table; one per process, aft
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from workers import ending
@@ -14,6 +15,7 @@ from workers.patterns import Completion
 from workers.prices import Prices
 from workers.ratelimit import Limiter, RateLimits
 from workers.registry import Registry
+from workers.settings import Settings
 from workers.store import AsyncSubtasks, RunStore, multiplexer
 from workers.store.limits import AsyncLimits
 
@@ -46,6 +48,10 @@ class Services:
     max_in_flight: int = 500
     #: ORCH_RATE_LIMITS: the fleet-wide limits of model calls.
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    #: The worker's settings (child runs are submitted with them); None outside a worker.
+    settings: Settings | None = None
+    #: Widens (+1) or narrows (-1) the async queues' prefetch (workers/async_consumer.py).
+    widen: Callable[[int], None] | None = None
     _aio: AsyncSubtasks | None = None
     _limiter: Limiter | None = None
     _slots: asyncio.Semaphore | None = None
@@ -65,6 +71,22 @@ class Services:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_in_flight)
         return self._slots
+
+    @contextlib.asynccontextmanager
+    async def lend_slot(self) -> AsyncIterator[None]:
+        """While an async subagent awaits its child run, its in-flight place (and one message
+        of prefetch) goes to others: a parent waiting on its children must not starve them,
+        or a tree deeper than the slots would hang on a single worker."""
+        slots = self.aio_slots()
+        slots.release()
+        if self.widen is not None:
+            self.widen(1)
+        try:
+            yield
+        finally:
+            if self.widen is not None:
+                self.widen(-1)
+            await slots.acquire()
 
     def aio(self) -> AsyncSubtasks:
         """The subtask calls for the event loop (made on the loop, on first use)."""

@@ -23,6 +23,7 @@ from workers.settings_sections import (
     LedgerSettings,
     LlmSettings,
     RemoteControlSettings,
+    TreeSettings,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "LlmSettings",
     "RemoteControlSettings",
     "Settings",
+    "TreeSettings",
     "check_environment",
     "check_scheme",
     "safe_url",
@@ -157,6 +159,7 @@ class Settings(BaseSettings):
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     remote_control: RemoteControlSettings = Field(default_factory=RemoteControlSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    tree: TreeSettings = Field(default_factory=TreeSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -202,6 +202,33 @@ class LedgerSettings(BaseModel):
     )
 
 
+class TreeSettings(BaseModel):
+    """Limits of composition (child runs started by subagents), against runaway trees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_depth: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Deepest child run below a top run (1: subagents may start child runs, "
+        "their subagents may not).",
+    )
+    max_subagents: int = Field(
+        2000,
+        ge=1,
+        description="Subagents of a whole tree (the top run's and every child run's): a child "
+        "run that would take the tree over it is refused.",
+    )
+    waiting_parent_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="A sync subagent waiting for its child run is counted as holding its slot "
+        "for this long after its last word (renewed while it waits; a dead process's entry "
+        "ages out).",
+    )
+
+
 class LlmSettings(BaseModel):
     """The OpenAI-compatible endpoint ``workers.llm.chat`` streams from (the ``[llm]`` extra)."""
 

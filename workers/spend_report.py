@@ -28,6 +28,9 @@ class Ledger:
     max_tokens: int | None
     max_cost_usd: float | None
     crossed_at: float | None
+    #: What the run's child runs (and theirs) spent: it counts toward this run's budget.
+    sub_tokens: int = 0
+    sub_cost_usd: float = 0.0
 
     @classmethod
     def of(cls, record: dict[str, str]) -> Ledger:
@@ -42,6 +45,8 @@ class Ledger:
             crossed_at=float(record["budget_crossed_at"])
             if record.get("budget_crossed_at")
             else None,
+            sub_tokens=int(record.get("sub:tokens") or 0),
+            sub_cost_usd=float(record.get("sub:cost") or 0.0),
         )
 
     @property
@@ -58,11 +63,13 @@ class Ledger:
 def budget_reason(record: dict[str, str]) -> str:
     """Why a run over its budget was stopped, with the numbers."""
     led = Ledger.of(record)
+    tokens, cost = led.tokens + led.sub_tokens, led.cost_usd + led.sub_cost_usd
+    below = " (child runs included)" if led.sub_tokens or led.sub_cost_usd else ""
     parts = []
-    if led.max_tokens is not None and led.tokens > led.max_tokens:
-        parts.append(f"{led.tokens:,} tokens spent, max_tokens={led.max_tokens:,}")
-    if led.max_cost_usd is not None and led.cost_usd > led.max_cost_usd:
-        parts.append(f"${led.cost_usd:.4f} spent, max_cost_usd={led.max_cost_usd:g}")
+    if led.max_tokens is not None and tokens > led.max_tokens:
+        parts.append(f"{tokens:,} tokens spent{below}, max_tokens={led.max_tokens:,}")
+    if led.max_cost_usd is not None and cost > led.max_cost_usd:
+        parts.append(f"${cost:.4f} spent{below}, max_cost_usd={led.max_cost_usd:g}")
     said = "; ".join(parts) or "the budget was crossed"
     return f"budget exceeded ({said}): what was queued or running was stopped"
 

@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 from workers import ending
 from workers.ledger import SpendDelta, SpendMeter
-from workers.models import TaskMeta
+from workers.models import Pattern, TaskMeta
 from workers.patterns import pattern_of
 from workers.services import Services
 
-__all__ = ["budget_crossed", "spend_flusher"]
+__all__ = ["budget_crossed", "spend_flusher", "tree_spend"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def spend_flusher(
             threading.Thread(
                 target=budget_crossed, args=(services, run_id, meta), name="orch-budget"
             ).start()
+        if meta.ancestors:
+            tree_spend(services, meta, delta)
 
     return flush
 
@@ -61,6 +63,31 @@ async def _flush_async(
         return
     if crossed:
         await asyncio.to_thread(budget_crossed, services, run_id, meta)
+    if meta.ancestors:
+        await asyncio.to_thread(tree_spend, services, meta, delta)
+
+
+def tree_spend(services: Services, meta: TaskMeta, delta: SpendDelta) -> None:
+    """A child run's spend toward every ancestor's budget; an ancestor it takes over its
+    budget is stopped (in a thread, as above: the stop reaches this agent too)."""
+    try:
+        crossed = services.store.add_tree_spend(meta.ancestors, delta)
+    except Exception as exc:  # the child's own ledger has it; only the ancestors' check waits
+        log.warning("spend not counted toward runs %s yet: %s", meta.ancestors, exc)
+        return
+    for run_id in crossed:
+        threading.Thread(
+            target=_ancestor_over_budget, args=(services, run_id), name="orch-budget"
+        ).start()
+
+
+def _ancestor_over_budget(services: Services, run_id: str) -> None:
+    try:
+        pattern = services.store.run_fields(run_id, ["pattern"])[0] or ""
+        ending.over_budget(services.store, services.revoke, run_id)
+        pattern_of(Pattern(pattern)).on_budget(services.completion(run_id))
+    except Exception as exc:  # e.g. the run ended meanwhile
+        log.warning("run %s: over budget, but could not be stopped: %s", run_id, exc)
 
 
 def budget_crossed(services: Services, run_id: str, meta: TaskMeta) -> None:

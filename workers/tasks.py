@@ -73,8 +73,15 @@ class _ProcessServices:
                     rate_limits=parse_rate_limits(self.settings.rate_limits),
                     flush_s=self.settings.ledger.flush_s,
                     max_in_flight=self.settings.aio.max_in_flight,
+                    settings=self.settings,
+                    widen=self._widen,
                 )
             return self._services
+
+    def _widen(self, delta: int) -> None:
+        widen = getattr(self.app, "orch_widen", None)  # set by the AsyncQueues bootstep
+        if widen is not None:
+            widen(delta)
 
     def _send(self, message: str) -> None:
         send_merger_message(self.app, message)

@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError
 from orchestrator.advisor import Preflight, PreflightSource
 from orchestrator.api import aio
 from orchestrator.api.options import GatherOptions, RaceOptions, SpawnOptions
+from orchestrator.api.payload_depth import check_depth
 from orchestrator.api.runs import Run
 from orchestrator.catalog import Catalog
 from orchestrator.request import OrchestrationRequest, PreflightPolicy, Task
@@ -22,19 +23,16 @@ from orchestrator.service.sweeper import sweep_stale_s
 from workers import ending
 from workers.app import create_app, load_agent_modules
 from workers.errors import BrokerUnavailable, InvalidRequest
-from workers.models import CatalogEntry, Pattern, WorkerInfo
+from workers.models import AgentKind, CatalogEntry, Pattern, WorkerInfo
 from workers.names import COORDINATOR_TASK, catalog_field, coordinator_id
 from workers.registry import REGISTRY
+from workers.routing import ROUTER, RouteRequest
 from workers.settings import Settings, safe_url
 from workers.store import ERRORS, RunStore, make_store
 
 log = logging.getLogger(__name__)
 #: A client reports a down Redis within about a second instead of waiting it out.
 CLIENT_RETRIES = 3
-#: Deepest nesting of lists and objects accepted in a payload: pydantic stops serialising at
-#: about 255 levels and many JSON parsers (other languages' clients, the workers' tools) at
-#: fewer; real inputs are far flatter.
-MAX_PAYLOAD_DEPTH = 64
 
 
 @contextlib.contextmanager
@@ -56,34 +54,6 @@ def _defined_in(fn: Any, module: str) -> bool:
 
 def _is_redis(url: str) -> bool:
     return url.split("://", 1)[0].lower() in {"redis", "rediss", "unix"}
-
-
-def check_depth(req: OrchestrationRequest, limit: int = MAX_PAYLOAD_DEPTH) -> None:
-    """InvalidRequest when a payload nests lists and objects deeper than ``limit``."""
-    for i, task in enumerate(req.tasks):
-        if _deeper_than(task.payload, limit):
-            raise InvalidRequest(
-                f"task #{i}: payload for agent {task.agent!r} nests lists/objects more than "
-                f"{limit} levels deep, more than JSON tools handle: flatten it, or pass a "
-                "reference to stored data instead"
-            )
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    # Iterative: a payload deep enough to matter would overflow a recursive walk.
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 class Orchestrator:
@@ -168,6 +138,19 @@ class Orchestrator:
         other racers are stopped. Options: ``validate``, ``deadline_s``, ``preflight``,
         ``run_id``."""
         return self.submit(self.request(Pattern.RACE, tasks, **options))
+
+    def route(self, task: Task, *, via: str, **options: Unpack[SpawnOptions]) -> Run:
+        """Routing: the classifier agent ``via`` reads ``task.payload`` and returns
+        ``Route(agent=..., payload=...)`` (``from workers import Route``); then that specialist
+        runs (on the route's payload, or the task's when the route gives none). The run's one
+        output is ``Routed``: the specialist's name and ``output``, and the two child runs,
+        whose costs ``run.tree()`` shows side by side. ``task.agent`` is kept as what was
+        asked. A route naming an agent no worker serves fails the run with UnknownAgent."""
+        with _reachable("state Redis", self.settings.redis_url()):
+            self.catalog.get(AgentKind.AGENT, via)  # an unknown classifier fails here, now
+        ask = RouteRequest(via=via, asked=task.agent, payload=task.payload, secret=task.secret)
+        options.setdefault("preflight", "off")  # one router: nothing to parallelise
+        return self.spawn([Task(ROUTER, ask, secret=task.secret)], **options)
 
     async def spawn_async(self, tasks: Sequence[Task], **options: Unpack[SpawnOptions]) -> Run:
         """``spawn`` for asyncio; ``await run.wait_async()`` for its result."""

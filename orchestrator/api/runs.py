@@ -10,9 +10,11 @@ from orchestrator.api import aio
 from orchestrator.api.aio import LOST_CHECK_S, REPLY_MARGIN_S
 from orchestrator.api.host import RunHost
 from orchestrator.api.live_envelopes import LIVE_MIN_N, LiveEnvelopes
+from orchestrator.api.tree import read_tree
 from workers import ending
 from workers.errors import RunLost, RunNotFound, RunTimedOut
 from workers.models import RoiReport, RunProgress, RunResult
+from workers.run_tree import RunTree
 from workers.settings import safe_url
 from workers.store import CONNECTION_ERRORS, RunStore
 from workers.store.multiplexer import unavailable
@@ -150,6 +152,15 @@ class Run:
             if got:
                 cursor = got[-1][0]
         return self.refreshed()
+
+    def tree(self) -> RunTree:
+        """This run and every child run below it (started by subagents with ctx.spawn /
+        gather / race), recursively, each with its result (or progress) and the totals
+        rolled up: wall time, work, tokens and dollars spent and wasted. A child started by a
+        subagent whose work was wasted (a race loser, a cancelled or failed one) is wasted
+        whole."""
+        with self._reachable():
+            return read_tree(self.orch.store, self.id)
 
     def report(self) -> RoiReport:
         """The ROI report, recomputed from every envelope that has arrived (late losers too)."""

@@ -9,7 +9,13 @@ from typing import Any
 
 from orchestrator.advisor import PreflightSource, apply_policy
 from orchestrator.catalog import Catalog
-from workers.errors import InvalidRequest, OrchestratorError, ParallelismDoesNotPay
+from workers import ending
+from workers.errors import (
+    InvalidRequest,
+    OrchestratorError,
+    ParallelismDoesNotPay,
+    TreeLimitExceeded,
+)
 from workers.models import AgentKind, RunStatus
 from workers.patterns import pattern_of
 from workers.request import OrchestrationRequest
@@ -60,6 +66,7 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
         "done": 0,
         # Subagents per message: set by the caller, or by adaptive batching at pre-flight.
         "batching": str(req.batch_size) if req.batch_size and req.batch_size > 1 else "",
+        **({"parent": req.parent.model_dump_json()} if req.parent else {}),
     }
 
 
@@ -73,6 +80,10 @@ def unserved_event(run_id: str, names: list[str]) -> dict[str, str]:
         ", ".join(repr(n) for n in names),
     )
     return {"type": "unserved", "agents": json.dumps(names)}
+
+
+def _no_revoke(task_ids: list[str]) -> None:
+    """Nothing of a child refused at admission was sent yet."""
 
 
 class Admission:
@@ -90,6 +101,8 @@ class Admission:
         Policy 'refuse' raises ParallelismDoesNotPay before anything is written; unknown
         agents and bad payloads raise unless ``checked`` (the caller validated them).
         """
+        if req.parent is not None:
+            self._admit_child(req)
         record = run_record(req, req.created_at + deadline_s_of(req, self.settings))
         events: list[dict[str, str]] = []
         if req.preflight != "off":
@@ -103,6 +116,47 @@ class Admission:
         if unserved:
             events.append(unserved_event(req.run_id, unserved))
         self.store.create_run(record, events, request=wire)
+        if req.parent is not None:
+            self._link_child(req)
+
+    def _admit_child(self, req: OrchestrationRequest) -> None:
+        """A child run's limits: the tree's depth and size (refused naming the setting), and
+        a deadline within its parent's."""
+        parent, tree = req.parent, self.settings.tree
+        assert parent is not None
+        if parent.depth > tree.max_depth:
+            raise TreeLimitExceeded(
+                f"a child run at depth {parent.depth} (below run {parent.root_run_id}) exceeds "
+                f"ORCH_TREE__MAX_DEPTH={tree.max_depth}: flatten the plan, or raise the setting",
+                limit="ORCH_TREE__MAX_DEPTH",
+                value=parent.depth,
+                allowed=tree.max_depth,
+            )
+        (deadline_raw,) = self.store.run_fields(parent.run_id, ["deadline_at"])
+        if self.store.has_ended(parent.run_id):
+            raise InvalidRequest(f"parent run {parent.run_id} has ended: no child runs now")
+        parent_deadline = float(deadline_raw or 0)
+        if req.created_at + deadline_s_of(req, self.settings) > parent_deadline:
+            req.deadline_s = max(parent_deadline - req.created_at, 0.001)
+        n = len(req.tasks)
+        if self.store.reserve_subagents(parent.root_run_id, n, tree.max_subagents) is None:
+            raise TreeLimitExceeded(
+                f"a child run of {n} subagents would take the tree of run "
+                f"{parent.root_run_id} over ORCH_TREE__MAX_SUBAGENTS={tree.max_subagents}: "
+                "fewer or wider-batched subagents, or raise the setting",
+                limit="ORCH_TREE__MAX_SUBAGENTS",
+                value=n,
+                allowed=tree.max_subagents,
+            )
+
+    def _link_child(self, req: OrchestrationRequest) -> None:
+        """Name the child on its parent's record; a parent that ended meanwhile stops it."""
+        parent = req.parent
+        assert parent is not None
+        self.store.add_child(parent.run_id, req.run_id, parent.index)
+        if self.store.has_ended(parent.run_id):
+            ending.cancel(self.store, _no_revoke, req.run_id, f"parent run {parent.run_id} ended")
+            raise InvalidRequest(f"parent run {parent.run_id} has ended: no child runs now")
 
     def _batch_async(self, req: OrchestrationRequest) -> bool:
         """A wide spawn or gather of async agents only goes ORCH_AIO__BATCH_SIZE subagents a

@@ -62,6 +62,7 @@ def expand(
         queued_at=time.time(),
         deadline_at=deadline_at,
         validate_with=req.validate_with,
+        ancestors=req.parent.ancestors if req.parent else [],
     )
     spec = pattern_of(req.pattern)
     build = spec.expand_sequential if sequential else spec.expand

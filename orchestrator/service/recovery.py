@@ -29,6 +29,7 @@ from celery import Celery
 
 from orchestrator.catalog import Catalog
 from workers.errors import OrchestratorError
+from workers.lineage import parent_in
 from workers.models import AgentKind, Pattern, TaskMeta
 from workers.names import subtask_id
 from workers.patterns import pattern_of, send_merger_message
@@ -100,7 +101,10 @@ def lost_indices(
 
 
 #: Run record fields recovery reads.
-_FIELDS = ("pattern", "n", "deadline_at", "validate", "queued_at", "agents", "status", "batches")
+_FIELDS = (
+    "pattern", "n", "deadline_at", "validate", "queued_at", "agents", "status", "batches",
+    "parent",
+)  # fmt: skip
 
 
 def resend_lost_subtasks(
@@ -142,6 +146,7 @@ def _resend(
         queued_at=float(f["queued_at"] or now),
         deadline_at=float(f["deadline_at"] or now),
         validate_with=f["validate"] or None,
+        ancestors=parent.ancestors if (parent := parent_in({"parent": f["parent"] or ""})) else [],
     ).model_dump(mode="json")
     sent = 0
     for index, payload in zip(todo, store.payloads(run_id, list(todo)), strict=True):

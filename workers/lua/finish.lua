@@ -34,9 +34,12 @@ if ARGV[14] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0.0' or ARGV[17] ~= '' the
     end
   end
   ledger = {tokens_in + tokens_out, string.format('%.17g', cost)}
-  local budget = redis.call('HMGET', KEYS[2], 'max_tokens', 'max_cost_usd')
-  local over = (budget[1] and tokens_in + tokens_out > tonumber(budget[1]))
-    or (budget[2] and cost > tonumber(budget[2]))
+  -- As spend.lua: the budget covers child runs' spend (sub:tokens, sub:cost) too.
+  local budget = redis.call('HMGET', KEYS[2], 'max_tokens', 'max_cost_usd', 'sub:tokens',
+    'sub:cost')
+  local over = (budget[1] and tokens_in + tokens_out + tonumber(budget[3] or '0')
+      > tonumber(budget[1]))
+    or (budget[2] and cost + tonumber(budget[4] or '0') > tonumber(budget[2]))
   if over and redis.call('HSETNX', KEYS[2], 'budget_crossed_at', ARGV[6]) == 1 then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'budget_exceeded',
       'tokens', tokens_in + tokens_out, 'cost_usd', string.format('%.17g', cost), 'ts', ARGV[6])

@@ -19,9 +19,12 @@ if ARGV[4] ~= '' then
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-local budget = redis.call('HMGET', KEYS[1], 'max_tokens', 'max_cost_usd')
-local over = (budget[1] and tokens_in + tokens_out > tonumber(budget[1]))
-  or (budget[2] and cost > tonumber(budget[2]))
+-- A run's budget covers its child runs too (tree_spend.lua keeps their sub: totals).
+local budget = redis.call('HMGET', KEYS[1], 'max_tokens', 'max_cost_usd', 'sub:tokens',
+  'sub:cost')
+local over = (budget[1] and tokens_in + tokens_out + tonumber(budget[3] or '0')
+    > tonumber(budget[1]))
+  or (budget[2] and cost + tonumber(budget[4] or '0') > tonumber(budget[2]))
 if over and redis.call('HSETNX', KEYS[1], 'budget_crossed_at', ARGV[5]) == 1 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'type', 'budget_exceeded',
     'tokens', tokens_in + tokens_out, 'cost_usd', string.format('%.17g', cost), 'ts', ARGV[5])
