@@ -4,9 +4,14 @@ runaway trees, no deadlock on one worker process, and routing."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +24,16 @@ from orchestrator import (
     UnknownAgent,
 )
 from tests.agents_tree import Ask, Fan, Query, SyncFan
-from tests.conftest import AGENT_MODULES, client_for, stack_for, wait_for
+from tests.conftest import (
+    AGENT_MODULES,
+    client_for,
+    launch_flower,
+    stack_for,
+    stop_flower,
+    wait_for,
+)
 from workers.models import AgentResult, AgentStatus
+from workers.names import coordinator_id
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +278,50 @@ def test_a_child_runs_spend_counts_toward_the_roots_budget(torch: Orchestrator) 
     assert all(n.status is not RunStatus.SUCCEEDED for n in nodes(tree))
     # Stopped soon after the crossing: far fewer than the 8 x 600 tokens all would spend.
     assert tree.totals.tokens_spent < 8 * 600
+
+
+def test_flower_shows_a_child_runs_coordinator_under_the_subagent_that_started_it(
+    tree_stack: EmbeddedStack, torch: Orchestrator
+) -> None:
+    port, proc, _log = launch_flower(tree_stack, "admin:tree-pw", "flower-tree")
+    token = base64.b64encode(b"admin:tree-pw").decode()
+
+    def get(path: str) -> tuple[int, dict[str, Any] | None]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Basic {token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except (urllib.error.URLError, ConnectionError):
+            return 0, None  # not serving yet
+
+    def finished(task_id: str) -> dict[str, Any] | None:
+        status, info = get(f"/api/task/info/{task_id}")
+        return info if status == 200 and info and info.get("state") == "SUCCESS" else None
+
+    def listening() -> bool:
+        # Flower sees only the events sent after it connected: probe until one shows up.
+        probe = torch.spawn([Task("echo", {"text": "probe"})])
+        probe.wait(timeout_s=30)
+        try:
+            wait_for(lambda: finished(coordinator_id(probe.id)), 2, "the probe")
+        except AssertionError:
+            return False
+        return True
+
+    try:
+        wait_for(listening, 40, "Flower listening to the workers' events")
+        q = Query(topics=["a"], solver_ms=[20, 20])
+        run = torch.spawn([Task("tree.lead", q)], deadline_s=60)
+        result = run.wait(timeout_s=60)
+        assert result.ok, result.error
+        gather = result.children[0]
+        info = wait_for(lambda: finished(coordinator_id(gather)), 20, "the child's coordinator")
+        assert isinstance(info, dict)
+        assert info["parent_id"] == result.results[0].task_id  # the lead subagent's task
+        assert info["root_id"] == coordinator_id(run.id)
+    finally:
+        stop_flower(proc)

@@ -252,9 +252,18 @@ class Orchestrator:
         if len(req.tasks) <= self.settings.client_expand_max_n:
             self._coordinator().run(wire)
             return
+        lineage = {}
+        if req.parent is not None:
+            # Flower draws the tree: a child run's coordinator task is a child of the subagent
+            # that started it, and its root the top run's coordinator.
+            lineage = {
+                "parent_id": req.parent.task_id,
+                "root_id": coordinator_id(req.parent.root_run_id),
+            }
         self.app.send_task(
             COORDINATOR_TASK,
             args=[wire],
+            **lineage,
             queue=self.settings.coordinator_queue,
             task_id=coordinator_id(req.run_id),
             argsrepr=f"run={req.run_id} pattern={req.pattern.value} width={len(req.tasks)}",
