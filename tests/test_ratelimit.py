@@ -92,21 +92,20 @@ def test_the_script_counts_tokens_leases_and_lets_an_expired_lease_go(
     async def main() -> None:
         limits = AsyncLimits(multiplexer(stack.url, stack.key_prefix))
         name = uuid.uuid4().hex
-        tokens = Quota(window_ms=60_000, input_tokens=100, output_tokens=50)
-        assert await limits.acquire(name, "a", tokens, 60) == 0
-        assert 59 < await limits.acquire(name, "b", tokens, 60) <= 60  # 120 > 100 in the window
-        await limits.release(name, "a", tokens, extra_input=0, output_tokens=80)
-        assert await limits.acquire(name, "c", tokens, 1) > 0  # the output is over its limit
-        alone = Quota(window_ms=60_000, input_tokens=100)
-        assert await limits.acquire(uuid.uuid4().hex, "d", alone, 500) == 0  # empty window
-        leases = Quota(window_ms=1000, concurrent=2, lease_ms=300)
-        other = uuid.uuid4().hex
-        assert [await limits.acquire(other, k, leases, 0) for k in "xy"] == [0, 0]
-        assert 0 < await limits.acquire(other, "z", leases, 0) <= 0.3
-        await limits.release(other, "x", leases, 0, 0)
-        assert await limits.acquire(other, "z", leases, 0) == 0
+        tokens = [(name, Quota(window_ms=60_000, input_tokens=100, output_tokens=50))]
+        assert await limits.acquire("a", tokens, 60) == 0
+        assert 59 < await limits.acquire("b", tokens, 60) <= 60  # 120 > 100 in the window
+        await limits.release("a", tokens, extra_input=0, output_tokens=80)
+        assert await limits.acquire("c", tokens, 1) > 0  # the output is over its limit
+        alone = [(uuid.uuid4().hex, Quota(window_ms=60_000, input_tokens=100))]
+        assert await limits.acquire("d", alone, 500) == 0  # an empty window
+        leases = [(uuid.uuid4().hex, Quota(window_ms=1000, concurrent=2, lease_ms=300))]
+        assert [await limits.acquire(k, leases, 0) for k in "xy"] == [0, 0]
+        assert 0 < await limits.acquire("z", leases, 0) <= 0.3
+        await limits.release("x", leases, 0, 0)
+        assert await limits.acquire("z", leases, 0) == 0
         started = time.monotonic()
-        while await limits.acquire(other, "w", leases, 0) > 0:  # y and z never released
+        while await limits.acquire("w", leases, 0) > 0:  # y and z never released
             await asyncio.sleep(0.02)
         assert 0.2 < time.monotonic() - started < 1.0  # their leases expired
         await close_async()

@@ -80,6 +80,11 @@ class CatalogEntry(BaseModel):
     is_async: bool = False
     published_by: str = ""
     published_at: float = 0.0
+    #: The model its calls use, as ``@agent(model=...)`` declares it.
+    model: str | None = None
+    #: The fleet-wide limits its calls are under (ORCH_RATE_LIMITS' entries by name, as the
+    #: publishing worker has them): what pre-flight plans with.
+    rate_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class WorkerInfo(BaseModel):

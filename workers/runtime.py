@@ -56,7 +56,7 @@ def make_context(
 ) -> AgentContext:  # fmt: skip
     """The AgentContext of one subagent or merger."""
     meter = SpendMeter(services.prices, services.flush_s)
-    return AgentContext(
+    ctx = AgentContext(
         meter=meter,
         flush=spend_flusher(services, run_id, meta, meter),
         run_id=run_id,
@@ -70,8 +70,10 @@ def make_context(
         running=item,
         store=services.store,
         aio=services.aio if spec.is_async else None,
-        limiter=services.limiter() if spec.is_async else None,
+        limiter=services.limiter(),
     )
+    ctx.model, ctx.rate_limit, ctx.retry_policy = spec.model, spec.rate_limit, spec.retry
+    return ctx
 
 
 def new_envelope(
