@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from workers.cancel import Running
 from workers.errors import TaskCancelled
 from workers.ledger import SpendDelta, SpendMeter
+from workers.limiter import Limiter, Throttle, Turn
 from workers.models import Pattern, Usage
 from workers.prices import Prices
-from workers.limiter import Limiter, Throttle, Turn
 from workers.ratelimit import RateLimit
 from workers.retries import RetryPolicy
 from workers.store import RunStore

@@ -273,6 +273,13 @@ class RoiReport(BaseModel):
     )
     coordinator_overhead_s: float = Field(description="Submit to the first subagent queued.")
     queue_wait_s: float = Field(0.0, description="Mean time subagents waited in the queue.")
+    throttled_s: float = Field(
+        0.0,
+        description="Seconds the subagents waited for a turn under rate limits, summed (part "
+        "of their run time, not of their queue wait).",
+    )
+    throttled_mean_s: float = Field(0.0, description="throttled_s per subagent.")
+    retries: int = Field(0, description="Failed model calls the subagents tried again.")
     cancel_latency_p50_s: float | None = None
     cancel_latency_max_s: float | None = None
     execution: Execution = Field(

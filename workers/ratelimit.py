@@ -17,6 +17,7 @@ of them at once (workers/limiter.py, ``lua/throttle.lua``): a sliding window log
 bucket, because the promise is "no window ever holds more than the limit", which a bucket's
 burst allowance breaks at its edges.
 """
+
 from __future__ import annotations
 
 import functools

@@ -85,9 +85,7 @@ def policy_of(ctx: AgentContext, policy: RetryPolicy | None) -> RetryPolicy:
     return policy or ctx.retry_policy or DEFAULT_POLICY
 
 
-def _next_delay(
-    ctx: AgentContext, policy: RetryPolicy, retry: int, exc: Exception
-) -> float | None:
+def _next_delay(ctx: AgentContext, policy: RetryPolicy, retry: int, exc: Exception) -> float | None:
     """The wait before the next try, or None: raise ``exc`` now (attempts spent, not
     retryable, or the wait would pass the deadline)."""
     if retry >= policy.attempts or not policy.retryable(exc):
@@ -120,9 +118,7 @@ async def retrying(
         await ctx.sleep_async(delay_s)
 
 
-def retrying_sync(
-    ctx: AgentContext, call: Callable[[], T], policy: RetryPolicy | None = None
-) -> T:
+def retrying_sync(ctx: AgentContext, call: Callable[[], T], policy: RetryPolicy | None = None) -> T:
     """``retrying`` for a sync agent: ``call()`` retried the same way; the waits are
     ``ctx.sleep`` (a cancel wakes them at once)."""
     chosen, retry = policy_of(ctx, policy), 0

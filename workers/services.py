@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from workers import ending
 from workers.agent_loop import AgentLoop
 from workers.cancel import CancelListener
+from workers.limiter import Limiter
 from workers.patterns import Completion
 from workers.prices import Prices
-from workers.limiter import Limiter
 from workers.ratelimit import RateLimits
 from workers.registry import Registry
 from workers.store import AsyncSubtasks, RunStore, multiplexer
