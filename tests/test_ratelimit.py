@@ -21,12 +21,12 @@ from workers.store.limits import AsyncLimits, Quota
 
 pytestmark = pytest.mark.integration
 
-#: The provider's limit (the server's) and ours: the same 10 requests, over a window 20 %
-#: wider, so that the time between our grant and the request's arrival cannot push an 11th
-#: into one of the server's windows.
-SERVER_REQUESTS, SERVER_WINDOW_S = 10, 2.0
+#: The provider's limit (the server's) and ours: the same 10 requests, over a window 50 %
+#: wider, so that the time between our grant and the request's arrival (a loaded machine
+#: delays it by tenths of a second) cannot push an 11th into one of the server's windows.
+SERVER_REQUESTS, SERVER_WINDOW_S, OUR_WINDOW_S = 10, 2.0, 3.0
 LIMITS = {
-    "m": {"requests_per_minute": 250, "window_s": 2.4},
+    "m": {"requests_per_minute": 200, "window_s": OUR_WINDOW_S},
     "slow": {"requests_per_minute": 1},
 }
 
@@ -74,7 +74,7 @@ def test_limits_scale_to_their_window_and_nonsense_is_refused() -> None:
     limits = parse_rate_limits(json.dumps(LIMITS))
     quota = limits.get("m")
     assert quota is not None and quota.quota().requests == 10
-    assert quota.quota().window_ms == 2400
+    assert quota.quota().window_ms == 3000
     assert RateLimit(input_tokens_per_minute=600, window_s=1).quota().input_tokens == 10
     assert limits.get("unlisted") is None
     for bad in ('{"m": {"rpm": 5}}', '{"m": {"concurrent": 0}}', "[1]", "{nope", "/no/such"):
@@ -132,7 +132,7 @@ def test_the_fleet_never_exceeds_the_providers_limit(o: Orchestrator, model: Mod
     throttled = [e for e in res.results if e.throttled_s > 0]
     assert len(throttled) >= 18, [e.throttled_s for e in res.results]
     assert len({e.worker for e in res.results}) == 2  # the limit held across two processes
-    assert max(e.throttled_s for e in res.results) >= 2 * 2.4 - 0.5
+    assert max(e.throttled_s for e in res.results) >= 2 * OUR_WINDOW_S - 0.5
     events = wait_for(lambda: len(_events(o, res.run_id, "throttled")) >= len(throttled), 5)
     assert events
 
