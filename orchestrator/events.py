@@ -33,12 +33,17 @@ class EventType(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"  # the run or some subtasks were asked to stop (reason)
     MERGED = "merged"  # the merger ran (merger, ok)
     BUDGET_EXCEEDED = "budget_exceeded"  # the run's spend crossed its budget (tokens, cost_usd)
+    THROTTLED = "throttled"  # a subtask's wait under rate limits ended (index, limit, waited_s)
+    RETRY = "retry"  # a subtask's failed call will be tried again (index, retry, delay_s, status)
     RUN_FINISHED = "run_finished"  # the run ended (status); always the last event
 
     @property
     def subtask(self) -> bool:
         """True for events about one subtask (they carry ``index``)."""
-        return self in (EventType.STARTED, EventType.PROGRESS, EventType.FINISHED, EventType.WON)
+        return self in (
+            EventType.STARTED, EventType.PROGRESS, EventType.FINISHED, EventType.WON,
+            EventType.THROTTLED, EventType.RETRY,
+        )  # fmt: skip
 
 
 #: Statuses of a ``finished`` event that mean the subtask was stopped rather than done.
@@ -69,6 +74,10 @@ class RunEvent(BaseModel):
         "ledger after it, in tokens.",
     )
     cost_usd: float | None = Field(None, description="The same in dollars (0 while unpriced).")
+    limit: str | None = Field(None, description="throttled: the limits' names (m+key:team-a).")
+    waited_s: float | None = Field(None, description="throttled: how long the wait took.")
+    retry: int | None = Field(None, description="retry: which retry (1, 2, ...).")
+    delay_s: float | None = Field(None, description="retry: the wait before it.")
     data: dict[str, str] = Field(
         default_factory=dict, description="Every raw field, including ones not modelled here."
     )
@@ -92,9 +101,9 @@ class RunEvent(BaseModel):
         return self.type == EventType.FINISHED and self.status in STOPPED_STATUSES
 
 
-_INTS = ("index", "attempt", "n", "tokens")
-_FLOATS = ("fraction", "cost_usd")
-_TEXTS = ("status", "worker", "message", "reason", "merger", "verdict")
+_INTS = ("index", "attempt", "n", "tokens", "retry")
+_FLOATS = ("fraction", "cost_usd", "waited_s", "delay_s")
+_TEXTS = ("status", "worker", "message", "reason", "merger", "verdict", "limit")
 
 
 def parse_event(run_id: str, entry_id: str, fields: Mapping[str, Any]) -> RunEvent:

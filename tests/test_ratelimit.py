@@ -21,12 +21,12 @@ from workers.store.limits import AsyncLimits, Quota
 
 pytestmark = pytest.mark.integration
 
-#: The provider's limit (the server's) and ours: the same 10 requests, over a window 20 %
-#: wider, so that the time between our grant and the request's arrival cannot push an 11th
-#: into one of the server's windows.
-SERVER_REQUESTS, SERVER_WINDOW_S = 10, 2.0
+#: The provider's limit (the server's) and ours: the same 10 requests, over a window 50 %
+#: wider, so that the time between our grant and the request's arrival (a loaded machine
+#: delays it by tenths of a second) cannot push an 11th into one of the server's windows.
+SERVER_REQUESTS, SERVER_WINDOW_S, OUR_WINDOW_S = 10, 2.0, 3.0
 LIMITS = {
-    "m": {"requests_per_minute": 250, "window_s": 2.4},
+    "m": {"requests_per_minute": 200, "window_s": OUR_WINDOW_S},
     "slow": {"requests_per_minute": 1},
 }
 
@@ -74,7 +74,7 @@ def test_limits_scale_to_their_window_and_nonsense_is_refused() -> None:
     limits = parse_rate_limits(json.dumps(LIMITS))
     quota = limits.get("m")
     assert quota is not None and quota.quota().requests == 10
-    assert quota.quota().window_ms == 2400
+    assert quota.quota().window_ms == 3000
     assert RateLimit(input_tokens_per_minute=600, window_s=1).quota().input_tokens == 10
     assert limits.get("unlisted") is None
     for bad in ('{"m": {"rpm": 5}}', '{"m": {"concurrent": 0}}', "[1]", "{nope", "/no/such"):
@@ -92,21 +92,20 @@ def test_the_script_counts_tokens_leases_and_lets_an_expired_lease_go(
     async def main() -> None:
         limits = AsyncLimits(multiplexer(stack.url, stack.key_prefix))
         name = uuid.uuid4().hex
-        tokens = Quota(window_ms=60_000, input_tokens=100, output_tokens=50)
-        assert await limits.acquire(name, "a", tokens, 60) == 0
-        assert 59 < await limits.acquire(name, "b", tokens, 60) <= 60  # 120 > 100 in the window
-        await limits.release(name, "a", tokens, extra_input=0, output_tokens=80)
-        assert await limits.acquire(name, "c", tokens, 1) > 0  # the output is over its limit
-        alone = Quota(window_ms=60_000, input_tokens=100)
-        assert await limits.acquire(uuid.uuid4().hex, "d", alone, 500) == 0  # empty window
-        leases = Quota(window_ms=1000, concurrent=2, lease_ms=300)
-        other = uuid.uuid4().hex
-        assert [await limits.acquire(other, k, leases, 0) for k in "xy"] == [0, 0]
-        assert 0 < await limits.acquire(other, "z", leases, 0) <= 0.3
-        await limits.release(other, "x", leases, 0, 0)
-        assert await limits.acquire(other, "z", leases, 0) == 0
+        tokens = [(name, Quota(window_ms=60_000, input_tokens=100, output_tokens=50))]
+        assert await limits.acquire("a", tokens, 60) == 0
+        assert 59 < await limits.acquire("b", tokens, 60) <= 60  # 120 > 100 in the window
+        await limits.release("a", tokens, extra_input=0, output_tokens=80)
+        assert await limits.acquire("c", tokens, 1) > 0  # the output is over its limit
+        alone = [(uuid.uuid4().hex, Quota(window_ms=60_000, input_tokens=100))]
+        assert await limits.acquire("d", alone, 500) == 0  # an empty window
+        leases = [(uuid.uuid4().hex, Quota(window_ms=1000, concurrent=2, lease_ms=300))]
+        assert [await limits.acquire(k, leases, 0) for k in "xy"] == [0, 0]
+        assert 0 < await limits.acquire("z", leases, 0) <= 0.3
+        await limits.release("x", leases, 0, 0)
+        assert await limits.acquire("z", leases, 0) == 0
         started = time.monotonic()
-        while await limits.acquire(other, "w", leases, 0) > 0:  # y and z never released
+        while await limits.acquire("w", leases, 0) > 0:  # y and z never released
             await asyncio.sleep(0.02)
         assert 0.2 < time.monotonic() - started < 1.0  # their leases expired
         await close_async()
@@ -133,7 +132,7 @@ def test_the_fleet_never_exceeds_the_providers_limit(o: Orchestrator, model: Mod
     throttled = [e for e in res.results if e.throttled_s > 0]
     assert len(throttled) >= 18, [e.throttled_s for e in res.results]
     assert len({e.worker for e in res.results}) == 2  # the limit held across two processes
-    assert max(e.throttled_s for e in res.results) >= 2 * 2.4 - 0.5
+    assert max(e.throttled_s for e in res.results) >= 2 * OUR_WINDOW_S - 0.5
     events = wait_for(lambda: len(_events(o, res.run_id, "throttled")) >= len(throttled), 5)
     assert events
 

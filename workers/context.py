@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from workers.cancel import Running
 from workers.errors import TaskCancelled
 from workers.ledger import SpendDelta, SpendMeter
+from workers.limiter import Limiter, Throttle, Turn
 from workers.models import Pattern, Usage
 from workers.prices import Prices
-from workers.ratelimit import Limiter, Throttle
+from workers.ratelimit import RateLimit
+from workers.retries import RetryPolicy
 from workers.store import RunStore
 
 if TYPE_CHECKING:
@@ -69,6 +71,11 @@ class AgentContext:
         self.throttled_s = 0.0
         self.retries = 0
         self._children = children
+        #: The agent's declarations (``@agent(model=, rate_limit=, retry=)``): the model its
+        #: throttles default to, its own limit, its retry policy.
+        self.model: str | None = None
+        self.rate_limit: str | RateLimit | None = None
+        self.retry_policy: RetryPolicy | None = None
 
     def remaining_s(self) -> float:
         """Seconds until the orchestration's deadline."""
@@ -132,12 +139,49 @@ class AgentContext:
     def throttle(
         self, *, model: str | None = None, key: str | None = None, tokens: int = 0
     ) -> Throttle:
-        """Wait for a turn under the fleet-wide rate limit of ``key`` (else ``model``;
-        ORCH_RATE_LIMITS): ``await ctx.throttle(model="m", tokens=1200)`` before a call of
-        about 1200 input tokens, or ``async with ctx.throttle(...) as lease:`` to give back a
-        concurrency slot and charge the output at the end (``lease.release(output_tokens=)``).
-        No limit for that name: it goes at once. A cancel ends the wait at once."""
-        return Throttle(self._limiter, key or model, max(0, int(tokens)), self)
+        """Wait for a turn under every fleet-wide rate limit (ORCH_RATE_LIMITS) of the call:
+        ``model``'s (else the agent's declared model), ``key``'s (``key:<key>``) and the
+        agent's own (``@agent(rate_limit=...)``), all at once. ``await ctx.throttle(model="m",
+        tokens=1200)`` before a call of about 1200 input tokens, or ``async with
+        ctx.throttle(...) as lease:`` to give back a concurrency slot and charge the output at
+        the end (``lease.release(output_tokens=)``); from a sync agent ``.wait()`` or ``with``
+        (``lease.release_sync``). Under no limit it goes at once. A cancel ends the wait at
+        once. ConfigError: ``key`` (or the agent's rate_limit) is not in ORCH_RATE_LIMITS."""
+        spent = max(0, int(tokens))
+        if self._limiter is None:
+            return Throttle(None, Turn([], spent), self)
+        turn = self._limiter.turn(
+            model=model or self.model, key=key, tokens=spent, agent=self.agent,
+            own=self.rate_limit,
+        )  # fmt: skip
+        return Throttle(self._limiter, turn, self)
+
+    def budget_crossed(self) -> bool:
+        """Whether the run's budget has been crossed, this subagent's spend so far included
+        (sent to the run's ledger first): a retry loop's reason to stop."""
+        if self._store is None:
+            return False
+        if self._flush is not None and self.meter.pending():
+            self._flush(self.meter.take())
+        try:
+            return self._store.run_fields(self.run_id, ["n", "budget_crossed_at"])[1] is not None
+        except Exception as exc:  # unknown: the retry goes on, the budget still stops it later
+            log.debug("budget check failed: %s", exc)
+            return False
+
+    async def budget_crossed_async(self) -> bool:
+        """``budget_crossed`` from an async agent (the flush awaited, then one read)."""
+        if self._store is None or self._aio is None:
+            return self.budget_crossed()
+        if self._flush is not None and self.meter.pending():
+            self._flush(self.meter.take())
+        if self.meter.inflight:
+            await asyncio.gather(*self.meter.inflight, return_exceptions=True)
+        try:
+            return await self._aio().run_field(self.run_id, "budget_crossed_at") is not None
+        except Exception as exc:  # as above
+            log.debug("budget check failed: %s", exc)
+            return False
 
     def note_throttled(self, name: str, waited_s: float) -> None:
         """A wait under a rate limit ended: counted, and a ``throttled`` event."""

@@ -3,9 +3,33 @@ the record is written by admission and ``workers/store/tree.py``)."""
 
 from __future__ import annotations
 
-from workers.models import RunParent
+from pydantic import BaseModel, Field
 
-__all__ = ["CHILD_FIELD", "child_ids", "child_value", "children_in", "parent_in"]
+__all__ = [
+    "CHILD_FIELD",
+    "RunParent",
+    "child_ids",
+    "child_value",
+    "children_in",
+    "parent_in",
+]
+
+
+class RunParent(BaseModel):
+    """Where a child run comes from: the subagent (of the parent run) that started it."""
+
+    run_id: str = Field(description="The parent run.")
+    index: int = Field(description="The index of the subagent in the parent run.")
+    agent: str = Field(description="The subagent's agent name.")
+    task_id: str = Field(description="The subagent's Celery task id (Flower's task page).")
+    root_run_id: str = Field(description="The top run of the tree.")
+    depth: int = Field(1, ge=1, description="1 for a child of the root run, 2 below it, ...")
+    ancestors: list[str] = Field(
+        default_factory=list,
+        description="Every run above the child, the root first and the parent last: the runs "
+        "whose budgets its spend counts toward.",
+    )
+
 
 #: A run record's field naming one child run: ``child:<run id>`` -> ``"<the subagent's index>
 #: <when it was started, epoch s>"``.

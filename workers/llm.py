@@ -36,7 +36,7 @@ except ImportError as exc:  # the extra is optional: say how to get it
 
 from workers.context import AgentContext
 from workers.errors import ConfigError, ModelCallFailed
-from workers.retries import DEFAULT_POLICY, RetryPolicy, retrying
+from workers.retries import RetryPolicy, retrying
 from workers.settings import LlmSettings, Settings, safe_url
 
 __all__ = ["aclose", "chat"]
@@ -67,19 +67,22 @@ _clients_lock = threading.Lock()
 async def chat(
     ctx: AgentContext,
     *,
-    model: str,
+    model: str | None = None,
     messages: list[dict[str, Any]],
+    key: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
-    retry: RetryPolicy = DEFAULT_POLICY,
+    retry: RetryPolicy | None = None,
     **params: Any,
 ) -> str:
     """Stream one chat completion and return its text; every chunk is recorded in ``ctx``'s
     usage as it arrives, corrected to the provider's own count when it sends one.
 
-    Each attempt first waits for a turn under the model's fleet-wide rate limit
-    (ORCH_RATE_LIMITS); a 429, a transient 5xx or a lost connection is retried as ``retry``
-    says (honouring Retry-After, within the deadline; every attempt's usage counts).
+    ``model`` defaults to the agent's declared one (``@agent(model=...)``). Each attempt first
+    waits for a turn under the call's fleet-wide rate limits (ORCH_RATE_LIMITS: the model's,
+    ``key``'s and the agent's own, at once); a 429, a transient 5xx or a lost connection is
+    retried as ``retry`` (else the agent's ``@agent(retry=...)``) says, honouring Retry-After,
+    within the deadline and the run's budget; every attempt's usage counts.
     ``params`` go to ``chat.completions.create`` (temperature, max_tokens, ...); the call
     always streams. ``base_url`` and ``api_key`` override the settings (tests). Raises
     ModelCallFailed (status, retry_after_s) when the provider refuses or fails and retrying
@@ -87,13 +90,16 @@ async def chat(
     stopped.
     """
     ctx.raise_if_cancelled()
+    model = model or ctx.model
+    if not model:
+        raise ValueError("chat: no model: pass model=... or declare @agent(model=...)")
     client = _client(base_url, api_key)
     params.pop("stream", None)  # always streamed: usage arrives as it goes, a cancel closes it
     options = {**(params.pop("stream_options", None) or {}), "include_usage": True}
     estimate = _estimate_input_tokens(messages)
 
     async def attempt() -> str:
-        lease = await ctx.throttle(model=model, tokens=estimate)
+        lease = await ctx.throttle(model=model, key=key, tokens=estimate)
         tally = _Tally(ctx, model, estimate)
         try:
             return await _stream(client, tally, model, messages, options, params)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.errors import RunFailed
+from workers.lineage import RunParent as RunParent  # re-exported: RunResult.parent
 from workers.names import catalog_field
 
 
@@ -80,6 +81,11 @@ class CatalogEntry(BaseModel):
     is_async: bool = False
     published_by: str = ""
     published_at: float = 0.0
+    #: The model its calls use, as ``@agent(model=...)`` declares it.
+    model: str | None = None
+    #: The fleet-wide limits its calls are under (ORCH_RATE_LIMITS' entries by name, as the
+    #: publishing worker has them): what pre-flight plans with.
+    rate_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class WorkerInfo(BaseModel):
@@ -271,6 +277,13 @@ class RoiReport(BaseModel):
     )
     coordinator_overhead_s: float = Field(description="Submit to the first subagent queued.")
     queue_wait_s: float = Field(0.0, description="Mean time subagents waited in the queue.")
+    throttled_s: float = Field(
+        0.0,
+        description="Seconds the subagents waited for a turn under rate limits, summed (part "
+        "of their run time, not of their queue wait).",
+    )
+    throttled_mean_s: float = Field(0.0, description="throttled_s per subagent.")
+    retries: int = Field(0, description="Failed model calls the subagents tried again.")
     cancel_latency_p50_s: float | None = None
     cancel_latency_max_s: float | None = None
     execution: Execution = Field(
@@ -305,22 +318,6 @@ class RoiReport(BaseModel):
         None, description="Tokens spent beyond max_tokens (what was in flight at the crossing)."
     )
     budget_overshoot_usd: float | None = None
-
-
-class RunParent(BaseModel):
-    """Where a child run comes from: the subagent (of the parent run) that started it."""
-
-    run_id: str = Field(description="The parent run.")
-    index: int = Field(description="The index of the subagent in the parent run.")
-    agent: str = Field(description="The subagent's agent name.")
-    task_id: str = Field(description="The subagent's Celery task id (Flower's task page).")
-    root_run_id: str = Field(description="The top run of the tree.")
-    depth: int = Field(1, ge=1, description="1 for a child of the root run, 2 below it, ...")
-    ancestors: list[str] = Field(
-        default_factory=list,
-        description="Every run above the child, the root first and the parent last: the runs "
-        "whose budgets its spend counts toward.",
-    )
 
 
 class RunResult(BaseModel):

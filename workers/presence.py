@@ -14,10 +14,12 @@ from typing import Any
 
 from celery import bootsteps
 
+from workers.errors import ConfigError
 from workers.grace_killer import GraceKiller
 from workers.models import WorkerInfo
 from workers.names import catalog_field
 from workers.pools import runs_async_here
+from workers.ratelimit import RateLimits, parse_rate_limits
 from workers.registry import Registry
 from workers.settings import Settings
 from workers.store import RunStore, make_store
@@ -157,10 +159,14 @@ def publish_catalog(
     catalog hash."""
     now = time.time()
     entries = {}
+    try:
+        limits = parse_rate_limits(settings.rate_limits)
+    except ConfigError:  # the first throttle says so (ConfigError); the catalog goes on
+        limits = RateLimits()
     for spec in registry.all():
         field = catalog_field(spec.kind.value, spec.name)
         if only is None or field in only:
-            entries[field] = spec.catalog_entry(settings.agent_queue, hostname, now)
+            entries[field] = spec.catalog_entry(settings.agent_queue, hostname, now, limits)
     store.publish_catalog(entries)
     log.info("published %d catalog entries: %s", len(entries), json.dumps(sorted(entries)))
 

@@ -1,49 +1,43 @@
 """Fleet-wide rate limits for model calls: ``ORCH_RATE_LIMITS``, inline JSON or a JSON file's
-path, mapping a model (or a named key) to its provider's limits, any subset::
+path, mapping a model, or a named key (``key:<name>``), to its provider's limits, any subset::
 
     {"gpt-4o-mini": {"requests_per_minute": 60, "input_tokens_per_minute": 200000,
-                     "output_tokens_per_minute": 50000, "concurrent": 20}}
+                     "output_tokens_per_minute": 50000, "concurrent": 20},
+     "key:team-a": {"requests_per_minute": 100}}
 
 ``window_s`` (default 60) is the sliding window the limits are enforced over, each per-minute
 number scaled to it: ``{"requests_per_minute": 300, "window_s": 2}`` lets 10 requests into any
 2 s, never a burst of 300 (providers enforce sub-minute windows too). ``lease_s`` (default
-60) is how long a concurrency lease lives when its holder crashes: set it above the longest
-call.
+60) is how long a concurrency lease lives once its holder stops renewing it (a crash): a
+call in progress renews its lease every third of it (workers/limiter.py).
 
-Every worker machine asks the same Redis (``lua/throttle.lua``, one atomic call): a sliding
-window log, not a token bucket, because the promise is "no window ever holds more than the
-limit", which a bucket's burst allowance breaks at its edges. A call asks for one request and
-its input tokens (an estimate); it gets "go" or "wait w s", sleeps (a cancel ends the sleep
-at once) and asks again. Output tokens are charged when the call ends, with what it used.
+A call is under every limit that names it: its model's, its key's (``ctx.throttle(model="m",
+key="team-a")``) and its agent's own (``@agent(rate_limit=...)``); it takes one turn under all
+of them at once (workers/limiter.py, ``lua/throttle.lua``): a sliding window log, not a token
+bucket, because the promise is "no window ever holds more than the limit", which a bucket's
+burst allowance breaks at its edges.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
-import random
-import time
-import uuid
-from collections.abc import Callable, Generator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from workers.errors import ConfigError
-from workers.store.limits import AsyncLimits, Quota
+from workers.store.limits import Quota
 
-__all__ = ["Lease", "Limiter", "RateLimit", "RateLimits", "Throttle", "parse_rate_limits"]
+__all__ = ["KEY_PREFIX", "RateLimit", "RateLimits", "parse_rate_limits"]
 
-log = logging.getLogger(__name__)
 SETTING = "ORCH_RATE_LIMITS"
-#: Spread of the waiters' next asks (fraction of the wait, at most JITTER_MAX_S): woken at
-#: the same millisecond they would all ask the same script at once.
-JITTER = 0.05
-JITTER_MAX_S = 0.05
+#: A named key's entry in the table: ``ctx.throttle(key="team-a")`` is ``"key:team-a"``.
+KEY_PREFIX = "key:"
+#: An agent's own inline limit (``@agent(rate_limit=RateLimit(...))``) is ``"agent:<name>"``.
+AGENT_PREFIX = "agent:"
 
 
 class RateLimit(BaseModel):
@@ -87,6 +81,36 @@ class RateLimits:
 
     def __bool__(self) -> bool:
         return bool(self.table)
+
+    def for_call(
+        self,
+        *,
+        model: str | None,
+        key: str | None,
+        agent: str = "",
+        own: str | RateLimit | None = None,
+    ) -> list[tuple[str, RateLimit]]:
+        """Every limit one call is under, by name: its model's (if listed), its named key's
+        (``key:<key>``, which must be listed: a mistyped key must not mean "unlimited"), and
+        its agent's own (``@agent(rate_limit=...)``: a name in the table, or an inline
+        RateLimit shared by every worker running that agent)."""
+        found: dict[str, RateLimit] = {}
+        if model and (limit := self.table.get(model)) is not None:
+            found[model] = limit
+        if key:
+            found[KEY_PREFIX + key] = self._named(KEY_PREFIX + key, f"key {key!r}")
+        if isinstance(own, RateLimit):
+            found[AGENT_PREFIX + agent] = own
+        elif own:
+            found[own] = self._named(own, f"agent {agent!r}'s rate_limit")
+        return sorted(found.items())
+
+    def _named(self, name: str, what: str) -> RateLimit:
+        limit = self.table.get(name)
+        if limit is None:
+            listed = ", ".join(sorted(self.table)) or "none"
+            raise _config_error(f"{what} names {name!r}, which is not in it (listed: {listed})")
+        return limit
 
 
 def _config_error(message: str) -> ConfigError:
@@ -135,106 +159,3 @@ def parse_rate_limits(value: str | None) -> RateLimits:
                 f"window_s and lease_s ({problems})"
             ) from None
     return RateLimits(table)
-
-
-class Waiter(Protocol):
-    """What a throttled caller offers: a cancellable sleep, and a place to note the wait."""
-
-    async def sleep_async(self, seconds: float) -> None: ...
-
-    def note_throttled(self, name: str, waited_s: float) -> None: ...
-
-
-class Lease:
-    """One call's turn under a limit; release it when the call ends, with what it used."""
-
-    def __init__(
-        self, limiter: Limiter | None, name: str, lease_id: str, input_estimate: int
-    ) -> None:
-        self._limiter = limiter
-        self.name = name
-        self.lease_id = lease_id
-        self.input_estimate = input_estimate
-        self.released = False
-
-    async def release(self, *, input_tokens: int | None = None, output_tokens: int = 0) -> None:
-        """Give the turn back (a concurrency slot) and charge the call's real usage: its
-        output tokens and any input above the estimate. Idempotent; best effort."""
-        if self.released or self._limiter is None:
-            self.released = True
-            return
-        self.released = True
-        extra = 0 if input_tokens is None else input_tokens - self.input_estimate
-        try:
-            await self._limiter.release(self, extra, output_tokens)
-        except Exception as exc:  # the lease expires by itself; the call's result stands
-            log.warning("rate limit %r: release failed (%s); its lease expires", self.name, exc)
-
-
-class Limiter:
-    """This process's side of the fleet-wide limits (one per process; the store is made on
-    the event loop, on first use)."""
-
-    def __init__(self, limits: RateLimits, store: Callable[[], AsyncLimits]) -> None:
-        self.limits = limits
-        self._store = store
-
-    async def acquire(self, name: str | None, tokens: int, waiter: Waiter) -> Lease:
-        """Wait (through ``waiter``) until a call under ``name``'s limit may go; a name with
-        no limit goes at once, with no Redis call."""
-        limit = self.limits.get(name)
-        lease = Lease(None, name or "", uuid.uuid4().hex, tokens)
-        if limit is None or name is None:
-            return lease
-        quota, store, waited = limit.quota(), self._store(), False
-        began = time.monotonic()
-        try:
-            while (wait_s := await store.acquire(name, lease.lease_id, quota, tokens)) > 0:
-                waited = True
-                jitter_s = random.uniform(0, min(JITTER_MAX_S, wait_s * JITTER))
-                await waiter.sleep_async(wait_s + jitter_s)
-        finally:  # a wait cut short by a cancel is throttled time too
-            if waited:
-                waiter.note_throttled(name, time.monotonic() - began)
-        return Lease(self, name, lease.lease_id, tokens)
-
-    async def release(self, lease: Lease, extra_input: int, output_tokens: int) -> None:
-        """See Lease.release."""
-        limit = self.limits.get(lease.name)
-        if limit is None:
-            return
-        await self._store().release(
-            lease.name, lease.lease_id, limit.quota(), extra_input, output_tokens
-        )
-
-
-class Throttle:
-    """``await ctx.throttle(...)`` (a Lease, released by its TTL or by you) or
-    ``async with ctx.throttle(...) as lease:`` (released at the block's end)."""
-
-    def __init__(
-        self, limiter: Limiter | None, name: str | None, tokens: int, waiter: Waiter
-    ) -> None:
-        self._limiter = limiter
-        self._name = name
-        self._tokens = tokens
-        self._waiter = waiter
-        self._lease: Lease | None = None
-
-    async def _acquire(self) -> Lease:
-        if self._limiter is None:
-            return Lease(None, self._name or "", uuid.uuid4().hex, self._tokens)
-        return await self._limiter.acquire(self._name, self._tokens, self._waiter)
-
-    def __await__(self) -> Generator[Any, None, Lease]:
-        return self._acquire().__await__()
-
-    async def __aenter__(self) -> Lease:
-        self._lease = await self._acquire()
-        return self._lease
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._lease is not None:
-            await self._lease.release()

@@ -13,8 +13,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from workers.errors import ConfigError
 from workers.models import AgentKind, CatalogEntry
 from workers.names import agent_queue_name, agent_task_name, merger_task_name
+from workers.ratelimit import RateLimit, RateLimits
+from workers.retries import RetryPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +33,12 @@ class AgentSpec:
     output: type[BaseModel] | None
     queue: str | None = None
     description: str = ""
+    #: The model its calls use (``ctx.throttle``'s default; pre-flight's limit), its own rate
+    #: limit (a name in ORCH_RATE_LIMITS, or inline) and its retry policy (``retrying``'s and
+    #: ``workers.llm.chat``'s default).
+    model: str | None = None
+    rate_limit: str | RateLimit | None = None
+    retry: RetryPolicy | None = None
 
     @property
     def is_async(self) -> bool:
@@ -55,9 +64,30 @@ class AgentSpec:
             return base_queue
         return agent_queue_name(base_queue, self.kind.value, self.name)
 
-    def catalog_entry(self, default_queue: str, published_by: str, now: float) -> CatalogEntry:
-        """What this spec looks like to clients that do not import worker code."""
+    def limits(self, table: RateLimits) -> dict[str, RateLimit]:
+        """The limits every call of this agent is known to be under: its declared model's and
+        its own (a call's named key is the call's: not known here). A name missing from the
+        table is left out (the agent's throttle raises ConfigError for it)."""
+        try:
+            found = table.for_call(model=self.model, key=None, agent=self.name, own=self.rate_limit)
+        except ConfigError:
+            found = table.for_call(model=self.model, key=None, agent=self.name)
+        return dict(found)
+
+    def catalog_entry(
+        self,
+        default_queue: str,
+        published_by: str,
+        now: float,
+        limits: RateLimits | None = None,
+    ) -> CatalogEntry:
+        """What this spec looks like to clients that do not import worker code (with the
+        limits of ``limits``, the publishing worker's ORCH_RATE_LIMITS, that its calls are
+        under: pre-flight plans with them)."""
+        known = self.limits(limits or RateLimits())
         return CatalogEntry(
+            model=self.model,
+            rate_limits={n: lim.model_dump(exclude_none=True) for n, lim in known.items()},
             name=self.name,
             kind=self.kind,
             task_name=self.task_name,
@@ -127,6 +157,7 @@ def _decorator(
     output: type[BaseModel] | None,
     queue: str | None,
     description: str,
+    **declared: Any,
 ) -> Callable[[F], F]:
     def register(fn: F) -> F:
         REGISTRY.add(
@@ -138,6 +169,7 @@ def _decorator(
                 output=_check_model("output", output) if output is not None else None,
                 queue=queue,
                 description=description or (fn.__doc__ or "").strip().split("\n")[0],
+                **declared,
             )
         )
         return fn
@@ -152,9 +184,33 @@ def agent(
     output: type[BaseModel],
     queue: str | None = None,
     description: str = "",
+    model: str | None = None,
+    rate_limit: str | RateLimit | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Callable[[F], F]:
-    """Register ``fn(input_model, ctx) -> output_model`` as Celery task ``agents.<name>``."""
-    return _decorator(AgentKind.AGENT, name, input, output, queue, description)
+    """Register ``fn(input_model, ctx) -> output_model`` as Celery task ``agents.<name>``.
+
+    ``model``: the model its calls use (``ctx.throttle``'s default, and the limit pre-flight
+    plans with); ``rate_limit``: its own limit, a name in ORCH_RATE_LIMITS (``"key:team-a"``)
+    or an inline ``RateLimit`` shared by every worker running it, taken with the model's;
+    ``retry``: the RetryPolicy of its ``retrying`` and ``workers.llm.chat`` calls."""
+    _check_declared(name, model, rate_limit, retry)
+    return _decorator(
+        AgentKind.AGENT, name, input, output, queue, description,
+        model=model, rate_limit=rate_limit, retry=retry,
+    )  # fmt: skip
+
+
+def _check_declared(name: str, model: object, rate_limit: object, retry: object) -> None:
+    if model is not None and not (isinstance(model, str) and model):
+        raise TypeError(f"agent {name!r}: model must be a model name (str), got {model!r}")
+    if rate_limit is not None and not isinstance(rate_limit, str | RateLimit):
+        raise TypeError(
+            f"agent {name!r}: rate_limit must be a name in ORCH_RATE_LIMITS or a RateLimit, "
+            f"got {rate_limit!r}"
+        )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"agent {name!r}: retry must be a RetryPolicy, got {retry!r}")
 
 
 def merger(

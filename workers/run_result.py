@@ -83,6 +83,8 @@ class Aggregates:
     waits: int
     min_queued: float | None
     stop_requested: int
+    throttled_s: float = 0.0
+    retries: int = 0
 
     @classmethod
     def of(cls, record: dict[str, str]) -> Aggregates:
@@ -100,6 +102,8 @@ class Aggregates:
             waits=int(record.get("agg:waits") or 0),
             min_queued=_float(record.get("agg:min_queued")),
             stop_requested=int(record.get("agg:stop_requested") or 0),
+            throttled_s=float(record.get("agg:throttled") or 0.0),
+            retries=int(record.get("agg:retries") or 0),
         )
 
     def all_ok(self, n: int) -> bool:
@@ -115,7 +119,7 @@ _STATUSES = frozenset(s.value for s in AgentStatus)
 
 
 def finish_args(env: AgentResult) -> list[str]:
-    """What finish.lua adds to the aggregates for one new envelope (ARGV[8..11])."""
+    """What finish.lua adds to the aggregates for one new envelope (ARGV[8..13])."""
     waited = (
         repr(env.started_at - env.queued_at)
         if env.started_at is not None and env.queued_at is not None
@@ -126,6 +130,8 @@ def finish_args(env: AgentResult) -> list[str]:
         waited,
         repr(env.queued_at) if env.queued_at is not None else "",
         "1" if env.cancel_requested_at is not None else "0",
+        repr(env.throttled_s) if env.throttled_s else "0",
+        str(env.retries),
     ]
 
 
@@ -174,6 +180,8 @@ def roi(
         queue_wait=statistics.fmean(waits) if waits else 0.0,
         latencies=latencies,
         speedup_vs_winner=vs_winner,
+        throttled_s=sum(r.throttled_s for r in results),
+        retries=sum(r.retries for r in results),
     )
 
 
@@ -200,6 +208,8 @@ def roi_of_all_ok(
         queue_wait=agg.wait_s / agg.waits if agg.waits else 0.0,
         latencies=[],
         speedup_vs_winner=None,
+        throttled_s=agg.throttled_s,
+        retries=agg.retries,
     )
 
 
@@ -227,6 +237,8 @@ def _report(
     queue_wait: float,
     latencies: list[float],
     speedup_vs_winner: float | None,
+    throttled_s: float,
+    retries: int,
 ) -> RoiReport:
     wall = max(wall, 1e-9)
     speedup = sequential / wall
@@ -247,6 +259,9 @@ def _report(
         queue_wait_s=queue_wait,
         cancel_latency_p50_s=statistics.median(latencies) if latencies else None,
         cancel_latency_max_s=max(latencies) if latencies else None,
+        throttled_s=throttled_s,
+        throttled_mean_s=throttled_s / n if n else 0.0,
+        retries=retries,
     )
 
 

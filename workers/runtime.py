@@ -69,7 +69,7 @@ def make_context(
         lend = services.lend_slot if spec.is_async else None
         return Origin(parent, meta.deadline_at, spec.is_async, worker, services.settings, lend)
 
-    return AgentContext(
+    ctx = AgentContext(
         children=Children(origin) if services.settings is not None else None,
         meter=meter,
         flush=spend_flusher(services, run_id, meta, meter),
@@ -84,8 +84,10 @@ def make_context(
         running=item,
         store=services.store,
         aio=services.aio if spec.is_async else None,
-        limiter=services.limiter() if spec.is_async else None,
+        limiter=services.limiter(),
     )
+    ctx.model, ctx.rate_limit, ctx.retry_policy = spec.model, spec.rate_limit, spec.retry
+    return ctx
 
 
 def new_envelope(

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from workers import ending
 from workers.agent_loop import AgentLoop
 from workers.cancel import CancelListener
+from workers.limiter import Limiter
 from workers.patterns import Completion
 from workers.prices import Prices
-from workers.ratelimit import Limiter, RateLimits
+from workers.ratelimit import RateLimits
 from workers.registry import Registry
 from workers.settings import Settings
 from workers.store import AsyncSubtasks, RunStore, multiplexer
-from workers.store.limits import AsyncLimits
+from workers.store.limits import AsyncLimits, SyncLimits
 
 __all__ = ["Services"]
 
@@ -97,8 +98,12 @@ class Services:
         return self._aio
 
     def limiter(self) -> Limiter:
-        """The process's side of the fleet-wide rate limits (its store made on the loop, when
-        a limited call first asks)."""
+        """The process's side of the fleet-wide rate limits (its asyncio store made on the
+        loop, when a limited async call first asks; sync agents and the lease keeper use the
+        process's store)."""
         if self._limiter is None:
-            self._limiter = Limiter(self.rate_limits, lambda: AsyncLimits(self.aio().mux))
+            sync = SyncLimits(self.store)
+            self._limiter = Limiter(
+                self.rate_limits, lambda: AsyncLimits(self.aio().mux), lambda: sync
+            )
         return self._limiter

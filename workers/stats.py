@@ -11,7 +11,9 @@ the subagent recorded usage (``ctx.record_usage``; ``-``: not every model it use
 A subagent stopped while running (``c``) carries its stop latency before them:
 ``"<run_s> <wait_s> c <stop_s>[ <tokens> <cost_usd|->]"``. Samples without usage are exactly
 the older three-field ones, so readers of either build parse them; an older reader skips the
-longer ones.
+longer ones. ``run_s`` leaves out the time the subagent waited for a turn under rate limits
+(``throttled_s``): that wait depends on the run, not on the agent, and pre-flight predicts it
+from the limits themselves (orchestrator/advisor/limitmodel.py).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def agent_sample(env: AgentResult) -> Sample | None:
     if code is None or env.started_at is None or env.finished_at is None:
         return None
     wait = env.started_at - env.queued_at if env.queued_at is not None else 0.0
-    text = f"{env.ran_s:.6f} {max(0.0, wait):.6f} {code}"
+    worked_s = max(0.0, env.ran_s - env.throttled_s)
+    text = f"{worked_s:.6f} {max(0.0, wait):.6f} {code}"
     if code == "c":
         stop_s = env.cancel_latency_s
         if stop_s is None:

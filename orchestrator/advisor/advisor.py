@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from orchestrator.advisor import checks, spendchecks
 from orchestrator.advisor.checks import Capacity, Check, CheckStatus, QueueCapacity
 from orchestrator.advisor.costmodel import Estimate, estimate
+from orchestrator.advisor.limitmodel import task_limits, task_tokens
 from orchestrator.advisor.spendmodel import Spend, spend
 from workers.models import AgentKind, CatalogEntry, Execution, Pattern, Prediction, Verdict
 from workers.patterns import pattern_of
@@ -54,6 +55,15 @@ class Preflight(BaseModel):
         None, description="Race: of loser_tokens, spent after the stop request."
     )
     stop_s: float | None = Field(None, description="Race: the stop latency the losers' burn uses.")
+    unlimited_parallel_s: float | None = Field(
+        None,
+        description="Under rate limits: the wall time the slots alone would allow "
+        "(parallel_s is the limited one).",
+    )
+    limit_widths: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per rate limit of the plan's agents: the concurrent calls it allows.",
+    )
     checks: list[Check]
 
     def failed(self) -> list[Check]:
@@ -99,10 +109,9 @@ def advise(
     queues = [_queue(catalog, t.agent) for t in req.tasks]
     slots = {q: capacity.slots(q) for q in set(queues)}
     size = suggest_batch(req, stats, slots, config)
-    if size is not None:
-        est = estimate(req.model_copy(update={"batch_size": size}), stats, slots, queues)
-    else:
-        est = estimate(req, stats, slots, queues)
+    limits, tokens = task_limits(req, catalog), task_tokens(req, stats)
+    planned = req.model_copy(update={"batch_size": size}) if size is not None else req
+    est = estimate(planned, stats, slots, queues, limits, tokens)
     lines = [
         checks.independence(req),
         checks.structure(req, catalog),
@@ -129,6 +138,8 @@ def advise(
         waves=est.waves,
         checks=lines,
         batch_size=size,
+        unlimited_parallel_s=est.unlimited_parallel_s,
+        limit_widths=est.limit_widths,
         **_spend_fields(sp),
     )
 

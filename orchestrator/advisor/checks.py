@@ -254,12 +254,35 @@ def width(
         backlog = capacity.queues[q].backlog
         if backlog:
             notes.append(f"{backlog} messages already wait in queue {q!r} (not in the forecast)")
+    notes += limit_notes(est)
     if notes:
         return Check(name="width", status=CheckStatus.WARN, reason="; ".join(notes))
     slots_text = ", ".join(f"{q}: {capacity.slots(q)}" for q in sorted(counts))
     return Check(
         name="width", status=CheckStatus.PASS, reason=f"{n} tasks fit the live slots ({slots_text})"
     )
+
+
+#: The limits bind when they make the plan this much slower than its slots alone would.
+LIMIT_BINDS = 1.05
+
+
+def limit_notes(est: Estimate) -> list[str]:
+    """How wide the rate limits let the plan usefully go, when they bind (none otherwise)."""
+    free_s, limited_s = est.unlimited_parallel_s, est.parallel_s
+    if free_s is None or limited_s is None or limited_s <= free_s * LIMIT_BINDS:
+        return []
+    notes = []
+    for name, calls in est.limit_calls.items():
+        width = est.limit_widths[name]
+        if calls <= width:
+            continue
+        notes.append(
+            f"rate limit {name!r} ({est.limit_rates[name].describe()}) allows ~{width} "
+            f"concurrent calls: its {calls} calls take ~{_ms(limited_s)} under it, not the "
+            f"{_ms(free_s)} the slots allow; a fan-out wider than ~{width} only waits"
+        )
+    return notes
 
 
 def race(

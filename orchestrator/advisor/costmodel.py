@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.advisor.limitmodel import Gate, LimitRate, allowed_width
 from workers.models import Pattern
 from workers.patterns import pattern_of
 from workers.request import OrchestrationRequest
@@ -57,6 +58,12 @@ class Estimate:
     #: When each message starts and ends, seconds after submit (one per task unless batched).
     starts: list[float] = field(default_factory=list)
     ends: list[float] = field(default_factory=list)
+    #: Under rate limits (limitmodel.py): the parallel time the slots alone would allow, and
+    #: per limit its calls in this plan, the concurrent calls it allows, and its rates.
+    unlimited_parallel_s: float | None = None
+    limit_calls: dict[str, int] = field(default_factory=dict)
+    limit_widths: dict[str, int] = field(default_factory=dict)
+    limit_rates: dict[str, LimitRate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,10 @@ def schedule(
     queues: Sequence[str],
     slots: Mapping[str, int],
     ov: Overheads,
+    gate: Gate | None = None,
 ) -> list[tuple[float, float]]:
-    """(start, end) of each task, seconds after submit, when slots take tasks in order."""
+    """(start, end) of each task, seconds after submit, when slots take tasks in order (and,
+    with a ``gate``, when its rate limits let each start: the slot waits with it)."""
     free: dict[str, list[float]] = {}
     out: list[tuple[float, float]] = []
     for i, (d, q) in enumerate(zip(durations, queues, strict=True)):
@@ -104,7 +113,11 @@ def schedule(
         slot_free = heapq.heappop(heap)
         released = ov.coordinator_s + (i + 1) * ov.dispatch_s + ov.latency_s
         start = max(released, slot_free + GAP_S)
+        if gate is not None:
+            start = gate.start(i, start)
         end = start + d
+        if gate is not None:
+            gate.record(i, start, end)
         heapq.heappush(heap, end)
         out.append((start, end))
     return out
@@ -142,8 +155,11 @@ def estimate(
     stats: StatsSnapshot,
     slots: Mapping[str, int],
     queues: Sequence[str],
+    limits: Sequence[Sequence[LimitRate]] = (),
+    tokens: Sequence[float] = (),
 ) -> Estimate:
-    """Predict the plan's sequential and parallel time, overheads and cost."""
+    """Predict the plan's sequential and parallel time, overheads and cost; ``limits`` and
+    ``tokens`` (per task) put the schedule under the agents' rate limits."""
     agents = [t.agent for t in req.tasks]
     est = Estimate(waves=waves(batches(req, [0.0] * len(agents), queues)[1], slots))
     est.missing = sorted({a for a in agents if a not in stats.agents})
@@ -152,7 +168,9 @@ def estimate(
     durations = [stats.agents[a].run.mean_s for a in agents]
     ov = overheads(stats, req.pattern, agents)
     unit_s, unit_queues = batches(req, durations, queues)
-    times = schedule(unit_s, unit_queues, slots, ov)
+    # Batched messages carry several calls each: the limits are replayed per call only.
+    gate = Gate(limits, tokens) if any(limits) and len(unit_s) == len(agents) else None
+    times = schedule(unit_s, unit_queues, slots, ov, gate)
     ends = [e for _, e in times]
     est.starts, est.ends = [s for s, _ in times], ends
     first_start = min(s for s, _ in times)
@@ -183,5 +201,40 @@ def estimate(
     est.parallel_s = timing.parallel_s + FINALIZE_S
     est.sequential_s = timing.sequential_s
     est.cost_s = timing.cost_s
+    if gate is not None:
+        _under_limits(est, req, durations, unit_queues, slots, ov, limits, tokens, merge_mean)
     est.speedup = est.sequential_s / max(est.parallel_s, 1e-9)
     return est
+
+
+def _under_limits(
+    est: Estimate,
+    req: OrchestrationRequest,
+    durations: Sequence[float],
+    queues: Sequence[str],
+    slots: Mapping[str, int],
+    ov: Overheads,
+    limits: Sequence[Sequence[LimitRate]],
+    tokens: Sequence[float],
+    merge_mean_s: float,
+) -> None:
+    """What the limits change: the slots-only time beside, the one-by-one alternative under
+    the same limits (a spawn's or gather's every call; a race's stops at its first valid one,
+    left as it is), and how wide each limit lets the plan go."""
+    assert est.parallel_s is not None and est.sequential_s is not None
+    free_ends = [e for _, e in schedule(durations, queues, slots, ov)]
+    est.unlimited_parallel_s = est.parallel_s - max(est.ends) + max(free_ends)
+    if not pattern_of(req.pattern).claims_win:
+        one = ["one"] * len(durations)
+        chain = schedule(durations, one, {"one": 1}, Overheads(0.0, 0.0, 0.0), Gate(limits, tokens))
+        chained_s = max(e for _, e in chain) - GAP_S * len(durations) + merge_mean_s
+        est.sequential_s = max(est.sequential_s, chained_s)
+    for name in sorted({lim.name for lims in limits for lim in lims}):
+        mine = [i for i, lims in enumerate(limits) if any(lim.name == name for lim in lims)]
+        rate = next(lim for lim in limits[mine[0]] if lim.name == name)
+        call_s = statistics.fmean(durations[i] for i in mine)
+        est.limit_calls[name] = len(mine)
+        est.limit_rates[name] = rate
+        est.limit_widths[name] = allowed_width(
+            rate, call_s, statistics.fmean(tokens[i] for i in mine)
+        )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from orchestrator.advisor import CheckStatus, Preflight
+from orchestrator.cli.limits import envelope_limits, limit_rows
 from orchestrator.cli.spend import spend_clause, spend_rows, tokens_of, unpriced_note
 from workers.models import AgentResult, AgentStatus, RoiReport, RunResult
 from workers.patterns import pattern_of
@@ -68,6 +69,8 @@ def roi_summary(r: RoiReport) -> str:
     text = f"{speed}; work spent {duration(r.work_spent_s)}, wasted {duration(r.work_wasted_s)}"
     if r.merge_s or r.merge_wait_s:
         text += f"; merge {duration(r.merge_s)} after {duration(r.merge_wait_s)} queued"
+    if r.throttled_s or r.retries:
+        text += f"; throttled {duration(r.throttled_s)}, {r.retries} retries"
     return text + spend_clause(r)
 
 
@@ -95,7 +98,7 @@ def report_lines(result: RunResult) -> list[str]:
         ("coordinator overhead", _ms(r.coordinator_overhead_s), ""),
         ("mean queue wait", _ms(r.queue_wait_s), ""),
     ]
-    rows += spend_rows(r, p)
+    rows += limit_rows(r) + spend_rows(r, p)
     if r.cancel_latency_max_s is not None:
         latency = f"{_ms(r.cancel_latency_p50_s)} / {_ms(r.cancel_latency_max_s)}"
         rows.append(("cancel latency p50/max", latency, ""))
@@ -187,7 +190,7 @@ def _agent_row(env: AgentResult, won: bool) -> _Row:
         finished=env.finished_at,
         won=won,
         cancel_at=env.cancel_requested_at,
-        detail=(_ms(env.ran_s) if env.started_at else "") + tokens_of(env),
+        detail=(_ms(env.ran_s) if env.started_at else "") + tokens_of(env) + envelope_limits(env),
     )
 
 

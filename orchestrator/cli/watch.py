@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.cli.limits import limits_of
 from orchestrator.cli.report import duration, roi_summary
 from orchestrator.cli.spend import tokens, usd
 from orchestrator.events import EventType, RunEvent, follow_events
@@ -51,6 +52,9 @@ class SubtaskView:
     started_ts: float | None = None
     finished_ts: float | None = None
     won: bool = False
+    #: Waits under rate limits that ended, and retries scheduled (its throttled, retry events).
+    throttled_s: float = 0.0
+    retries: int = 0
 
 
 @dataclass
@@ -136,6 +140,22 @@ class RunView:
             self.cost_usd = max(self.cost_usd, ev.cost_usd or 0.0)
         if kind is EventType.BUDGET_EXCEEDED:
             self.cancel_reason = "budget exceeded"
+        elif kind is EventType.THROTTLED and sub is not None:
+            sub.throttled_s += ev.waited_s or 0.0
+        elif kind is EventType.RETRY and sub is not None:
+            sub.retries += 1
+
+    def limits_line(self) -> str | None:
+        """The run's throttled time and retries so far, or None while there are none."""
+        throttled_s = sum(s.throttled_s for s in self.subtasks)
+        retries = sum(s.retries for s in self.subtasks)
+        if not throttled_s and not retries:
+            return None
+        waited = sum(1 for s in self.subtasks if s.throttled_s)
+        return (
+            f"  rate limits: throttled {duration(throttled_s)} in all ({waited} subagents "
+            f"waited, mean {duration(throttled_s / max(self.n, 1))}); {retries} retries"
+        )
 
     # -- drawing ---------------------------------------------------------------------------
     def progress(self) -> tuple[int, int]:
@@ -177,7 +197,12 @@ class RunView:
                 )
                 win = " (winner)" if s.won else ""
                 where = f"  {s.worker}" if s.worker else ""
-                lines.append(f"  #{s.index:<3} {s.agent:<18} {s.state:<9}{pct}{took}{win}{where}")
+                limits = limits_of(s.throttled_s, s.retries)
+                lines.append(
+                    f"  #{s.index:<3} {s.agent:<18} {s.state:<9}{pct}{took}{win}{limits}{where}"
+                )
+        if (limits_line := self.limits_line()) is not None:
+            lines.append(limits_line)
         if self.merger:  # only a gather has one
             lines.append(f"  merge {self.merger}: {'done' if self.merged else 'waiting'}")
         if self.winner is not None:
@@ -204,7 +229,8 @@ class RunView:
 
 def _pipe_state(view: RunView) -> tuple[object, ...]:
     """What must change for a new block in a pipe: states, not the clock nor progress."""
-    run = (view.status, view.merged, view.winner, view.cancel_reason, view.tokens)
+    retries = sum(s.retries for s in view.subtasks)
+    run = (view.status, view.merged, view.winner, view.cancel_reason, view.tokens, retries)
     return run + tuple((s.state, s.won) for s in view.subtasks)
 
 

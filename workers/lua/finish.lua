@@ -6,11 +6,12 @@
 -- without reading a single envelope (workers/run_result.py Aggregates is their reader):
 -- ARGV[8] seconds ran  ARGV[9] seconds queued before start, or ''  ARGV[10] queued at, or ''
 -- ARGV[11] '1' if a stop had been requested of this subtask
+-- ARGV[12] seconds it waited under rate limits  ARGV[13] retries of its failed calls
 -- Duration statistics (optional), appended only for a new envelope:
--- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[18..]
--- ARGV[12] samples kept per list  ARGV[13] stats ttl seconds  ARGV[18..] the samples
+-- KEYS[5] stats counts hash  KEYS[6..] stats sample lists, one per ARGV[20..]
+-- ARGV[14] samples kept per list  ARGV[15] stats ttl seconds  ARGV[20..] the samples
 -- Spend not yet in the run's ledger (added for a duplicate too: it was spent), as spend.lua
--- takes it: ARGV[14] input tokens  ARGV[15] output tokens  ARGV[16] dollars  ARGV[17] models
+-- takes it: ARGV[16] input tokens  ARGV[17] output tokens  ARGV[18] dollars  ARGV[19] models
 -- with no price
 -- Returns {new, done, n, won, crossed}: new=1 if this envelope was recorded (0: duplicate
 -- delivery, or a run whose record is gone: a server restarted without persistence; its waiters
@@ -24,12 +25,12 @@ if not rec[2] then
 end
 local crossed = 0
 local ledger = nil
-if ARGV[14] ~= '0' or ARGV[15] ~= '0' or ARGV[16] ~= '0.0' or ARGV[17] ~= '' then
-  local tokens_in = redis.call('HINCRBY', KEYS[2], 'spent:in', ARGV[14])
-  local tokens_out = redis.call('HINCRBY', KEYS[2], 'spent:out', ARGV[15])
-  local cost = tonumber(redis.call('HINCRBYFLOAT', KEYS[2], 'spent:cost', ARGV[16]))
-  if ARGV[17] ~= '' then
-    for model in string.gmatch(ARGV[17], '[^,]+') do
+if ARGV[16] ~= '0' or ARGV[17] ~= '0' or ARGV[18] ~= '0.0' or ARGV[19] ~= '' then
+  local tokens_in = redis.call('HINCRBY', KEYS[2], 'spent:in', ARGV[16])
+  local tokens_out = redis.call('HINCRBY', KEYS[2], 'spent:out', ARGV[17])
+  local cost = tonumber(redis.call('HINCRBYFLOAT', KEYS[2], 'spent:cost', ARGV[18]))
+  if ARGV[19] ~= '' then
+    for model in string.gmatch(ARGV[19], '[^,]+') do
       redis.call('HSET', KEYS[2], 'unpriced:' .. model, '1')
     end
   end
@@ -76,6 +77,12 @@ if new == 1 then
     table.insert(update, tonumber(rec[8] or '0') + 1)
   end
   redis.call('HSET', KEYS[2], unpack(update))
+  if ARGV[12] ~= '0' then
+    redis.call('HINCRBYFLOAT', KEYS[2], 'agg:throttled', ARGV[12])
+  end
+  if ARGV[13] ~= '0' then
+    redis.call('HINCRBY', KEYS[2], 'agg:retries', ARGV[13])
+  end
   -- Written keys keep a TTL even when the server had lost them (a restart without persistence).
   redis.call('EXPIRE', KEYS[2], ARGV[4])
   if ARGV[5] == '1' then
@@ -98,13 +105,13 @@ if new == 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', unpack(event))
   redis.call('EXPIRE', KEYS[3], ARGV[4])
   for i = 6, #KEYS do
-    redis.call('LPUSH', KEYS[i], ARGV[i + 12])
-    redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[12]) - 1)
-    redis.call('EXPIRE', KEYS[i], ARGV[13])
+    redis.call('LPUSH', KEYS[i], ARGV[i + 14])
+    redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[14]) - 1)
+    redis.call('EXPIRE', KEYS[i], ARGV[15])
     redis.call('HINCRBY', KEYS[5], KEYS[i], 1)
   end
   if #KEYS >= 6 then
-    redis.call('EXPIRE', KEYS[5], ARGV[13])
+    redis.call('EXPIRE', KEYS[5], ARGV[15])
   end
 end
 return {new, done, n, won, crossed}

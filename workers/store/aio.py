@@ -115,6 +115,10 @@ class AsyncSubtasks:
         keys, args = self.store.spend_call(run_id, spend)
         return bool(await self.mux.script(SPEND, keys, args))
 
+    async def run_field(self, run_id: str, name: str) -> str | None:
+        """One field of the run record (None: not set, or no record)."""
+        return await self.mux.hget(self.store.keys.run(run_id), name)
+
     async def event(self, run_id: str, kind: str, **fields: Any) -> None:
         """See RunStore.event."""
         data = {"type": kind, "ts": repr(time.time()), **flat(fields)}
