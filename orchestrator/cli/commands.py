@@ -18,6 +18,8 @@ from orchestrator.cli.watch import result_lines, watch_run
 from orchestrator.request import OrchestrationRequest
 from workers.errors import OrchestratorError, RunNotFound, RunTimedOut
 from workers.models import RunResult, Verdict, WorkerInfo
+from workers.names import catalog_field
+from workers.routing import ROUTER
 from workers.store import DeadLetterReport
 
 #: Dead letters listed by ``status``.
@@ -221,7 +223,9 @@ def serves_an_agent(w: WorkerInfo, base_queue: str) -> bool:
     if w.role != "worker":
         return True
     if w.serves is not None:
-        return any(f.startswith(("agent:", "merger:")) for f in w.serves)
+        # The built-in router is served by every worker: it is not one of the plan's agents.
+        router = catalog_field("agent", ROUTER)
+        return any(f.startswith(("agent:", "merger:")) and f != router for f in w.serves)
     return bool(set(w.queues) - {base_queue})  # an older build's heartbeat: by its queues
 
 
