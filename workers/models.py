@@ -142,6 +142,8 @@ class TaskMeta(BaseModel):
     queued_at: float
     deadline_at: float
     validate_with: str | None = None
+    #: A hedged race: member i starts at queued_at + i * hedge_after_s if still undecided.
+    hedge_after_s: float | None = None
 
 
 class AgentResult(BaseModel):
@@ -270,6 +272,12 @@ class RoiReport(BaseModel):
     queue_wait_s: float = Field(0.0, description="Mean time subagents waited in the queue.")
     cancel_latency_p50_s: float | None = None
     cancel_latency_max_s: float | None = None
+    hedge_after_s: float | None = Field(None, description="Hedged race: racer i's delay / i.")
+    hedged_started: int | None = Field(None, description="Hedged race: racers that started.")
+    hedged_skipped: int | None = Field(
+        None, description="Hedged race: racers never started (decided before their turn)."
+    )
+    early_quorum: int | None = Field(None, description="gather(early=True): the quorum merged.")
     execution: Execution = Field(
         Execution.PARALLEL, description="'sequential' when preflight='auto' ran it as a chain."
     )

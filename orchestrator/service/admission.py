@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestrator.advisor import PreflightSource, apply_policy
 from orchestrator.catalog import Catalog
+from orchestrator.service.hedging import resolve_hedge
 from workers.errors import InvalidRequest, OrchestratorError, ParallelismDoesNotPay
 from workers.models import AgentKind, RunStatus
 from workers.patterns import pattern_of
@@ -60,6 +61,7 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
         "done": 0,
         # Subagents per message: set by the caller, or by adaptive batching at pre-flight.
         "batching": str(req.batch_size) if req.batch_size and req.batch_size > 1 else "",
+        **pattern_of(req.pattern).record_fields(req),  # a race's hedge, an early quorum
     }
 
 
@@ -90,6 +92,8 @@ class Admission:
         Policy 'refuse' raises ParallelismDoesNotPay before anything is written; unknown
         agents and bad payloads raise unless ``checked`` (the caller validated them).
         """
+        if resolve_hedge(req, self.store, self.settings) and wire is not None:
+            wire = req.model_dump_json(by_alias=True)  # a resumed send hedges the same
         record = run_record(req, req.created_at + deadline_s_of(req, self.settings))
         events: list[dict[str, str]] = []
         if req.preflight != "off":
