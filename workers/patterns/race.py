@@ -1,6 +1,7 @@
 """race-then-cancel: a group of racers; the first valid one claims the win (SET NX in
 ``finish.lua``) in its worker, then stops and revokes its siblings (``workers.ending.win``).
-The last failure ends an all-failed race."""
+The last failure ends an all-failed race. A hedged race (``hedge_after_s``) tells each racer
+its turn in its meta; ``workers/hedging.py`` waits it out."""
 
 from __future__ import annotations
 
