@@ -39,7 +39,7 @@ def _work(marker: str, seconds: float) -> Task:
 
 def test_hedge_p95_without_history_is_refused_naming_the_agent(o: Orchestrator) -> None:
     tasks = [Task("echo", {"text": "good a"}), Task("echo", {"text": "good b"})]
-    with pytest.raises(InvalidRequest, match="agent 'echo' has 0 measured runs.*hedge_after_s"):
+    with pytest.raises(InvalidRequest, match=r"agent 'echo' has 0 measured runs.*hedge_after_s"):
         o.race(tasks, validate="starts_good", hedge="p95")
     # With a fallback it runs, hedged by the fallback.
     res = o.race(tasks, validate="starts_good", hedge="p95", hedge_after_s=7.0).wait(30)

@@ -275,7 +275,7 @@ class RoiReport(BaseModel):
     hedge_after_s: float | None = Field(None, description="Hedged race: racer i's delay / i.")
     hedged_started: int | None = Field(None, description="Hedged race: racers that started.")
     hedged_skipped: int | None = Field(
-        None, description="Hedged race: racers never started (decided before their turn)."
+        None, description="Hedged race: racers never started (decided or stopped first)."
     )
     early_quorum: int | None = Field(None, description="gather(early=True): the quorum merged.")
     execution: Execution = Field(

@@ -76,6 +76,9 @@ def iter_completed(
             if any(fields.get("type") == "run_finished" for _, fields in entries):
                 yield from _missed(store, run_id, set(have))
                 return
+        elif store.has_ended(run_id):  # its final event is gone (the stream was trimmed)
+            yield from _missed(store, run_id, set(have))
+            return
         elif not store.has_record(run_id):
             raise RunLost.of(run_id, safe_url(host.settings.redis_url()))
         elif ending.overdue(deadline_at, grace_s=ending.DEADLINE_GRACE_S):
