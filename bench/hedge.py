@@ -6,10 +6,11 @@ The loopback model server (``tests/model_server.py``) answers each call in ``--f
 or, with probability ``--tail`` (5%), in ``--slow-ms`` (5000): the benchmark draws each call's
 time in advance (seeded), each racer independently, so every configuration sees the same
 distribution. The agent is ``bench.hedge_agents.tail`` (async, ``workers.llm.chat``), on one
-worker process. First the single calls run (they are the agent's history too), then the
-hedged races: after the measured p95 and p90 (``hedge="p95"``: each run resolves it from the
-history so far) and after a fixed delay. "hedge after" is the mean delay the runs used;
-"extra subagents" the racers started beyond the first, per run; "tokens" per run.
+worker process. First ``--history`` single calls run (the agent's history), then every
+configuration's runs, interleaved: a single call, hedged races after the measured p95 and
+p90 (``hedge="p95"``: each run resolves it from the history so far) and after a fixed delay.
+"hedge after" is the mean delay the runs used; "extra subagents" the racers started beyond
+the first, per run; "tokens" per run.
 
     python -m bench.hedge                     # 200 samples per row, 8 runs in flight
     python -m bench.hedge --samples 50        # quicker
@@ -80,29 +81,31 @@ async def _one(
             row.hedge_after_s.append(settled.report.hedge_after_s)
 
 
-async def _measure(
-    orch: Orchestrator, draw: Draw, args: argparse.Namespace, name: str, racers: int,
-    options: dict[str, Any],
-) -> Row:  # fmt: skip
-    row = Row(name)
-    slots = asyncio.Semaphore(args.parallel)
-    runs = [[draw.task() for _ in range(racers)] for _ in range(args.samples)]
-    await asyncio.gather(*(_one(orch, row, tasks, options, slots) for tasks in runs))
-    return row
-
-
 async def _all(orch: Orchestrator, args: argparse.Namespace) -> list[Row]:
+    """The history first (single calls, not counted), then every configuration's runs
+    interleaved, so that a machine whose load changes meanwhile weighs on each row alike."""
     draw = Draw(args)
-    rows = [await _measure(orch, draw, args, "single call", 1, {})]
+    slots = asyncio.Semaphore(args.parallel)
+    history = Row("history")
+    await asyncio.gather(
+        *(_one(orch, history, [draw.task()], {}, slots) for _ in range(args.history))
+    )
     fixed = args.hedge_after_s
     plans: list[tuple[str, int, dict[str, Any]]] = [
-        ("race of 2, hedge='p95'", 2, {"hedge": "p95"}),
-        ("race of 3, hedge='p95'", 3, {"hedge": "p95"}),
-        ("race of 2, hedge='p90'", 2, {"hedge": "p90"}),
+        ("single call", 1, {}),
+        # hedge_after_s: the fallback while the history is too short (--history below 20).
+        ("race of 2, hedge='p95'", 2, {"hedge": "p95", "hedge_after_s": fixed}),
+        ("race of 3, hedge='p95'", 3, {"hedge": "p95", "hedge_after_s": fixed}),
+        ("race of 2, hedge='p90'", 2, {"hedge": "p90", "hedge_after_s": fixed}),
         (f"race of 2, hedge_after_s={fixed}", 2, {"hedge_after_s": fixed}),
     ]
-    for name, racers, options in plans:
-        rows.append(await _measure(orch, draw, args, name, racers, options))
+    rows = [Row(name) for name, _, _ in plans]
+    runs = [
+        _one(orch, row, [draw.task() for _ in range(racers)], options, slots)
+        for _ in range(args.samples)
+        for row, (_, racers, options) in zip(rows, plans, strict=True)
+    ]
+    await asyncio.gather(*runs)
     return rows
 
 
@@ -136,6 +139,7 @@ def _render(rows: list[Row], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--samples", type=int, default=200, help="runs per configuration")
+    p.add_argument("--history", type=int, default=40, help="single calls run first (p95's data)")
     p.add_argument("--parallel", type=int, default=8, help="runs in flight at once")
     p.add_argument("--tail", type=float, default=0.05, help="share of slow answers")
     p.add_argument("--fast-ms", type=int, default=100)

@@ -7,13 +7,15 @@ stack of its own: its statistics start empty."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Pattern, RunStatus, Task
-from tests.conftest import AGENT_MODULES, client_for, stack_for, wait_for
+from tests.conftest import AGENT_MODULES, ROOT, client_for, stack_for, wait_for
 from tests.model_server import ModelServer
 from workers.errors import InvalidRequest
 from workers.stats import AGENT, series
@@ -145,3 +147,22 @@ def test_hedge_p95_uses_the_agents_measured_p95(o: Orchestrator) -> None:
     assert res.report.hedge_after_s == pytest.approx(max(measured.p95_s, 0.001))
     record = o.store.record(res.run_id)
     assert record["hedge"] == "p95"
+
+
+def test_the_hedge_benchmark_prints_its_table() -> None:
+    # Not timed: every row and column is produced on a tiny run (bench/hedge.py).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    args = ["--samples", "4", "--parallel", "4", "--slow-ms", "300", "--tail", "0.5"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.hedge", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for row in ("single call", "race of 2, hedge='p95'", "race of 3, hedge='p95'"):
+        assert row in out.stdout
+    assert "extra subagents" in out.stdout and "p99" in out.stdout
