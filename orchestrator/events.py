@@ -32,6 +32,7 @@ class EventType(StrEnum):
     WON = "won"  # a racer claimed the win (index, worker)
     CANCEL_REQUESTED = "cancel_requested"  # the run or some subtasks were asked to stop (reason)
     MERGED = "merged"  # the merger ran (merger, ok)
+    QUORUM_REACHED = "quorum_reached"  # gather(early=True): the merger was sent (quorum)
     BUDGET_EXCEEDED = "budget_exceeded"  # the run's spend crossed its budget (tokens, cost_usd)
     THROTTLED = "throttled"  # a subtask's wait under rate limits ended (index, limit, waited_s)
     RETRY = "retry"  # a subtask's failed call will be tried again (index, retry, delay_s, status)

@@ -21,7 +21,7 @@ from typing import Any
 
 from workers.lineage import children_in
 from workers.models import AgentResult, AgentStatus, RunResult, RunStatus
-from workers.names import other_subtask_ids, run_task_ids
+from workers.names import other_subtask_ids, run_task_ids, subtask_id
 from workers.run_result import (
     Aggregates,
     budget_reason,
@@ -43,8 +43,10 @@ __all__ = [
     "fail_unrecorded",
     "finish",
     "finish_all_reported",
+    "no_revoke",
     "over_budget",
     "overdue",
+    "reach_quorum",
     "refresh",
     "stop_children",
     "win",
@@ -189,6 +191,26 @@ def win(store: RunStore, revoke: Revoke, run_id: str, env: AgentResult, n: int) 
     )
     finish(store, run_id, RunStatus.SUCCEEDED, winner=env.index)
     revoke(other_subtask_ids(run_id, n, env.index))
+
+
+def no_revoke(task_ids: list[str]) -> None:
+    """A Revoke that revokes nothing (our flags stop the tasks anyway)."""
+
+
+def reach_quorum(store: RunStore, revoke: Revoke, run_id: str, n: int) -> None:
+    """An early quorum arrived: stop every member that has not reported (queued ones are
+    skipped, running ones cancelled); the caller then sends the merger, which merges what
+    arrived and ends the run. The stop names the members, not the run: a run-wide flag would
+    stop the merger too."""
+    reported, _ = store.unreported(run_id)
+    rest = [i for i in range(n) if i not in reported]
+    quorum = store.run_fields(run_id, ["run_id", "early_quorum"])[1] or "?"
+    reason = f"early quorum of {quorum} reached: no longer needed"
+    if rest:
+        store.request_cancel(
+            run_id, reason, indices=rest, event={"type": "quorum_reached", "quorum": quorum}
+        )
+        revoke([subtask_id(run_id, i) for i in rest])
 
 
 def _stop(store: RunStore, revoke: Revoke, run_id: str, reason: str, status: RunStatus) -> None:

@@ -151,6 +151,8 @@ class TaskMeta(BaseModel):
     #: The runs above this one (a child run's; the root first): its spend counts toward their
     #: budgets.
     ancestors: list[str] = Field(default_factory=list)
+    #: A hedged race: member i starts at queued_at + i * hedge_after_s if still undecided.
+    hedge_after_s: float | None = None
 
 
 class AgentResult(BaseModel):
@@ -286,6 +288,12 @@ class RoiReport(BaseModel):
     retries: int = Field(0, description="Failed model calls the subagents tried again.")
     cancel_latency_p50_s: float | None = None
     cancel_latency_max_s: float | None = None
+    hedge_after_s: float | None = Field(None, description="Hedged race: racer i's delay / i.")
+    hedged_started: int | None = Field(None, description="Hedged race: racers that started.")
+    hedged_skipped: int | None = Field(
+        None, description="Hedged race: racers never started (decided or stopped first)."
+    )
+    early_quorum: int | None = Field(None, description="gather(early=True): the quorum merged.")
     execution: Execution = Field(
         Execution.PARALLEL, description="'sequential' when preflight='auto' ran it as a chain."
     )

@@ -13,6 +13,8 @@ from workers.models import Pattern, RunParent
 from workers.patterns import pattern_of
 
 PreflightPolicy = Literal["off", "warn", "refuse", "auto"]
+#: The percentiles of an agent's measured run time a race may hedge after (``hedge="p95"``).
+HedgePercentile = Literal["p50", "p90", "p95", "p99"]
 MAX_TASKS = 10_000
 
 
@@ -49,6 +51,24 @@ class OrchestrationRequest(BaseModel):
     )
     quorum: int | None = Field(
         None, ge=1, description="Successful members a gather needs (default: all)."
+    )
+    early: bool = Field(
+        False,
+        description="gather-then-merge with a quorum: merge as soon as that many valid outputs "
+        "arrived and stop the rest (their spend is wasted, 'over quorum').",
+    )
+    hedge_after_s: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="race-then-cancel: racer i starts i * hedge_after_s after the run was sent, "
+        "and only if no valid result arrived by then (else it is skipped, never run). With "
+        "hedge, the fallback used when the agent has too little history.",
+    )
+    hedge: HedgePercentile | None = Field(
+        None,
+        description="race-then-cancel: hedge after this percentile of the racers' measured run "
+        "time (the largest over their agents), resolved at admission into hedge_after_s.",
     )
     deadline_s: float | None = Field(
         None, gt=0, allow_inf_nan=False, description="Deadline of the whole run."
@@ -93,6 +113,8 @@ class OrchestrationRequest(BaseModel):
         n = len(self.tasks)
         if self.quorum is not None and self.quorum > n:
             raise ValueError(f"quorum {self.quorum} is larger than the {n} tasks")
+        if self.early and self.quorum is None:
+            raise ValueError("early=True needs quorum=k: the number of valid outputs to merge")
         for i, t in enumerate(self.tasks):
             bad = [d for d in t.depends_on if not 0 <= d < n or d == i]
             if bad:

@@ -216,7 +216,8 @@ def roi_of_all_ok(
 def merge_wait(record: dict[str, str], finished_at: float) -> float:
     """A gather's merger's queue wait: from the moment every member had reported to the
     moment the merger started (or the run ended, when it never started); 0 without a merger."""
-    reported = _float(record.get("all_reported_at"))
+    # An early quorum sends the merger before every member reported.
+    reported = _float(record.get("quorum_at")) or _float(record.get("all_reported_at"))
     if not record.get("merge") or reported is None:
         return 0.0
     started = _float(record.get("merge_started_at"))
@@ -316,9 +317,23 @@ def build_result(
                 "execution": Execution(record.get("execution") or Execution.PARALLEL.value),
                 "prediction": _prediction(record.get("prediction")),
                 **spend_fields(record, results, winner),
+                **pattern_fields(record, results),
             }
         ),
     )
+
+
+def pattern_fields(record: dict[str, str], results: list[AgentResult]) -> dict[str, Any]:
+    """The report's fields of a hedged race and an early quorum (none for other runs)."""
+    out: dict[str, Any] = {}
+    if record.get("hedge_after_s"):
+        skipped = sum(1 for r in results if r.status is AgentStatus.SKIPPED)
+        out["hedge_after_s"] = float(record["hedge_after_s"])
+        out["hedged_skipped"] = skipped
+        out["hedged_started"] = len(results) - skipped
+    if record.get("early_quorum"):
+        out["early_quorum"] = int(record["early_quorum"])
+    return out
 
 
 def _prediction(raw: str | None) -> Prediction | None:

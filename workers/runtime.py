@@ -18,6 +18,7 @@ from workers.children import Children, Origin
 from workers.context import AgentContext
 from workers.error_info import error_info, validation_error
 from workers.errors import TaskCancelled
+from workers.hedging import wait_turn
 from workers.ledger import SpendDelta, SpendMeter
 from workers.models import AgentKind, AgentResult, AgentStatus, ErrorInfo, RunParent, TaskMeta
 from workers.patterns import pattern_of
@@ -158,6 +159,7 @@ def execute_agent(
     meta: TaskMeta,
 ) -> AgentResult:
     """Run one subagent and return its envelope (recorded in Redis once)."""
+    wait_turn(services, run_id, index, task_id, meta)  # a hedged racer's turn
     env = new_envelope(spec, task_id=task_id, worker=worker, index=index, meta=meta)
     started = time.time()
     env.attempt, reason = services.store.start_task(run_id, index, worker)
@@ -321,11 +323,15 @@ def after_record(
     services: Services, env: AgentResult, run_id: str, meta: TaskMeta, outcome: FinishOutcome
 ) -> None:
     """What recording an envelope decided: a win ends the run (a valid winner stands, budget
-    or not), a crossed budget stops it, the last report ends it as its pattern says."""
+    or not), a crossed budget stops it, an early quorum merges it, the last report ends it as
+    its pattern says."""
     if outcome.won:
         ending.win(services.store, services.revoke, run_id, env, meta.n)
         return
     if outcome.crossed:
         budget_crossed(services, run_id, meta)
+    elif outcome.quorum:
+        pattern_of(meta.pattern).on_quorum(services.completion(run_id), outcome.n)
+        return  # the merger is sent: the last report must not send it again
     if outcome.new and outcome.done >= outcome.n:
         pattern_of(meta.pattern).on_all_reported(services.completion(run_id))

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from workers.agent_loop import run_timed
 from workers.cancel import Running
 from workers.errors import BrokerUnavailable, LoopBlocked, TaskCancelled
+from workers.hedging import wait_turn_async
 from workers.ledger import SpendDelta
 from workers.merging import MergePlan, merge_begin, merge_end, merge_failure
 from workers.models import AgentResult, AgentStatus, TaskMeta
@@ -120,7 +121,9 @@ async def execute_agent_async(
     meta: TaskMeta,
 ) -> AgentResult:
     """Run one async subagent and return its envelope (recorded in Redis once), when one of
-    the process's ORCH_AIO__MAX_IN_FLIGHT places is free."""
+    the process's ORCH_AIO__MAX_IN_FLIGHT places is free (a hedged racer waits its turn
+    before it takes one)."""
+    await wait_turn_async(services, run_id, index, task_id, meta)
     async with services.aio_slots():
         return await _execute_agent(services, spec, run_id, index, meta, payload, task_id, worker)
 
@@ -201,7 +204,8 @@ async def _record(
     )
     if meta.ancestors and spend:
         await asyncio.to_thread(tree_spend, services, meta, spend)
-    if outcome.won or outcome.crossed or (outcome.new and outcome.done >= outcome.n):
+    decided = outcome.won or outcome.crossed or outcome.quorum
+    if decided or (outcome.new and outcome.done >= outcome.n):
         await asyncio.to_thread(after_record, services, env, run_id, meta, outcome)
 
 

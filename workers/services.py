@@ -59,7 +59,7 @@ class Services:
 
     def completion(self, run_id: str) -> Completion:
         """What a pattern's completion rule gets."""
-        return Completion(store=self.store, run_id=run_id, send=self.send)
+        return Completion(store=self.store, run_id=run_id, send=self.send, revoke=self.revoke)
 
     def agent_loop(self) -> AgentLoop:
         """The process's event loop (started on first use)."""

@@ -65,6 +65,12 @@ class AdvisorSettings(BaseModel):
     stats_ttl_s: int = Field(
         7 * 86_400, gt=0, description="Duration statistics expire after this long without use."
     )
+    hedge_min_samples: int = Field(
+        20,
+        ge=1,
+        description="Measured runs an agent needs before race(hedge='p95') trusts its "
+        "percentile; with fewer, the race's hedge_after_s is the fallback (none: refused).",
+    )
 
 
 class FlowerSettings(BaseModel):

@@ -95,6 +95,8 @@ class Summary(BaseModel):
     p10_s: float
     p50_s: float
     p90_s: float
+    p95_s: float = 0.0
+    p99_s: float = 0.0
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary | None:
@@ -108,6 +110,8 @@ class Summary(BaseModel):
             p10_s=percentile(ordered, 0.10),
             p50_s=percentile(ordered, 0.50),
             p90_s=percentile(ordered, 0.90),
+            p95_s=percentile(ordered, 0.95),
+            p99_s=percentile(ordered, 0.99),
         )
 
 

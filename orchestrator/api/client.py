@@ -26,6 +26,7 @@ from workers.errors import BrokerUnavailable, InvalidRequest
 from workers.models import AgentKind, CatalogEntry, Pattern, WorkerInfo
 from workers.names import COORDINATOR_TASK, catalog_field, coordinator_id
 from workers.registry import REGISTRY
+from workers.request import HedgePercentile
 from workers.routing import ROUTER, RouteRequest
 from workers.settings import Settings, safe_url
 from workers.store import ERRORS, RunStore, make_store
@@ -130,13 +131,16 @@ class Orchestrator:
 
     def gather(self, tasks: Sequence[Task], *, merge: str, **options: Unpack[GatherOptions]) -> Run:
         """gather-then-merge: run every task, then merge the valid outputs (``quorum`` of them,
-        default all); options as for ``spawn`` plus ``quorum``."""
+        default all); options as for ``spawn`` plus ``quorum`` and ``early`` (merge as soon as
+        ``quorum`` valid outputs arrived and stop the rest)."""
         return self.submit(self.request(Pattern.GATHER, tasks, merge=merge, **options))
 
     def race(self, tasks: Sequence[Task], **options: Unpack[RaceOptions]) -> Run:
         """race-then-cancel: the first valid result (``validate``: a validator's name) wins; the
         other racers are stopped. Options: ``validate``, ``deadline_s``, ``preflight``,
-        ``run_id``."""
+        ``run_id``; ``hedge_after_s=0.2`` starts racer i only ``i * 0.2`` s after the run, and
+        only if no valid result arrived by then (else it is skipped, never run);
+        ``hedge="p95"`` takes the delay from the agents' measured run times instead."""
         return self.submit(self.request(Pattern.RACE, tasks, **options))
 
     def route(self, task: Task, *, via: str, **options: Unpack[SpawnOptions]) -> Run:
@@ -190,6 +194,9 @@ class Orchestrator:
         batch_size: int | None = None,
         max_tokens: int | None = None,
         max_cost_usd: float | None = None,
+        early: bool = False,
+        hedge_after_s: float | None = None,
+        hedge: HedgePercentile | None = None,
     ) -> OrchestrationRequest:
         """Build and check a request (InvalidRequest on a malformed one)."""
         if isinstance(tasks, Task):
@@ -208,6 +215,9 @@ class Orchestrator:
             "batch_size": batch_size,
             "max_tokens": max_tokens,
             "max_cost_usd": max_cost_usd,
+            "early": early,
+            "hedge_after_s": hedge_after_s,
+            "hedge": hedge,
         }
         if run_id is not None:
             fields["run_id"] = run_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from workers.request import PreflightPolicy
+from workers.request import HedgePercentile, PreflightPolicy
 
 __all__ = ["GatherOptions", "RaceOptions", "SpawnOptions"]
 
@@ -26,12 +26,17 @@ class SpawnOptions(_RunOptions, total=False):
 
 
 class GatherOptions(SpawnOptions, total=False):
-    """Keyword options of ``gather``: those of ``spawn`` plus the quorum."""
+    """Keyword options of ``gather``: those of ``spawn`` plus the quorum (``early``: merge as
+    soon as the quorum arrived, stop the rest)."""
 
     quorum: int | None
+    early: bool
 
 
 class RaceOptions(_RunOptions, total=False):
-    """Keyword options of ``race`` (races never batch)."""
+    """Keyword options of ``race`` (races never batch); ``hedge_after_s`` / ``hedge``: start
+    racer i only i delays after the run, if no valid result arrived by then."""
 
     validate: str | None
+    hedge_after_s: float | None
+    hedge: HedgePercentile | None

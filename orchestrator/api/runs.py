@@ -6,14 +6,14 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from orchestrator.api import aio
+from orchestrator.api import aio, completed
 from orchestrator.api.aio import LOST_CHECK_S, REPLY_MARGIN_S
 from orchestrator.api.host import RunHost
 from orchestrator.api.live_envelopes import LIVE_MIN_N, LiveEnvelopes
 from orchestrator.api.tree import read_tree
 from workers import ending
 from workers.errors import RunLost, RunNotFound, RunTimedOut
-from workers.models import RoiReport, RunProgress, RunResult
+from workers.models import AgentResult, RoiReport, RunProgress, RunResult
 from workers.run_tree import RunTree
 from workers.settings import safe_url
 from workers.store import CONNECTION_ERRORS, RunStore
@@ -119,6 +119,18 @@ class Run:
         """``wait`` for asyncio: awaits the end without blocking the loop, and without a thread
         or a connection per waiting run (one shared blocked read; see orchestrator/api/aio.py)."""
         return await aio.wait_async(self.orch, self.id, timeout_s)
+
+    def as_completed(self, timeout_s: float | None = None) -> AsyncIterator[AgentResult]:
+        """The envelopes as they finish (``async for env in run.as_completed()``), in finishing
+        order, each once; it ends when the run has ended and every envelope reported by then
+        was yielded. RunTimedOut after ``timeout_s`` in all (the run goes on)."""
+        return completed.as_completed(self.orch, self.id, timeout_s)
+
+    def iter_completed(self, timeout_s: float | None = None) -> Iterator[AgentResult]:
+        """:meth:`as_completed` without asyncio: ``for env in run.iter_completed(): ...``
+        (blocking reads on the run's event stream)."""
+        with self._reachable():
+            yield from completed.iter_completed(self.orch, self.id, timeout_s)
 
     def events(self, since: str = "0-0") -> AsyncIterator[RunEvent]:
         """The run's events as they happen (``async for event in run.events()``): from the

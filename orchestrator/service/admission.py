@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestrator.advisor import PreflightSource, apply_policy
 from orchestrator.catalog import Catalog
+from orchestrator.service.hedging import resolve_hedge
 from workers import ending
 from workers.errors import (
     InvalidRequest,
@@ -67,6 +68,7 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
         # Subagents per message: set by the caller, or by adaptive batching at pre-flight.
         "batching": str(req.batch_size) if req.batch_size and req.batch_size > 1 else "",
         **({"parent": req.parent.model_dump_json()} if req.parent else {}),
+        **pattern_of(req.pattern).record_fields(req),  # a race's hedge, an early quorum
     }
 
 
@@ -103,6 +105,8 @@ class Admission:
         """
         if req.parent is not None:
             self._admit_child(req)
+        if resolve_hedge(req, self.store, self.settings) and wire is not None:
+            wire = req.model_dump_json(by_alias=True)  # a resumed send hedges the same
         record = run_record(req, req.created_at + deadline_s_of(req, self.settings))
         events: list[dict[str, str]] = []
         if req.preflight != "off":

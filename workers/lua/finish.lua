@@ -13,16 +13,19 @@
 -- Spend not yet in the run's ledger (added for a duplicate too: it was spent), as spend.lua
 -- takes it: ARGV[16] input tokens  ARGV[17] output tokens  ARGV[18] dollars  ARGV[19] models
 -- with no price
--- Returns {new, done, n, won, crossed}: new=1 if this envelope was recorded (0: duplicate
+-- A gather(early=True) has 'early_quorum' on its record: the new ok envelope that makes the ok
+-- count equal it gets quorum=1 (exactly one does) and stamps 'quorum_at'.
+-- Returns {new, done, n, won, crossed, quorum}: new=1 if this envelope was recorded (0: duplicate
 -- delivery, or a run whose record is gone: a server restarted without persistence; its waiters
 -- get RunLost, and a partial record written here would look like a finished run of 0
 -- subtasks); crossed=1 if this spend took the run over its budget (see spend.lua).
 local count_field = 'agg:' .. ARGV[3]
 local rec = redis.call('HMGET', KEYS[2], 'done', 'n', count_field, 'agg:ran', 'agg:wait',
-  'agg:waits', 'agg:min_queued', 'agg:stop_requested')
+  'agg:waits', 'agg:min_queued', 'agg:stop_requested', 'early_quorum')
 if not rec[2] then
-  return {0, 0, 0, 0, 0}
+  return {0, 0, 0, 0, 0, 0}
 end
+local quorum = 0
 local crossed = 0
 local ledger = nil
 if ARGV[16] ~= '0' or ARGV[17] ~= '0' or ARGV[18] ~= '0.0' or ARGV[19] ~= '' then
@@ -76,6 +79,11 @@ if new == 1 then
     table.insert(update, 'agg:stop_requested')
     table.insert(update, tonumber(rec[8] or '0') + 1)
   end
+  if rec[9] and ARGV[3] == 'ok' and tonumber(rec[3] or '0') + 1 == tonumber(rec[9]) then
+    quorum = 1
+    table.insert(update, 'quorum_at')
+    table.insert(update, ARGV[6])
+  end
   redis.call('HSET', KEYS[2], unpack(update))
   if ARGV[12] ~= '0' then
     redis.call('HINCRBYFLOAT', KEYS[2], 'agg:throttled', ARGV[12])
@@ -114,4 +122,4 @@ if new == 1 then
     redis.call('EXPIRE', KEYS[5], ARGV[15])
   end
 end
-return {new, done, n, won, crossed}
+return {new, done, n, won, crossed, quorum}

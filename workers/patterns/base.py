@@ -29,6 +29,18 @@ if TYPE_CHECKING:
     from workers.store import RunStore
 
 
+def refuse_gather_options(req: OrchestrationRequest) -> None:
+    """ValueError when a request of another pattern names a gather's options."""
+    if req.merge or req.quorum or req.early:
+        raise ValueError("merge, quorum and early apply only to gather-then-merge")
+
+
+def refuse_race_options(req: OrchestrationRequest) -> None:
+    """ValueError when a request of another pattern names a race's options."""
+    if req.validate_with or req.hedge_after_s is not None or req.hedge is not None:
+        raise ValueError("validate, hedge_after_s and hedge apply only to race-then-cancel")
+
+
 @dataclass(frozen=True)
 class Expansion:
     """A request ready to run: its members (sent message by message under one group id, or a
@@ -72,6 +84,8 @@ class Completion:
     run_id: str
     #: Sends a message stored on the run record (a gather's merger).
     send: Callable[[str], None]
+    #: Best-effort Celery revoke of task ids (an early quorum's stragglers).
+    revoke: ending.Revoke = ending.no_revoke
 
 
 @dataclass(frozen=True)
@@ -102,14 +116,16 @@ class PatternSpec:
 
     def check_options(self, req: OrchestrationRequest) -> None:
         """Raise ValueError when the request's options do not fit the pattern."""
-        if req.merge or req.quorum:
-            raise ValueError("merge and quorum apply only to gather-then-merge")
-        if req.validate_with:
-            raise ValueError("validate applies only to race-then-cancel")
+        refuse_gather_options(req)
+        refuse_race_options(req)
 
     def consumer(self, req: OrchestrationRequest) -> tuple[AgentKind, str] | None:
         """The merger or validator that reads the members' outputs, if any."""
         return None
+
+    def record_fields(self, req: OrchestrationRequest) -> dict[str, str]:
+        """The pattern's own fields of a new run record (a hedge, an early quorum)."""
+        return {}
 
     def after_members(
         self,
@@ -166,6 +182,9 @@ class PatternSpec:
 
     def on_reported_again(self, done: Completion) -> None:
         """A member was delivered again after its envelope was recorded."""
+
+    def on_quorum(self, done: Completion, n: int) -> None:
+        """An early quorum was reached (finish.lua says so to exactly one envelope)."""
 
     def on_budget(self, done: Completion) -> None:
         """The run's spend crossed its budget and everything left was stopped: end it with

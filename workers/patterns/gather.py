@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, ClassVar
 from celery import Celery
 from celery.canvas import Signature
 
+from workers import ending
 from workers.models import AgentKind, CatalogEntry, Pattern, TaskMeta
 from workers.names import merge_id
-from workers.patterns.base import Completion, PatternSpec
+from workers.patterns.base import Completion, PatternSpec, refuse_race_options
 
 if TYPE_CHECKING:
     from workers.request import OrchestrationRequest
@@ -89,8 +90,7 @@ class Gather(PatternSpec):
     def check_options(self, req: OrchestrationRequest) -> None:
         if not req.merge:
             raise ValueError("gather-then-merge needs merge=<merger name>")
-        if req.validate_with:
-            raise ValueError("validate applies only to race-then-cancel")
+        refuse_race_options(req)
 
     def consumer(self, req: OrchestrationRequest) -> tuple[AgentKind, str] | None:
         return (AgentKind.MERGER, req.merge) if req.merge else None
@@ -106,7 +106,17 @@ class Gather(PatternSpec):
         assert merger is not None
         return merge_signature(app, req, merger, meta, note)
 
+    def record_fields(self, req: OrchestrationRequest) -> dict[str, str]:
+        # finish.lua reads it: the envelope that makes the ok count equal it merges early.
+        return {"early_quorum": str(req.quorum)} if req.early and req.quorum else {}
+
     def on_all_reported(self, done: Completion) -> None:
+        # Unless sent already: by an early quorum (or a crossed budget), whose merger must not
+        # run twice (its tokens would be paid twice).
+        send_merger(done, only_if_unsent=True)
+
+    def on_quorum(self, done: Completion, n: int) -> None:
+        ending.reach_quorum(done.store, done.revoke, done.run_id, n)
         send_merger(done)
 
     def on_reported_again(self, done: Completion) -> None:

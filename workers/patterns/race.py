@@ -1,15 +1,19 @@
 """race-then-cancel: a group of racers; the first valid one claims the win (SET NX in
 ``finish.lua``) in its worker, then stops and revokes its siblings (``workers.ending.win``).
-The last failure ends an all-failed race."""
+The last failure ends an all-failed race. A hedged race (``hedge_after_s``) tells each racer
+its turn in its meta; ``workers/hedging.py`` waits it out."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from celery import Celery
+
 from workers import ending
-from workers.models import AgentKind, Pattern
-from workers.patterns.base import Completion, PatternSpec, Timing
+from workers.errors import InvalidRequest
+from workers.models import AgentKind, CatalogEntry, Pattern, TaskMeta
+from workers.patterns.base import Completion, Expansion, PatternSpec, Timing, refuse_gather_options
 
 if TYPE_CHECKING:
     from workers.request import OrchestrationRequest
@@ -50,11 +54,34 @@ class Race(PatternSpec):
     )
 
     def check_options(self, req: OrchestrationRequest) -> None:
-        if req.merge or req.quorum:
-            raise ValueError("merge and quorum apply only to gather-then-merge")
+        refuse_gather_options(req)
 
     def consumer(self, req: OrchestrationRequest) -> tuple[AgentKind, str] | None:
         return (AgentKind.VALIDATOR, req.validate_with) if req.validate_with else None
+
+    def record_fields(self, req: OrchestrationRequest) -> dict[str, str]:
+        if req.hedge_after_s is None:
+            return {}
+        return {"hedge_after_s": repr(req.hedge_after_s), "hedge": req.hedge or ""}
+
+    def expand(
+        self,
+        app: Celery,
+        req: OrchestrationRequest,
+        entries: list[CatalogEntry],
+        merger: CatalogEntry | None,
+        meta: TaskMeta,
+    ) -> Expansion:
+        """The racers, each told its hedge turn (a chain, run one after another, has none)."""
+        if req.hedge is not None and req.hedge_after_s is None:
+            # Admission resolves a percentile into hedge_after_s; a request that reached the
+            # coordinator without it (no history, no fallback) must not run unhedged silently.
+            raise InvalidRequest(
+                f"hedge={req.hedge!r} was not resolved: the racers' agents have too little "
+                "duration history; pass hedge_after_s=<seconds> (also as the fallback)"
+            )
+        hedged = meta.model_copy(update={"hedge_after_s": req.hedge_after_s})
+        return super().expand(app, req, entries, merger, hedged)
 
     def on_all_reported(self, done: Completion) -> None:
         ending.fail_race(done.store, done.run_id)

@@ -137,12 +137,13 @@ class ServiceStore(RecordStore, FleetStore):
 
     # -- the merger message --------------------------------------------------------------
     def merger_message(self, run_id: str) -> tuple[str | None, bool, bool]:
-        """(the stored merger message, already sent?, every member reported?)."""
+        """(the stored merger message, already sent?, every member reported, or an early
+        quorum reached?)."""
         values: list[str | None] = self.r.hmget(  # type: ignore[assignment]
-            self.keys.run(run_id), ["done", "n", MERGER_MESSAGE, MERGER_SENT_AT]
+            self.keys.run(run_id), ["done", "n", MERGER_MESSAGE, MERGER_SENT_AT, "quorum_at"]
         )
-        done, n, message, sent = values
-        return message, bool(sent), int(done or 0) >= int(n or 0)
+        done, n, message, sent, quorum_at = values
+        return message, bool(sent), int(done or 0) >= int(n or 0) or bool(quorum_at)
 
     def mark_merger_sent(self, run_id: str, at: float) -> None:
         """Record that the merger's message went out."""
@@ -154,12 +155,15 @@ class ServiceStore(RecordStore, FleetStore):
 
     def mergers_due(self, run_ids: Sequence[str]) -> list[tuple[str, str, float]]:
         """(run, merger message, when every member had reported) of the gathers among
-        ``run_ids`` whose members all reported and whose merger nobody sent."""
+        ``run_ids`` whose members all reported (or whose early quorum arrived) and whose merger
+        nobody sent."""
+        fields = [MERGER_MESSAGE, MERGER_SENT_AT, "all_reported_at", "quorum_at"]
         pipe = self.pipeline()
         for run_id in run_ids:
-            pipe.hmget(self.keys.run(run_id), [MERGER_MESSAGE, MERGER_SENT_AT, "all_reported_at"])
+            pipe.hmget(self.keys.run(run_id), fields)
         out = []
-        for run_id, (message, sent, reported) in zip(run_ids, pipe.execute(), strict=True):
+        for run_id, (message, sent, all_at, quorum_at) in zip(run_ids, pipe.execute(), strict=True):
+            reported = quorum_at or all_at
             if message and not sent and reported:
                 out.append((run_id, message, float(reported)))
         return out

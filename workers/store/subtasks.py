@@ -31,6 +31,8 @@ class FinishOutcome:
     won: bool
     #: Its spend took the run over its budget (the caller stops the run).
     crossed: bool = False
+    #: It completed a gather's early quorum (the caller stops the rest and sends the merger).
+    quorum: bool = False
 
 
 def started(reply: Any) -> tuple[int, str]:
@@ -41,9 +43,14 @@ def started(reply: Any) -> tuple[int, str]:
 
 def finished(reply: Any) -> FinishOutcome:
     """finish.lua's reply."""
-    new, done, n, won, crossed = reply
+    new, done, n, won, crossed, quorum = reply
     return FinishOutcome(
-        new=bool(new), done=int(done), n=int(n), won=bool(won), crossed=bool(crossed)
+        new=bool(new),
+        done=int(done),
+        n=int(n),
+        won=bool(won),
+        crossed=bool(crossed),
+        quorum=bool(quorum),
     )
 
 
