@@ -72,10 +72,9 @@ def roi_summary(r: RoiReport) -> str:
 
 
 # -- tables -------------------------------------------------------------------------------
-def report_lines(result: RunResult) -> list[str]:
-    """The ROI report as a table: actual values beside the pre-flight prediction."""
-    r = result.report
-    p = r.prediction
+def roi_rows(result: RunResult) -> list[tuple[str, str, str]]:
+    """(figure, actual, predicted) rows of the ROI table (the terminal's and Flower's)."""
+    r, p = result.report, result.report.prediction
     pred_eff = p.speedup / r.n if p and p.speedup is not None and r.n else None
     rows: list[tuple[str, str, str]] = [
         ("wall time", _ms(r.wall_s), _ms(p.parallel_s if p else None)),
@@ -91,14 +90,17 @@ def report_lines(result: RunResult) -> list[str]:
     ]
     if r.merge_s or r.merge_wait_s:
         rows += [("merge", _ms(r.merge_s), ""), ("merge queue wait", _ms(r.merge_wait_s), "")]
-    rows += [
-        ("coordinator overhead", _ms(r.coordinator_overhead_s), ""),
-        ("mean queue wait", _ms(r.queue_wait_s), ""),
-    ]
-    rows += spend_rows(r, p)
+    rows.append(("coordinator overhead", _ms(r.coordinator_overhead_s), ""))
+    rows += [("mean queue wait", _ms(r.queue_wait_s), ""), *spend_rows(r, p)]
     if r.cancel_latency_max_s is not None:
         latency = f"{_ms(r.cancel_latency_p50_s)} / {_ms(r.cancel_latency_max_s)}"
         rows.append(("cancel latency p50/max", latency, ""))
+    return rows
+
+
+def report_lines(result: RunResult) -> list[str]:
+    """The ROI report as a table: actual values beside the pre-flight prediction."""
+    r, p, rows = result.report, result.report.prediction, roi_rows(result)
     lines = [
         f"run {result.run_id}  {result.pattern.value}  {result.status.value}  "
         f"{r.n} subagents, executed {r.execution.value}",
