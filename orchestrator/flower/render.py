@@ -41,7 +41,12 @@ AGENT_BADGES: dict[AgentStatus, str] = {
 
 #: The few rules Flower's stylesheet has no class for.
 STYLE = """<style>
+.orch-table { font-size: .875rem; }
 .orch-table td, .orch-table th { white-space: nowrap; font-variant-numeric: tabular-nums; }
+.orch-table td.wrap { min-width: 18rem; }
+.task-state-filter { text-decoration: none; }
+.orch-run.detail-page { width: min(100%, 110rem); }
+.orch-run .metric-value { font-size: 1.5rem; }
 .orch-table td.num, .orch-table th.num { text-align: right; }
 .orch-table td.wrap { white-space: normal; overflow-wrap: anywhere; }
 .orch-filters { display: flex; flex-wrap: wrap; gap: .75rem; align-items: center; }

@@ -10,9 +10,9 @@ from typing import Any
 
 from orchestrator.cli.report import duration, roi_rows, roi_summary, timeline_svg
 from orchestrator.cli.spend import tokens, usd
-from orchestrator.flower.data import RunPage
-from orchestrator.flower.render import STYLE, Links, badge, esc, tree_html, when
-from workers.models import AgentResult, RunProgress, RunResult
+from orchestrator.flower.data import SECRET_SHOWN, RunPage
+from orchestrator.flower.render import STYLE, Links, badge, esc, speed, tree_html, when
+from workers.models import AgentResult, RunResult
 from workers.names import coordinator_id, merge_id
 from workers.patterns import pattern_of
 
@@ -33,6 +33,8 @@ def _dl(rows: list[tuple[str, str]]) -> str:
 
 
 def _json_block(value: Any) -> str:
+    if value == SECRET_SHOWN:
+        return '<p class="orch-muted mb-0">Not shown: it may hold a secret subagent\'s output.</p>'
     text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
     if len(text) > MAX_OUTPUT_CHARS:
         text = text[:MAX_OUTPUT_CHARS] + f"\n... ({len(text) - MAX_OUTPUT_CHARS} more characters)"
@@ -43,27 +45,89 @@ def _task_link(links: Links, task_id: str) -> str:
     return f'<a href="{esc(links.task(task_id))}"><code>{esc(task_id)}</code></a>'
 
 
+def _button(href: str, label: str) -> str:
+    return f'<a class="btn btn-sm btn-outline-secondary" href="{esc(href)}">{esc(label)}</a>'
+
+
 def header_html(page: RunPage, links: Links) -> str:
-    """Run id, pattern, status, and links to its Flower tasks, its parent and its JSON."""
-    tree = page.tree
+    """The run's id, pattern and status, with buttons to its Flower tasks and its JSON."""
     head = page.result or page.progress
     assert head is not None
-    rows = [
-        ("Run", f"<code>{esc(page.run_id)}</code>"),
-        ("Pattern", esc(head.pattern.value)),
-        ("Status", badge(head.status) + ("" if page.final else " (refreshing)")),
-        ("Submitted", when(head.created_at)),
-        ("Coordinator task", _task_link(links, coordinator_id(page.run_id))),
-    ]
+    buttons = [_button(links.task(coordinator_id(page.run_id)), "Coordinator task")]
     if page.result is not None:
-        rows.append(("Finished", when(page.result.finished_at)))
         r = page.result.report
         if r.merge_s or r.merge_wait_s or page.result.merged is not None:
-            rows.append(("Merger task", _task_link(links, merge_id(page.run_id))))
+            buttons.append(_button(links.task(merge_id(page.run_id)), "Merger task"))
+    buttons += [_button(links.api, "JSON"), _button(links.runs, "All orchestrations")]
+    going = "" if page.final else ' <span class="orch-muted fs-6">(refreshing)</span>'
+    return (
+        '<header class="detail-page-header"><div><p class="page-eyebrow">Orchestration</p>'
+        f'<h1 class="h4 mb-0"><code class="text-body-secondary">{esc(page.run_id)}</code> {esc(head.pattern.value)} '
+        f"{badge(head.status)}{going}</h1></div>"
+        f'<div class="detail-actions">{"".join(buttons)}</div></header>'
+    )
+
+
+def _metrics(cards: list[tuple[str, str, str]]) -> str:
+    return (
+        '<div class="metric-grid">'
+        + "".join(
+            f'<div class="metric-card"><p class="metric-label">{esc(label)}</p>'
+            f'<p class="metric-value">{esc(value)}</p>'
+            f'<p class="orch-muted mb-0 small">{esc(sub)}</p></div>'
+            for label, value, sub in cards
+        )
+        + "</div>"
+    )
+
+
+def metrics_html(page: RunPage) -> str:
+    """Four figures at a glance: reported of n, wall time, speedup, spend (and waste)."""
+    if page.result is None:
+        prog = page.progress
+        assert prog is not None
+        unit = pattern_of(prog.pattern).progress_unit
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(prog.counts.items())) or "none yet"
+        return _metrics(
+            [
+                ("Reported", f"{prog.finished} / {prog.n}", f"{unit}: {counts}"),
+                ("Started", str(prog.started), f"of {prog.n} {unit}"),
+                ("Tokens so far", tokens(prog.tokens_spent), f"dollars {usd(prog.cost_usd_spent)}"),
+                ("Budget", tokens(prog.max_tokens), f"dollars {usd(prog.max_cost_usd)}"),
+            ]
+        )
+    r, p = page.result.report, page.result.report.prediction
+    done = sum(1 for e in page.result.results if e.finished_at is not None)
+    return _metrics(
+        [
+            ("Reported", f"{done} / {r.n}", f"executed {r.execution.value}"),
+            ("Wall time", duration(r.wall_s), f"predicted {duration(p.parallel_s if p else None)}"),
+            ("Speedup", speed(r.speedup), f"predicted {speed(p.speedup if p else None)}"),
+            (
+                "Tokens spent",
+                tokens(r.tokens_spent),
+                f"{usd(r.cost_usd_spent)}; wasted {tokens(r.tokens_wasted)}, "
+                f"{usd(r.cost_usd_wasted)}"
+                if r.tokens_spent
+                else "no model usage recorded",
+            ),
+        ]
+    )
+
+
+def details_html(page: RunPage, links: Links) -> str:
+    """When it was submitted and finished, what started it, and why it ended as it did."""
+    head = page.result or page.progress
+    assert head is not None
+    rows = [("Submitted", when(head.created_at))]
+    if page.result is not None:
+        rows.append(("Finished", when(page.result.finished_at)))
         if page.result.error:
             rows.append(("Note", esc(page.result.error)))
-    if tree.parent is not None:
-        p = tree.parent
+    if page.progress is not None:
+        rows.append(("Deadline", when(page.progress.deadline_at)))
+    if page.tree.parent is not None:
+        p = page.tree.parent
         rows.append(
             (
                 "Started by",
@@ -71,30 +135,13 @@ def header_html(page: RunPage, links: Links) -> str:
                 f"subagent #{p.index} {esc(p.agent)} ({_task_link(links, p.task_id)})",
             )
         )
-    rows.append(("JSON", f'<a href="{esc(links.api)}">{esc(links.api)}</a>'))
     return f'<section class="detail-card task-details-card">{_dl(rows)}</section>'
 
 
-def progress_html(progress: RunProgress) -> str:
-    """Where a going run stands: reported of n, started, outcomes so far, spend so far."""
-    counts = ", ".join(f"{esc(k)} {v}" for k, v in sorted(progress.counts.items())) or "none yet"
-    unit = esc(pattern_of(progress.pattern).progress_unit)
-    cards = [
-        ("Reported", f"{progress.finished} / {progress.n}", "metric-card-active"),
-        ("Started", str(progress.started), ""),
-        ("Tokens so far", tokens(progress.tokens_spent), ""),
-        ("Dollars so far", usd(progress.cost_usd_spent), ""),
-    ]
-    grid = "".join(
-        f'<div class="metric-card {cls}"><p class="metric-label">{esc(label)}</p>'
-        f'<p class="metric-value">{esc(value)}</p></div>'
-        for label, value, cls in cards
-    )
-    return (
-        f'<div class="metric-grid">{grid}</div>'
-        f'<p class="orch-muted">Outcomes of the {unit} so far: {counts}; deadline '
-        f"{when(progress.deadline_at)}.</p>"
-    )
+def timeline_html(result: RunResult) -> str:
+    """The report's timeline picture, inline. Its row groups are renamed: Bootstrap's ``.row``
+    (a flex grid whose children get ``width: 100%``) would stretch every bar to the edge."""
+    return timeline_svg(result).replace('<g class="row">', '<g class="timeline-row">')
 
 
 def roi_html(result: RunResult) -> str:
@@ -141,7 +188,7 @@ _ENV_COLUMNS = (
     ("Agent", ""),
     ("Status", ""),
     ("Worker", ""),
-    ("Queued", ""),
+    ("Queued (UTC)", ""),
     ("Started", ""),
     ("Finished", ""),
     ("Ran", "num"),
@@ -207,21 +254,22 @@ def run_page_html(page: RunPage, links: Links) -> str:
     """The body of ``/orchestrations/<run_id>``."""
     parts = [
         STYLE,
-        '<div class="page-section detail-page" style="width: min(100%, 110rem)">',
-        '<header class="detail-page-header"><p class="page-eyebrow">Orchestration</p>'
-        f'<div class="detail-actions"><a class="btn btn-sm btn-outline-secondary" '
-        f'href="{esc(links.runs)}">All orchestrations</a></div></header>',
+        '<div class="page-section detail-page orch-run">',
         header_html(page, links),
+        metrics_html(page),
+        details_html(page, links),
+        _card("Tree", tree_html(page.tree, links, page.run_id), section_id="tree"),
     ]
-    if page.progress is not None:
-        parts.append(progress_html(page.progress))
-    parts.append(_card("Tree", tree_html(page.tree, links, page.run_id), section_id="tree"))
     result = page.result
     if result is not None:
-        picture = f'<div class="orch-timeline orch-card-body">{timeline_svg(result)}</div>'
+        picture = f'<div class="orch-timeline orch-card-body">{timeline_html(result)}</div>'
         parts.append(_card("Timeline", picture, section_id="timeline"))
-        parts.append(_card("Return on parallelism", roi_html(result), section_id="roi"))
-        parts.append(_card("Outcome", outcome_html(result, links), section_id="outcome"))
+        roi = _card("Return on parallelism", roi_html(result), section_id="roi")
+        outcome = _card("Outcome", outcome_html(result, links), section_id="outcome")
+        parts.append(
+            f'<div class="row g-3"><div class="col-xl-6">{roi}</div>'
+            f'<div class="col-xl-6">{outcome}</div></div>'
+        )
     envs = result.results if result is not None else page.envelopes
     winner = result.winner.index if result is not None and result.winner else None
     if result is None and page.progress is not None:

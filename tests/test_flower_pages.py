@@ -1,0 +1,316 @@
+"""Orchestrations in Flower: the run pages and their JSON served by ``orchestrator flower`` (with
+basic auth) on the session's stack, for runs of each pattern; the filters, the secrets, the
+escaping, Flower's navigation bar, and (when Chromium is installed) the pages in a browser."""
+
+from __future__ import annotations
+
+import base64
+import re
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
+from tests.conftest import ARTIFACTS, launch_flower, stop_flower, wait_for
+from tests.test_flower import PASSWORD, USER, Flower, _browser, _chromium
+from workers.models import AgentStatus
+
+pytestmark = pytest.mark.integration
+
+SECRET = f"sekrit-{uuid.uuid4().hex}"
+#: What a user may put in a payload that an error message then quotes: shown, never run.
+HOSTILE = "<script>alert('x')</script>"
+SHOTS = ARTIFACTS / "flower-pages"
+
+
+@pytest.fixture(scope="module")
+def flower(stack: EmbeddedStack) -> Iterator[Flower]:
+    port, proc, log = launch_flower(stack, f"{USER}:{PASSWORD}", "flowerpages")
+    fl = Flower(f"http://127.0.0.1:{port}", log)
+    try:
+
+        def serving() -> bool:
+            assert proc.poll() is None, f"flower exited: {log.read_text(errors='replace')}"
+            try:
+                return fl.get("/healthcheck", auth=False)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(serving, 20, "Flower to serve")
+        yield fl
+    finally:
+        stop_flower(proc)
+
+
+@dataclass
+class Runs:
+    spawn: RunResult  # one public echo, one secret echo whose output is the secret
+    gather: RunResult  # a merge over a secret member: the merge is not shown either
+    race: RunResult
+    spent: RunResult  # spenders: tokens and dollars, spent and (a race's loser) wasted
+    mixed: RunResult  # ok, error (quoting HOSTILE), invalid
+
+    def all(self) -> list[RunResult]:
+        return [self.spawn, self.gather, self.race, self.spent, self.mixed]
+
+
+@pytest.fixture(scope="module")
+def runs(flower: Flower, orch: Orchestrator) -> Runs:
+    spawn = orch.spawn(
+        [Task("echo", {"text": "public"}), Task("echo", {"text": SECRET}, secret=True)]
+    ).wait(timeout_s=30)
+    gather = orch.gather(
+        [Task("echo", {"text": "a"}), Task("echo", {"text": SECRET}, secret=True)], merge="join"
+    ).wait(timeout_s=30)
+    race = orch.race(
+        [Task("echo", {"text": "bad"}), Task("echo", {"text": "good", "spin_s": 0.1})],
+        validate="starts_good",
+    ).settle(timeout_s=30)
+    spend = {"tokens": 400, "seconds": 0.05, "cost_usd": 0.002}
+    spent = orch.spawn(
+        [Task("spender", {"tag": i, **spend}) for i in range(2)], preflight="off"
+    ).wait(timeout_s=30)
+    mixed = orch.spawn(
+        [
+            Task("echo", {"text": "fine"}),
+            Task("echo", {"text": HOSTILE, "fail": True}),
+            Task("echo", {"text": "shapeless", "invalid_output": True}),
+        ]
+    ).wait(timeout_s=30)
+    return Runs(spawn, gather, race, spent, mixed)
+
+
+def _run_ids(listing: dict[str, Any]) -> list[str]:
+    return [row["run_id"] for row in listing["runs"]]
+
+
+# -- auth ----------------------------------------------------------------------------------------
+def test_pages_and_api_refuse_requests_without_credentials(flower: Flower, runs: Runs) -> None:
+    run_id = runs.spawn.run_id
+    for path in (
+        "/orchestrations",
+        f"/orchestrations/{run_id}",
+        "/api/orchestrations",
+        f"/api/orchestrations/{run_id}",
+    ):
+        status, body = flower.get(path, auth=False)
+        assert status == 401, (path, status)  # as Flower's own pages refuse
+        assert run_id not in body and SECRET not in body
+    assert flower.get("/tasks", auth=False)[0] == 401  # the same answer Flower's gives
+    assert _get_as(flower, "/api/orchestrations", f"{USER}:not-{PASSWORD}") == 401
+    assert flower.get("/orchestrations")[0] == 200
+
+
+def _get_as(fl: Flower, path: str, credentials: str) -> int:
+    token = base64.b64encode(credentials.encode()).decode()
+    req = urllib.request.Request(fl.url + path, headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+# -- the list ------------------------------------------------------------------------------------
+def test_list_api_has_each_run_newest_first(flower: Flower, runs: Runs) -> None:
+    listing = flower.json("/api/orchestrations?limit=500")
+    rows = {row["run_id"]: row for row in listing["runs"]}
+    for res in runs.all():
+        row = rows[res.run_id]
+        assert row["pattern"] == res.pattern.value and row["status"] == res.status.value
+        assert row["final"] is True and row["n"] == len(res.results)
+        assert row["done"] == len(res.results)
+        assert row["wall_s"] == pytest.approx(res.report.wall_s)
+        assert row["speedup"] == pytest.approx(res.report.speedup)
+    created = [row["created_at"] for row in listing["runs"]]
+    assert created == sorted(created, reverse=True)
+    spent = rows[runs.spent.run_id]
+    assert spent["tokens_spent"] == runs.spent.report.tokens_spent == 800
+    assert spent["cost_usd_spent"] == pytest.approx(0.004)
+    assert spent["tokens_wasted"] == 0
+    assert listing["matched"] >= len(runs.all()) and listing["recent"] >= listing["matched"]
+
+
+def test_list_filters_by_status_and_pattern_and_searches_run_ids(
+    flower: Flower, runs: Runs
+) -> None:
+    races = flower.json("/api/orchestrations?pattern=race-then-cancel&limit=500")
+    assert runs.race.run_id in _run_ids(races) and runs.spawn.run_id not in _run_ids(races)
+    assert {row["pattern"] for row in races["runs"]} == {"race-then-cancel"}
+    succeeded = flower.json("/api/orchestrations?status=succeeded&limit=500")
+    assert {row["status"] for row in succeeded["runs"]} == {"succeeded"}
+    assert runs.spawn.run_id in _run_ids(succeeded)
+    assert flower.json("/api/orchestrations?status=open&limit=500")["runs"] == [
+        row for row in flower.json("/api/orchestrations?limit=500")["runs"] if not row["final"]
+    ]
+    found = flower.json(f"/api/orchestrations?q={runs.gather.run_id[:10].upper()}")
+    assert _run_ids(found) == [runs.gather.run_id]
+    both = f"/api/orchestrations?q={runs.gather.run_id}&pattern=parallel-spawn"
+    assert flower.json(both)["runs"] == []
+    for bad, said in (("status=bogus", "status 'bogus'"), ("pattern=x", "pattern 'x'")):
+        status, body = flower.get(f"/api/orchestrations?{bad}")
+        assert status == 400 and said in body, body
+    assert flower.get("/api/orchestrations?limit=lots")[0] == 400
+    page = flower.get(f"/orchestrations?pattern=race-then-cancel&q={runs.race.run_id}")[1]
+    assert f'data-run="{runs.race.run_id}"' in page
+    assert f'data-run="{runs.spawn.run_id}"' not in page
+    assert flower.get("/orchestrations?status=bogus")[0] == 400
+
+
+def test_list_page_shows_the_columns_and_links_each_run(flower: Flower, runs: Runs) -> None:
+    status, page = flower.get("/orchestrations?limit=500")
+    assert status == 200
+    for column in ("Pattern", "Status", "Done / n", "Wall time", "Speedup", "Tokens wasted"):
+        assert f">{column}</th>" in page
+    for res in runs.all():
+        assert f'href="/orchestrations/{res.run_id}"' in page
+    row = re.search(rf'<tr data-run="{runs.spent.run_id}".*?</tr>', page, re.S)
+    assert row is not None and "800" in row.group(0) and "$0.0040" in row.group(0)
+    assert 'href="/orchestrations"' in page and ">Orchestrations</a>" in page  # navbar
+
+
+# -- one run -------------------------------------------------------------------------------------
+def test_run_api_has_the_result_and_the_tree(flower: Flower, runs: Runs) -> None:
+    for res in runs.all():
+        got = flower.json(f"/api/orchestrations/{res.run_id}")
+        assert got["final"] is True and got["progress"] is None
+        result = RunResult.model_validate(got["result"])
+        assert result.run_id == res.run_id and result.status is res.status
+        assert [e.status for e in result.results] == [e.status for e in res.results]
+        assert [e.task_id for e in result.results] == [e.task_id for e in res.results]
+        tree = got["tree"]
+        assert tree["run_id"] == res.run_id and tree["children"] == []
+        assert tree["totals"]["runs"] == 1 and tree["totals"]["subagents"] == len(res.results)
+    race = flower.json(f"/api/orchestrations/{runs.race.run_id}")["result"]
+    assert race["winner"]["index"] == 1 and race["winner"]["output"]["text"] == "good"
+    spent = flower.json(f"/api/orchestrations/{runs.spent.run_id}")["tree"]["totals"]
+    assert spent["tokens_spent"] == 800
+    assert flower.get("/api/orchestrations/no-such-run")[0] == 404
+    assert flower.get("/orchestrations/no-such-run")[0] == 404
+
+
+def test_run_page_shows_tree_timeline_roi_outcome_and_subagents(flower: Flower, runs: Runs) -> None:
+    for res in runs.all():
+        status, page = flower.get(f"/orchestrations/{res.run_id}")
+        assert status == 200, page[:500]
+        for section in ("tree", "timeline", "roi", "outcome", "subagents"):
+            assert f'id="{section}"' in page, (section, res.pattern)
+        assert "<svg" in page and f"run {res.run_id}" in page  # the report's picture
+        assert ">predicted</th>" in page and "Pre-flight" in page
+        for env in res.results:  # each subagent, linked to Flower's task page
+            assert f'href="/task/{env.task_id}"' in page
+            row = re.search(rf'<tr data-task="{re.escape(env.task_id)}".*?</tr>', page, re.S)
+            assert row is not None and f">{env.status.value}</span>" in row.group(0)
+        assert f'href="/task/{res.run_id}.coordinator"' in page
+        assert "location.reload" not in page  # final: no refresh
+    gather = flower.get(f"/orchestrations/{runs.gather.run_id}")[1]
+    assert f'href="/task/{runs.gather.run_id}.merge"' in gather and "Merged output" in gather
+    race = flower.get(f"/orchestrations/{runs.race.run_id}")[1]
+    assert "Winner: #1 echo" in race and "&#9733;" in race
+    mixed = flower.get(f"/orchestrations/{runs.mixed.run_id}")[1]
+    assert "ValueError: asked to fail" in mixed and "InvalidOutput" in mixed
+
+
+def test_a_going_run_refreshes_until_it_ends(flower: Flower, orch: Orchestrator) -> None:
+    run = orch.spawn([Task("nap", {"seconds": 30})], preflight="off", deadline_s=60)
+    wait_for(lambda: run.status().started == 1, 20, "the nap to start")
+    got = flower.json(f"/api/orchestrations/{run.id}")
+    assert got["final"] is False and got["result"] is None
+    assert got["progress"]["status"] == "running" and got["progress"]["n"] == 1
+    page = flower.get(f"/orchestrations/{run.id}")[1]
+    assert "location.reload" in page and "(refreshing)" in page and 'id="timeline"' not in page
+    listing = flower.get(f"/orchestrations?status=open&q={run.id}")[1]
+    assert f'data-run="{run.id}"' in listing and "so far" in listing
+    assert "location.reload" in listing
+    run.cancel()
+    page = flower.get(f"/orchestrations/{run.id}")[1]
+    assert "location.reload" not in page and ">cancelled</span>" in page
+    assert flower.json(f"/api/orchestrations/{run.id}")["result"]["status"] == "cancelled"
+
+
+# -- secrets and escaping ------------------------------------------------------------------------
+def test_secret_outputs_are_in_no_page_and_no_json(flower: Flower, runs: Runs) -> None:
+    bodies = {
+        path: flower.get(path)[1]
+        for res in runs.all()
+        for path in (f"/orchestrations/{res.run_id}", f"/api/orchestrations/{res.run_id}")
+    }
+    bodies["list"] = flower.get("/orchestrations?limit=500")[1]
+    bodies["list api"] = flower.get("/api/orchestrations?limit=500")[1]
+    assert [where for where, body in bodies.items() if SECRET in body] == []
+    spawn = flower.json(f"/api/orchestrations/{runs.spawn.run_id}")
+    assert spawn["secret"] == [1]
+    public, hidden = spawn["result"]["results"]
+    assert public["output"]["text"] == "public" and hidden["output"] == "<secret>"
+    gather = flower.json(f"/api/orchestrations/{runs.gather.run_id}")["result"]
+    assert gather["merged"] == "<secret>"  # a merge may quote its secret member
+    # A run without secrets shows its outputs.
+    race = flower.json(f"/api/orchestrations/{runs.race.run_id}")
+    assert race["secret"] == [] and race["result"]["winner"]["output"]["text"] == "good"
+
+
+def test_user_text_is_escaped(flower: Flower, runs: Runs) -> None:
+    page = flower.get(f"/orchestrations/{runs.mixed.run_id}")[1]
+    assert HOSTILE not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    env = runs.mixed.results[1]
+    assert env.status is AgentStatus.ERROR and env.error is not None
+    assert HOSTILE in env.error.message  # it was there to escape
+
+
+# -- Flower's own pages --------------------------------------------------------------------------
+def test_flower_pages_link_to_the_runs(flower: Flower, runs: Runs) -> None:
+    tasks = flower.get("/tasks")[1]
+    assert 'href="/orchestrations"' in tasks and ">Orchestrations</a>" in tasks
+    run_id = runs.spawn.run_id
+    wait_for(lambda: flower.get(f"/task/{run_id}.coordinator")[0] == 200, 10, "Flower's view")
+    for task_id in (f"{run_id}.coordinator", runs.spawn.results[0].task_id):
+        page = flower.get(f"/task/{task_id}")[1]
+        assert f'href="/orchestrations/{run_id}">Run {run_id}</a>' in page, task_id
+    coord = flower.json(f"/api/task/info/{run_id}.coordinator")
+    assert coord["result"].endswith(f"page /orchestrations/{run_id}'")
+    assert (
+        "Run "
+        not in flower.get("/workers")[1]
+        .split("app-nav-secondary")[0]
+        .split("Orchestrations</a>")[1]
+    )
+
+
+# -- in a browser --------------------------------------------------------------------------------
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does)",
+)
+def test_pages_in_headless_chromium(flower: Flower, runs: Runs, tmp_path: Path) -> None:
+    base = flower.url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    listing = _browser(f"{base}/orchestrations", tmp_path, "--dump-dom")
+    assert 'id="orchestrations"' in listing and runs.spawn.run_id in listing
+    assert SECRET not in listing
+    pages = {
+        "list": ("/orchestrations", 1000),
+        "spawn": (f"/orchestrations/{runs.spawn.run_id}", 1700),
+        "gather": (f"/orchestrations/{runs.gather.run_id}", 1900),
+        "race": (f"/orchestrations/{runs.race.run_id}", 1800),
+        "spent": (f"/orchestrations/{runs.spent.run_id}", 1900),
+        "mixed": (f"/orchestrations/{runs.mixed.run_id}", 1800),
+    }
+    for name, (path, height) in pages.items():
+        if name != "list":
+            dom = _browser(f"{base}{path}", tmp_path, "--dump-dom")
+            assert 'id="subagents"' in dom and "<svg" in dom and SECRET not in dom, name
+            assert HOSTILE not in dom  # escaped text, not a script element
+        shot = SHOTS / f"{name}.png"
+        shot.unlink(missing_ok=True)
+        _browser(f"{base}{path}", tmp_path, f"--screenshot={shot}", height=height)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    # Without credentials the browser gets Flower's refusal, not the page.
+    refused = _browser(f"{flower.url}/orchestrations", tmp_path, "--dump-dom")
+    assert 'id="orchestrations"' not in refused and runs.spawn.run_id not in refused
