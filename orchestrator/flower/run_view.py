@@ -62,7 +62,8 @@ def header_html(page: RunPage, links: Links) -> str:
     going = "" if page.final else ' <span class="orch-muted fs-6">(refreshing)</span>'
     return (
         '<header class="detail-page-header"><div><p class="page-eyebrow">Orchestration</p>'
-        f'<h1 class="h4 mb-0"><code class="text-body-secondary">{esc(page.run_id)}</code> {esc(head.pattern.value)} '
+        f'<h1 class="h4 mb-0"><code class="text-body-secondary">{esc(page.run_id)}</code> '
+        f"{esc(head.pattern.value)} "
         f"{badge(head.status)}{going}</h1></div>"
         f'<div class="detail-actions">{"".join(buttons)}</div></header>'
     )
