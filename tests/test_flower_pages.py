@@ -17,11 +17,19 @@ from typing import Any
 import pytest
 
 from orchestrator import EmbeddedStack, Orchestrator, RunResult, Task
+from orchestrator.flower import (
+    SECRET_SHOWN,
+    Links,
+    RunFilter,
+    navbar_source,
+    redact,
+    run_of_path,
+    tree_html,
+)
 from tests.conftest import ARTIFACTS, launch_flower, stop_flower, wait_for
 from tests.test_flower import PASSWORD, USER, Flower, _browser, _chromium
-from workers.models import AgentStatus
-
-pytestmark = pytest.mark.integration
+from workers.models import AgentResult, AgentStatus, Pattern, RoiReport, RunParent, RunStatus
+from workers.run_tree import RunTree, TreeTotals, roll_up
 
 SECRET = f"sekrit-{uuid.uuid4().hex}"
 #: What a user may put in a payload that an error message then quotes: shown, never run.
@@ -91,6 +99,7 @@ def _run_ids(listing: dict[str, Any]) -> list[str]:
 
 
 # -- auth ----------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_pages_and_api_refuse_requests_without_credentials(flower: Flower, runs: Runs) -> None:
     run_id = runs.spawn.run_id
     for path in (
@@ -118,6 +127,7 @@ def _get_as(fl: Flower, path: str, credentials: str) -> int:
 
 
 # -- the list ------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_list_api_has_each_run_newest_first(flower: Flower, runs: Runs) -> None:
     listing = flower.json("/api/orchestrations?limit=500")
     rows = {row["run_id"]: row for row in listing["runs"]}
@@ -137,6 +147,7 @@ def test_list_api_has_each_run_newest_first(flower: Flower, runs: Runs) -> None:
     assert listing["matched"] >= len(runs.all()) and listing["recent"] >= listing["matched"]
 
 
+@pytest.mark.integration
 def test_list_filters_by_status_and_pattern_and_searches_run_ids(
     flower: Flower, runs: Runs
 ) -> None:
@@ -163,6 +174,7 @@ def test_list_filters_by_status_and_pattern_and_searches_run_ids(
     assert flower.get("/orchestrations?status=bogus")[0] == 400
 
 
+@pytest.mark.integration
 def test_list_page_shows_the_columns_and_links_each_run(flower: Flower, runs: Runs) -> None:
     status, page = flower.get("/orchestrations?limit=500")
     assert status == 200
@@ -176,6 +188,7 @@ def test_list_page_shows_the_columns_and_links_each_run(flower: Flower, runs: Ru
 
 
 # -- one run -------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_run_api_has_the_result_and_the_tree(flower: Flower, runs: Runs) -> None:
     for res in runs.all():
         got = flower.json(f"/api/orchestrations/{res.run_id}")
@@ -195,6 +208,7 @@ def test_run_api_has_the_result_and_the_tree(flower: Flower, runs: Runs) -> None
     assert flower.get("/orchestrations/no-such-run")[0] == 404
 
 
+@pytest.mark.integration
 def test_run_page_shows_tree_timeline_roi_outcome_and_subagents(flower: Flower, runs: Runs) -> None:
     for res in runs.all():
         status, page = flower.get(f"/orchestrations/{res.run_id}")
@@ -217,6 +231,7 @@ def test_run_page_shows_tree_timeline_roi_outcome_and_subagents(flower: Flower, 
     assert "ValueError: asked to fail" in mixed and "InvalidOutput" in mixed
 
 
+@pytest.mark.integration
 def test_a_going_run_refreshes_until_it_ends(flower: Flower, orch: Orchestrator) -> None:
     run = orch.spawn([Task("nap", {"seconds": 30})], preflight="off", deadline_s=60)
     wait_for(lambda: run.status().started == 1, 20, "the nap to start")
@@ -235,6 +250,7 @@ def test_a_going_run_refreshes_until_it_ends(flower: Flower, orch: Orchestrator)
 
 
 # -- secrets and escaping ------------------------------------------------------------------------
+@pytest.mark.integration
 def test_secret_outputs_are_in_no_page_and_no_json(flower: Flower, runs: Runs) -> None:
     bodies = {
         path: flower.get(path)[1]
@@ -255,6 +271,7 @@ def test_secret_outputs_are_in_no_page_and_no_json(flower: Flower, runs: Runs) -
     assert race["secret"] == [] and race["result"]["winner"]["output"]["text"] == "good"
 
 
+@pytest.mark.integration
 def test_user_text_is_escaped(flower: Flower, runs: Runs) -> None:
     page = flower.get(f"/orchestrations/{runs.mixed.run_id}")[1]
     assert HOSTILE not in page
@@ -265,6 +282,7 @@ def test_user_text_is_escaped(flower: Flower, runs: Runs) -> None:
 
 
 # -- Flower's own pages --------------------------------------------------------------------------
+@pytest.mark.integration
 def test_flower_pages_link_to_the_runs(flower: Flower, runs: Runs) -> None:
     tasks = flower.get("/tasks")[1]
     assert 'href="/orchestrations"' in tasks and ">Orchestrations</a>" in tasks
@@ -284,6 +302,7 @@ def test_flower_pages_link_to_the_runs(flower: Flower, runs: Runs) -> None:
 
 
 # -- in a browser --------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.skipif(
     _chromium() is None,
     reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does)",
@@ -314,3 +333,115 @@ def test_pages_in_headless_chromium(flower: Flower, runs: Runs, tmp_path: Path) 
     # Without credentials the browser gets Flower's refusal, not the page.
     refused = _browser(f"{flower.url}/orchestrations", tmp_path, "--dump-dom")
     assert 'id="orchestrations"' not in refused and runs.spawn.run_id not in refused
+
+
+# -- pure parts, on constructed models -----------------------------------------------------------
+LINKS = Links(
+    runs="/p/orchestrations", run=lambda r: f"/p/orchestrations/{r}", task=lambda t: f"/p/task/{t}"
+)
+
+
+def _result(run_id: str, pattern: Pattern, n: int, *, parent: RunParent | None = None) -> RunResult:
+    envs = [
+        AgentResult(
+            index=i, task_id=f"{run_id}.{i}", agent="a<b>", status=AgentStatus.OK,
+            output={"text": f"out-{i}"}, queued_at=1.0, started_at=1.1, finished_at=1.5,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    report = RoiReport(
+        n=n, wall_s=0.5, sequential_estimate_s=0.4 * n, speedup=0.8 * n, efficiency=0.8,
+        work_spent_s=0.4 * n, work_wasted_s=0.0, coordinator_overhead_s=0.01, tokens_spent=10 * n,
+    )  # fmt: skip
+    return RunResult(
+        run_id=run_id, pattern=pattern, status=RunStatus.SUCCEEDED, results=envs, created_at=1.0,
+        finished_at=1.5, report=report, parent=parent,
+    )  # fmt: skip
+
+
+def _node(result: RunResult, children: list[RunTree]) -> RunTree:
+    node = RunTree(
+        run_id=result.run_id, pattern=result.pattern, status=result.status, parent=result.parent,
+        result=result, children=children, totals=TreeTotals(runs=1, subagents=0, wall_s=0.0),
+    )  # fmt: skip
+    return node.model_copy(update={"totals": roll_up(node)})
+
+
+def _parent(run_id: str, index: int, depth: int) -> RunParent:
+    return RunParent(
+        run_id=run_id, index=index, agent="lead", task_id=f"{run_id}.{index}",
+        root_run_id="root", depth=depth,
+    )  # fmt: skip
+
+
+def test_a_nested_tree_renders_every_run_with_its_totals() -> None:
+    grandchild = _node(_result("gc<1>", Pattern.RACE, 2, parent=_parent("c1", 0, 2)), [])
+    c1 = _node(_result("c1", Pattern.GATHER, 3, parent=_parent("root", 0, 1)), [grandchild])
+    c2 = _node(_result("c2", Pattern.SPAWN, 1, parent=_parent("root", 1, 1)), [])
+    root = _node(_result("root", Pattern.SPAWN, 2), [c1, c2])
+    page = tree_html(root, LINKS, current="c1")
+    # Nested lists in tree order: root > (c1 > gc), c2.
+    order = re.findall(r'<li data-run="([^"]+)"', page)
+    assert order == ["root", "c1", "gc&lt;1&gt;", "c2"]
+    assert page.index('data-run="gc&lt;1&gt;"') < page.index("</ul>", page.index('data-run="c1"'))
+    assert page.count("<ul") == 3  # the tree, root's children, c1's child
+    # The page's own run in bold, the others linked to their pages; each says what started it.
+    assert "<strong><code>c1</code></strong>" in page
+    assert 'href="/p/orchestrations/root"' in page and 'href="/p/orchestrations/c2"' in page
+    assert 'href="/p/orchestrations/gc&lt;1&gt;"' in page  # escaped, never markup
+    assert "<1>" not in page
+    assert 'from #0 lead (<a href="/p/task/c1.0">task</a>)' in page
+    # Rolled-up totals: 4 runs, 8 subagents, every run's tokens once.
+    assert root.totals.runs == 4 and root.totals.subagents == 8
+    assert "4 runs · 8 subagents" in page and "tokens 80 (wasted 0)" in page
+    assert "2 runs · 5 subagents" in page  # c1 and its child
+    assert "race-then-cancel of 2" in page and "gather-then-merge of 3" in page
+
+
+def test_redaction_hides_secret_outputs_and_the_merge() -> None:
+    result = _result("r", Pattern.GATHER, 3).model_copy(update={"merged": {"all": "x"}})
+    hidden = redact(result, {1})
+    assert [e.output for e in hidden.results] == [
+        {"text": "out-0"},
+        SECRET_SHOWN,
+        {"text": "out-2"},
+    ]
+    assert hidden.merged == SECRET_SHOWN
+    assert redact(result, set()) == result  # nothing secret: all shown
+    unknown = redact(result, None)  # the record does not say: nothing shown
+    assert {e.output for e in unknown.results} == {SECRET_SHOWN}
+    race = _result("q", Pattern.RACE, 2)
+    race = race.model_copy(update={"winner": race.results[0]})
+    assert redact(race, {0}).winner.output == SECRET_SHOWN  # type: ignore[union-attr]
+    assert redact(race, {1}).winner.output == {"text": "out-0"}  # type: ignore[union-attr]
+
+
+def test_filters_name_what_they_refuse() -> None:
+    assert RunFilter(status="open", pattern="race-then-cancel").problem() is None
+    assert "status 'done'" in (RunFilter(status="done").problem() or "")
+    assert "pattern 'fan-out'" in (RunFilter(pattern="fan-out").problem() or "")
+    assert "limit" in (RunFilter(limit=0).problem() or "")
+    flt = RunFilter(status="open")
+    assert flt.keeps("parallel-spawn", "running") and not flt.keeps("parallel-spawn", "failed")
+    assert not RunFilter().keeps(None, None)  # expired between the index and the record
+
+
+def test_flower_task_paths_name_their_run() -> None:
+    assert run_of_path("/task/abc.coordinator") == "abc"
+    assert run_of_path("/prefix/task/abc.3") == "abc"
+    assert run_of_path("/task/abc.b2") == "abc"
+    assert run_of_path("/task/abc.merge") == "abc"
+    assert run_of_path("/task/9b0c-uuid-of-another-task") is None
+    assert run_of_path("/tasks") is None and run_of_path("/workers") is None
+
+
+def test_navbar_gets_the_link_after_flowers_tabs() -> None:
+    flower_nav = (
+        '<nav><ul class="app-nav navbar-nav"><li>Workers</li><li>Tasks</li></ul>'
+        '<ul class="app-nav app-nav-secondary navbar-nav"><li>Theme</li></ul></nav>'
+    )
+    ours = navbar_source(flower_nav)
+    tabs = ours.split('<ul class="app-nav app-nav-secondary')[0]
+    assert tabs.index("<li>Tasks</li>") < tabs.index(">Orchestrations</a>")
+    assert "reverse_url('orchestrations')" in tabs
+    assert navbar_source("<nav>something else</nav>") == "<nav>something else</nav>"
