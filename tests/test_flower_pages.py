@@ -301,6 +301,35 @@ def test_flower_pages_link_to_the_runs(flower: Flower, runs: Runs) -> None:
     )
 
 
+@pytest.mark.integration
+def test_pages_follow_flowers_url_prefix(stack: EmbeddedStack, runs: Runs) -> None:
+    port, proc, log = launch_flower(
+        stack, f"{USER}:{PASSWORD}", "flowerprefix", {"FLOWER_URL_PREFIX": "ops"}
+    )
+    fl = Flower(f"http://127.0.0.1:{port}", log)
+    try:
+        wait_for(lambda: _answers(fl, "/ops/healthcheck"), 20, "Flower under /ops to serve")
+        run_id = runs.race.run_id
+        page = fl.get(f"/ops/orchestrations?q={run_id}")[1]
+        assert f'href="/ops/orchestrations/{run_id}"' in page
+        assert 'href="/ops/orchestrations"' in page  # the navbar's link
+        run = fl.get(f"/ops/orchestrations/{run_id}")[1]
+        assert f'href="/ops/task/{runs.race.results[0].task_id}"' in run
+        assert f'href="/ops/api/orchestrations/{run_id}"' in run
+        assert fl.json(f"/ops/api/orchestrations/{run_id}")["result"]["run_id"] == run_id
+        assert fl.get("/ops/api/orchestrations", auth=False)[0] == 401
+        assert fl.get("/orchestrations")[0] == 404  # nothing outside the prefix
+    finally:
+        stop_flower(proc)
+
+
+def _answers(fl: Flower, path: str) -> bool:
+    try:
+        return fl.get(path, auth=False)[0] == 200
+    except OSError:
+        return False
+
+
 # -- in a browser --------------------------------------------------------------------------------
 @pytest.mark.integration
 @pytest.mark.skipif(
