@@ -336,7 +336,9 @@ def _answers(fl: Flower, path: str) -> bool:
     _chromium() is None,
     reason="Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does)",
 )
-def test_pages_in_headless_chromium(flower: Flower, runs: Runs, tmp_path: Path) -> None:
+def test_pages_in_headless_chromium(
+    flower: Flower, runs: Runs, orch: Orchestrator, tmp_path: Path
+) -> None:
     base = flower.url.replace("http://", f"http://{USER}:{PASSWORD}@")
     SHOTS.mkdir(parents=True, exist_ok=True)
     listing = _browser(f"{base}/orchestrations", tmp_path, "--dump-dom")
@@ -359,6 +361,32 @@ def test_pages_in_headless_chromium(flower: Flower, runs: Runs, tmp_path: Path) 
         shot.unlink(missing_ok=True)
         _browser(f"{base}{path}", tmp_path, f"--screenshot={shot}", height=height)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    # Flower's own task page, with the link to its run in the navigation bar.
+    coord = f"{runs.spawn.run_id}.coordinator"
+    task_page = _browser(f"{base}/task/{coord}", tmp_path, "--dump-dom")
+    assert f">Run {runs.spawn.run_id}</a>" in task_page and ">Orchestrations</a>" in task_page
+    _browser(f"{base}/task/{coord}", tmp_path, f"--screenshot={SHOTS / 'flower-task.png'}")
+    # A going run: its progress and the envelopes so far, caught before the page's first
+    # reload (virtual time shorter than REFRESH_S); then, left to reload itself, the page
+    # ends on the final result and stops reloading (the browser then goes idle and returns).
+    going = orch.spawn(
+        [Task("nap", {"seconds": 6}), Task("echo", {"text": "quick"})],
+        preflight="off",
+        deadline_s=60,
+    )
+    url = f"{base}/orchestrations/{going.id}"
+    try:
+        wait_for(lambda: going.status().finished == 1, 20, "the quick one to report")
+        early = "--virtual-time-budget=1000"
+        dom = _browser(url, tmp_path, early, "--dump-dom")
+        assert "(refreshing)" in dom and f'data-task="{going.id}.1"' in dom
+        assert f'data-task="{going.id}.0"' not in dom and 'id="timeline"' not in dom
+        _browser(url, tmp_path, early, f"--screenshot={SHOTS / 'going.png'}", height=1100)
+        ended = _browser(url, tmp_path, "--dump-dom")
+        assert 'id="timeline"' in ended and "(refreshing)" not in ended
+        assert f'data-task="{going.id}.0" data-status="ok"' in ended
+    finally:
+        going.cancel()
     # Without credentials the browser gets Flower's refusal, not the page.
     refused = _browser(f"{flower.url}/orchestrations", tmp_path, "--dump-dom")
     assert 'id="orchestrations"' not in refused and runs.spawn.run_id not in refused
