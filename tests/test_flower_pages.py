@@ -70,6 +70,18 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(flower: Flower, orch: Orchestrator) -> Runs:
+    # Flower serves before its event receiver listens (events sent before are lost): probe
+    # with tiny runs until Flower has seen one, so its task pages of the runs below exist.
+    for _ in range(10):
+        probe = orch.spawn([Task("echo", {"text": "probe"})])
+        probe.wait(timeout_s=30)
+        try:
+            wait_for(lambda p=probe: _seen(flower, f"{p.id}.coordinator"), 2, "the probe")
+            break
+        except AssertionError:
+            continue
+    else:
+        pytest.fail(f"Flower saw no task events; log: {flower.log.read_text(errors='replace')}")
     spawn = orch.spawn(
         [Task("echo", {"text": "public"}), Task("echo", {"text": SECRET}, secret=True)]
     ).wait(timeout_s=30)
@@ -92,6 +104,10 @@ def runs(flower: Flower, orch: Orchestrator) -> Runs:
         ]
     ).wait(timeout_s=30)
     return Runs(spawn, gather, race, spent, mixed)
+
+
+def _seen(fl: Flower, task_id: str) -> bool:
+    return fl.get(f"/api/task/info/{task_id}")[0] == 200
 
 
 def _run_ids(listing: dict[str, Any]) -> list[str]:
@@ -229,6 +245,10 @@ def test_run_page_shows_tree_timeline_roi_outcome_and_subagents(flower: Flower, 
     assert "Winner: #1 echo" in race and "&#9733;" in race
     mixed = flower.get(f"/orchestrations/{runs.mixed.run_id}")[1]
     assert "ValueError: asked to fail" in mixed and "InvalidOutput" in mixed
+    # A spawn's outcome: the outputs of its ok subagents (a secret one's not shown).
+    spawn = flower.get(f"/orchestrations/{runs.spawn.run_id}")[1]
+    outcome = spawn[spawn.index('id="outcome"') : spawn.index('id="subagents"')]
+    assert "&quot;text&quot;: &quot;public&quot;" in outcome and "Not shown" in outcome
 
 
 @pytest.mark.integration

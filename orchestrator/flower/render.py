@@ -43,7 +43,6 @@ AGENT_BADGES: dict[AgentStatus, str] = {
 STYLE = """<style>
 .orch-table { font-size: .875rem; }
 .orch-table td, .orch-table th { white-space: nowrap; font-variant-numeric: tabular-nums; }
-.orch-table td.wrap { min-width: 18rem; }
 .task-state-filter { text-decoration: none; }
 .orch-run.detail-page { width: min(100%, 110rem); }
 .orch-run .metric-value { font-size: 1.5rem; }
@@ -51,7 +50,9 @@ STYLE = """<style>
 .orch-table td.wrap { white-space: normal; overflow-wrap: anywhere; }
 .orch-filters { display: flex; flex-wrap: wrap; gap: .75rem; align-items: center; }
 .orch-filters .form-control, .orch-filters .form-select { width: auto; }
-.orch-timeline svg { max-width: 100%; height: auto; display: block; }
+.orch-timeline svg { max-width: 100%; height: auto; display: block; overflow: visible; }
+.orch-outputs { max-height: 40rem; overflow: auto; }
+.orch-outputs .detail-code { max-height: 12rem; margin-bottom: .75rem; }
 .orch-tree, .orch-tree ul { list-style: none; padding-left: 1.25rem; margin: 0; }
 .orch-tree { padding: .75rem 1rem; }
 .orch-tree li { padding: .2rem 0; }

@@ -12,12 +12,14 @@ from orchestrator.cli.report import duration, roi_rows, roi_summary, timeline_sv
 from orchestrator.cli.spend import tokens, usd
 from orchestrator.flower.data import SECRET_SHOWN, RunPage
 from orchestrator.flower.render import STYLE, Links, badge, esc, speed, tree_html, when
-from workers.models import AgentResult, RunResult
+from workers.models import AgentResult, AgentStatus, RunResult
 from workers.names import coordinator_id, merge_id
 from workers.patterns import pattern_of
 
 #: Longest output shown on the page (the JSON API has it whole).
 MAX_OUTPUT_CHARS = 20_000
+#: Most outputs the page shows of a run with neither a winner nor a merge.
+MAX_OUTPUTS = 10
 
 
 def _card(title: str, body: str, *, section_id: str) -> str:
@@ -172,15 +174,26 @@ def roi_html(result: RunResult) -> str:
 
 
 def outcome_html(result: RunResult, links: Links) -> str:
-    """The race's winner, the gather's merge, or the outputs kept, as JSON."""
+    """The race's winner, the gather's merge, or else the outputs of the subagents that
+    succeeded (the first few; the JSON API has them all)."""
     if result.winner is not None:
         w = result.winner
         head = f"Winner: #{w.index} {esc(w.agent)} ({_task_link(links, w.task_id)})"
         return f'<div class="orch-card-body"><p>{head}</p>{_json_block(w.output)}</div>'
     if result.merged is not None:
         return f'<div class="orch-card-body"><p>Merged output</p>{_json_block(result.merged)}</div>'
-    why = esc(result.error or "no winner and no merge")
-    return f'<div class="orch-card-body"><p class="orch-muted mb-0">{why}</p></div>'
+    kept = [e for e in result.results if e.status is AgentStatus.OK]
+    parts = [
+        f'<p class="mb-1">#{e.index} {esc(e.agent)} ({_task_link(links, e.task_id)})</p>'
+        + _json_block(e.output)
+        for e in kept[:MAX_OUTPUTS]
+    ]
+    if len(kept) > MAX_OUTPUTS:
+        parts.append(f'<p class="orch-muted">... and {len(kept) - MAX_OUTPUTS} more.</p>')
+    if result.error:
+        parts.insert(0, f'<p class="orch-muted">{esc(result.error)}</p>')
+    body = "".join(parts) or '<p class="orch-muted mb-0">No output was kept.</p>'
+    return f'<div class="orch-card-body orch-outputs">{body}</div>'
 
 
 _ENV_COLUMNS = (
