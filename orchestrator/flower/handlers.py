@@ -25,6 +25,8 @@ from orchestrator.flower.render import Links, runs_page
 from orchestrator.flower.run_view import refresh_script, run_page_html
 from orchestrator.flower.templates import PAGE, TemplateLoader
 from workers.errors import BrokerUnavailable, RunNotFound
+from workers.settings import safe_url
+from workers.store import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from orchestrator.api.client import Orchestrator
@@ -51,9 +53,12 @@ class _Reads:
         try:
             return await IOLoop.current().run_in_executor(None, functools.partial(fn, *args))
         except RunNotFound as exc:
-            raise web.HTTPError(404, f"Unknown run '{exc.run_id}'") from exc
+            raise web.HTTPError(404, f"Unknown run '{exc.run_id or '?'}'") from exc
         except BrokerUnavailable as exc:
             raise web.HTTPError(503, str(exc)) from exc
+        except CONNECTION_ERRORS as exc:
+            url = self.orch.settings.redis_url()
+            raise web.HTTPError(503, f"state Redis unavailable at {safe_url(url)}") from exc
 
     def run_filter(self) -> RunFilter:
         """The list's query arguments, checked (400 with what is wrong)."""
