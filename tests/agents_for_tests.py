@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from orchestrator import Task
 from workers import AgentContext, agent, merger, validator
 
 
@@ -187,3 +188,13 @@ def ticker(t: Ticks, ctx: AgentContext) -> Ticked:
         reports += 1
         ctx.sleep(0.05)  # the workload between reports (wakes at once on cancel)
     return Ticked(reports=reports)
+
+
+class Nest(BaseModel):
+    texts: list[str] = Field(min_length=1, max_length=8)
+
+
+@agent("nest", input=Nest, output=Joined, description="Echoes its texts in a child run.")
+def nest(n: Nest, ctx: AgentContext) -> Joined:
+    child = ctx.spawn([Task("echo", {"text": t}) for t in n.texts], preflight="off")
+    return Joined(texts=[o["text"] for o in child.wait().raise_for_status().outputs()])

@@ -215,15 +215,16 @@ def server() -> Iterator[EmbeddedRedis]:
 
 
 def launch_flower(
-    stack: EmbeddedStack, auth: str, tag: str
+    stack: EmbeddedStack, auth: str, tag: str, extra_env: dict[str, str] | None = None
 ) -> tuple[int, subprocess.Popen[bytes], Path]:
-    """``python -m orchestrator flower`` on the stack's broker, with basic auth ``auth``, as an
-    operator runs it: (port, process, log). The caller waits until it serves, and stops it."""
+    """``python -m orchestrator flower`` on the stack's broker, with basic auth ``auth`` (and
+    ``extra_env``, e.g. Flower's own FLOWER_* options), as an operator runs it: (port, process,
+    log). The caller waits until it serves, and stops it."""
 
     port = free_port()
     log = ARTIFACTS / "logs" / f"{tag}-{uuid.uuid4().hex[:6]}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**stack.env(), "ORCH_FLOWER__BASIC_AUTH": auth}
+    env = {**stack.env(), "ORCH_FLOWER__BASIC_AUTH": auth, **(extra_env or {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],

@@ -6,9 +6,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from orchestrator import Pattern, advise
+from orchestrator.cli.preflight_text import preflight_lines
 from orchestrator.cli.report import (
     COLOURS,
-    preflight_lines,
     report_lines,
     timeline_lines,
     timeline_svg,

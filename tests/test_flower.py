@@ -219,7 +219,8 @@ def _summary_line(orch: Orchestrator, res: RunResult, width: int) -> str:
     rec = orch.store.record(res.run_id)
     deadline_s = float(rec["deadline_at"]) - float(rec["created_at"])
     return (
-        f"'run {res.run_id}: {res.pattern.value} of {width} sent; deadline in {deadline_s:.0f} s'"
+        f"'run {res.run_id}: {res.pattern.value} of {width} sent; deadline in {deadline_s:.0f} s; "
+        f"page /orchestrations/{res.run_id}'"
     )
 
 

@@ -8,6 +8,8 @@ failed) is wasted whole: nothing it produced reached a kept result.
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel, Field
 
 from workers.models import AgentStatus, Pattern, RunParent, RunProgress, RunResult, RunStatus
@@ -98,7 +100,7 @@ def roll_up(node: RunTree) -> TreeTotals:
         own = TreeTotals(
             runs=1,
             subagents=prog.n,
-            wall_s=0.0,
+            wall_s=max(0.0, time.time() - prog.created_at),  # so far
             tokens_spent=prog.tokens_spent,
             cost_usd_spent=prog.cost_usd_spent,
         )

@@ -13,7 +13,8 @@ import click
 
 from orchestrator.api import Orchestrator
 from orchestrator.cli.group import _orch, main
-from orchestrator.cli.report import preflight_lines, report_lines, timeline_lines, timeline_svg
+from orchestrator.cli.preflight_text import preflight_lines
+from orchestrator.cli.report import report_lines, timeline_lines, timeline_svg
 from orchestrator.cli.watch import result_lines, watch_run
 from orchestrator.request import OrchestrationRequest
 from workers.errors import OrchestratorError, RunNotFound, RunTimedOut

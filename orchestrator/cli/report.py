@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from orchestrator.advisor import CheckStatus, Preflight
 from orchestrator.cli.limits import envelope_limits, limit_rows
 from orchestrator.cli.spend import spend_clause, spend_rows, tokens_of, unpriced_note
 from workers.models import AgentResult, AgentStatus, RoiReport, RunResult
@@ -53,7 +52,8 @@ def axis_label(t_s: float, unit: tuple[str, float], step_s: float) -> str:
     return f"{t_s / per:.{decimals}f} {name}"
 
 
-def _x(value: float | None) -> str:
+def x_of(value: float | None) -> str:
+    """A speedup as shown (``x1.50``; ``-`` when unknown)."""
     return "-" if value is None else f"x{value:.2f}"
 
 
@@ -63,9 +63,9 @@ def _pct(value: float | None) -> str:
 
 def roi_summary(r: RoiReport) -> str:
     """The ROI in one line, as ``watch`` and the demo end with it (the table has the rest)."""
-    speed = f"speedup {_x(r.speedup)}"
+    speed = f"speedup {x_of(r.speedup)}"
     if r.speedup_vs_winner is not None:
-        speed += f" ({_x(r.speedup_vs_winner)} vs the winner alone)"
+        speed += f" ({x_of(r.speedup_vs_winner)} vs the winner alone)"
     text = f"{speed}; work spent {duration(r.work_spent_s)}, wasted {duration(r.work_wasted_s)}"
     if r.merge_s or r.merge_wait_s:
         text += f"; merge {duration(r.merge_s)} after {duration(r.merge_wait_s)} queued"
@@ -75,18 +75,17 @@ def roi_summary(r: RoiReport) -> str:
 
 
 # -- tables -------------------------------------------------------------------------------
-def report_lines(result: RunResult) -> list[str]:
-    """The ROI report as a table: actual values beside the pre-flight prediction."""
-    r = result.report
-    p = r.prediction
+def roi_rows(result: RunResult) -> list[tuple[str, str, str]]:
+    """(figure, actual, predicted) rows of the ROI table (the terminal's and Flower's)."""
+    r, p = result.report, result.report.prediction
     pred_eff = p.speedup / r.n if p and p.speedup is not None and r.n else None
     rows: list[tuple[str, str, str]] = [
         ("wall time", _ms(r.wall_s), _ms(p.parallel_s if p else None)),
         ("sequential estimate", _ms(r.sequential_estimate_s), _ms(p.sequential_s if p else None)),
-        ("speedup", _x(r.speedup), _x(p.speedup if p else None)),
+        ("speedup", x_of(r.speedup), x_of(p.speedup if p else None)),
     ]
     if r.speedup_vs_winner is not None:
-        rows.append(("speedup vs winner alone", _x(r.speedup_vs_winner), ""))
+        rows.append(("speedup vs winner alone", x_of(r.speedup_vs_winner), ""))
     rows += [
         ("efficiency", _pct(r.efficiency), _pct(pred_eff)),
         ("work spent", _ms(r.work_spent_s), _ms(p.cost_s if p else None)),
@@ -94,14 +93,17 @@ def report_lines(result: RunResult) -> list[str]:
     ]
     if r.merge_s or r.merge_wait_s:
         rows += [("merge", _ms(r.merge_s), ""), ("merge queue wait", _ms(r.merge_wait_s), "")]
-    rows += [
-        ("coordinator overhead", _ms(r.coordinator_overhead_s), ""),
-        ("mean queue wait", _ms(r.queue_wait_s), ""),
-    ]
-    rows += limit_rows(r) + spend_rows(r, p)
+    rows.append(("coordinator overhead", _ms(r.coordinator_overhead_s), ""))
+    rows += [("mean queue wait", _ms(r.queue_wait_s), ""), *limit_rows(r), *spend_rows(r, p)]
     if r.cancel_latency_max_s is not None:
         latency = f"{_ms(r.cancel_latency_p50_s)} / {_ms(r.cancel_latency_max_s)}"
         rows.append(("cancel latency p50/max", latency, ""))
+    return rows
+
+
+def report_lines(result: RunResult) -> list[str]:
+    """The ROI report as a table: actual values beside the pre-flight prediction."""
+    r, p, rows = result.report, result.report.prediction, roi_rows(result)
     lines = [
         f"run {result.run_id}  {result.pattern.value}  {result.status.value}  "
         f"{r.n} subagents, executed {r.execution.value}",
@@ -126,21 +128,6 @@ def report_lines(result: RunResult) -> list[str]:
         lines.append(f"  {unpriced}")
     if result.error:
         lines.append(f"  note: {result.error}")
-    return lines
-
-
-def preflight_lines(pf: Preflight) -> list[str]:
-    """A pre-flight as a short table: verdict, predicted numbers, one line per check."""
-    slots = ", ".join(f"{q}: {n}" for q, n in pf.slots.items()) or "none"
-    lines = [
-        f"pre-flight: {pf.pattern.value} of {pf.n} tasks -> {pf.verdict.value.upper()} "
-        f"(predicted speedup {_x(pf.speedup)})",
-        f"  sequential {_ms(pf.sequential_s)} | parallel {_ms(pf.parallel_s)} on {slots} slots "
-        f"({pf.waves} wave{'s' if pf.waves != 1 else ''}) | spawn overhead "
-        f"{_ms(pf.spawn_overhead_s)} | merge {_ms(pf.merge_s)} | cost {_ms(pf.cost_s)} of work",
-    ]
-    mark = {CheckStatus.PASS: "pass", CheckStatus.WARN: "WARN", CheckStatus.FAIL: "FAIL"}
-    lines += [f"  {mark[c.status]:<5} {c.name:<13} {c.reason}" for c in pf.checks]
     return lines
 
 
@@ -293,8 +280,8 @@ def timeline_svg(result: RunResult, *, width: int = 1100) -> str:
     pred = r.prediction
     title = (
         f"run {result.run_id} · {result.pattern.value} · {result.status.value} · wall "
-        f"{_ms(r.wall_s)} · speedup {_x(r.speedup)}"
-        + (f" (predicted {_x(pred.speedup)}, {pred.verdict.value})" if pred else "")
+        f"{_ms(r.wall_s)} · speedup {x_of(r.speedup)}"
+        + (f" (predicted {x_of(pred.speedup)}, {pred.verdict.value})" if pred else "")
         + f" · {r.execution.value}"
     )
     out = [

@@ -144,8 +144,12 @@ def flower_argv(settings: Settings, *, port: int | None, address: str | None) ->
 
 
 def run_flower(settings: Settings, *, port: int | None, address: str | None) -> None:
-    """Run Flower against the configured broker (blocks)."""
+    """Run Flower against the configured broker, with the run pages (blocks)."""
     argv = flower_argv(settings, port=port, address=address)
+    # Imported here, not at start-up: tornado and Flower are for this command only.
+    from orchestrator.flower import use_orchestrations_flower
+
+    use_orchestrations_flower(settings)
     app = create_app(settings, load_agents=False)
     sys.argv = ["celery", *argv]
     _run_celery(app, argv)

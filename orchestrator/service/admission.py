@@ -64,6 +64,8 @@ def run_record(req: OrchestrationRequest, deadline_at: float) -> dict[str, Any]:
         "status": RunStatus.SUBMITTED.value,
         "preflight": req.preflight,
         "agents": [t.agent for t in req.tasks],
+        # Which subagents' outputs must never be shown (Flower's run pages read it).
+        "secret": [i for i, t in enumerate(req.tasks) if t.secret],
         "done": 0,
         # Subagents per message: set by the caller, or by adaptive batching at pre-flight.
         "batching": str(req.batch_size) if req.batch_size and req.batch_size > 1 else "",

@@ -292,14 +292,16 @@ class Coordinator:
 def summary(outcome: dict[str, Any]) -> str:
     """A coordinator's outcome as one line: what Flower shows as ``orchestrator.run``'s result
     (and the worker log's 'succeeded' line), e.g. 'run abc: parallel-spawn of 8 sent; deadline
-    in 60 s', or why nothing was sent."""
+    in 60 s; page /orchestrations/abc', or why nothing was sent."""
     run = f"run {outcome.get('run_id') or '?'}"
     if "error" in outcome:
         return f"{run}: not run: {outcome['error']}"
     if "skipped" in outcome:
         return f"{run}: nothing sent: {outcome['skipped']}"
     how = " one after another (preflight auto)" if outcome.get("execution") == "sequential" else ""
+    # The run's page in the same Flower (orchestrator/flower/): its status, tree and ROI.
+    page = f"/orchestrations/{outcome.get('run_id')}"
     return (
         f"{run}: {outcome.get('pattern')} of {outcome.get('width')} sent{how}; deadline in "
-        f"{float(outcome.get('deadline_s') or 0):.0f} s"
+        f"{float(outcome.get('deadline_s') or 0):.0f} s; page {page}"
     )

@@ -7,6 +7,8 @@ envelopes: first envelope per index winning, that hash is final. Deciding *how* 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from workers.models import AgentResult, RunResult, StoredRunResult
 from workers.scripts import FINALIZE, RESULT
 from workers.store.base import StoreBase
@@ -106,6 +108,23 @@ class FinalStore(StoreBase):
         args, missing = result_args(have, n)
         reply = RESULT(self.r, keys=self.result_keys(run_id), args=args)
         return assemble_result(reply, have, missing)
+
+    def summaries(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[dict[str, str], StoredRunResult | None]]:
+        """(run record, stored result or None while open) of each run, one round trip: a list
+        of runs with their ROI. The stored result is read as stored: when its envelopes stayed
+        in the results hash, ``results`` is empty (its report has every figure a row needs)."""
+        k = self.keys
+        pipe = self.pipeline()
+        for run_id in run_ids:
+            pipe.hgetall(k.run(run_id))
+            pipe.get(k.result(run_id))
+        replies = pipe.execute()
+        out: list[tuple[dict[str, str], StoredRunResult | None]] = []
+        for rec, raw in zip(replies[::2], replies[1::2], strict=True):
+            out.append((rec, StoredRunResult.model_validate_json(raw) if raw else None))
+        return out
 
     def result_keys(self, run_id: str) -> list[str]:
         """KEYS of result.lua for this run."""

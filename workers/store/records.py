@@ -192,6 +192,15 @@ class RecordStore(StoreBase):
         ids: list[str] = self.r.zrevrange(self.keys.runs, 0, limit - 1)  # type: ignore[assignment]
         return ids
 
+    def runs_fields(self, run_ids: Sequence[str], names: list[str]) -> list[list[str | None]]:
+        """Some fields of many run records, one round trip (a row of Nones: no record), e.g. to
+        filter the recent runs by status and pattern before reading the few shown."""
+        pipe = self.pipeline()
+        for run_id in run_ids:
+            pipe.hmget(self.keys.run(run_id), names)
+        rows: list[list[str | None]] = pipe.execute()
+        return rows
+
     def due_runs(self, now: float, limit: int) -> list[str]:
         """Open runs whose deadline is at or before ``now``, soonest first."""
         due: list[str] = self.r.zrangebyscore(  # type: ignore[assignment]
