@@ -51,6 +51,15 @@ class Block:
         )
 
 
+def on_a_loop() -> bool:
+    """Whether this thread runs an asyncio event loop right now."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _where(frame: FrameType | None) -> str:
     """The frame running now (the line that blocks: a C call such as time.sleep has none of
     its own), as file:line."""

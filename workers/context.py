@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from workers.agent_loop import on_a_loop
 from workers.cancel import Running
 from workers.errors import TaskCancelled
 from workers.ledger import SpendDelta, SpendMeter
@@ -247,7 +248,7 @@ class AgentContext:
         """Append an event, best effort; from the loop in the background, never blocking."""
         if self._store is None:
             return
-        if self._aio is not None and _on_a_loop():
+        if self._aio is not None and on_a_loop():
             task = asyncio.get_running_loop().create_task(self._event_async(kind, fields))
             self._pending.add(task)  # a task nobody holds may be collected before it runs
             task.add_done_callback(self._pending.discard)
@@ -263,11 +264,3 @@ class AgentContext:
             await self._aio().event(self.run_id, kind, **fields)
         except Exception as exc:  # best effort, as above
             log.debug("%s event dropped: %s", kind, exc)
-
-
-def _on_a_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -12,7 +12,6 @@ it raises :class:`WouldDeadlock` saying what to do instead.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from orchestrator.api.client import Orchestrator
 from orchestrator.api.runs import Run
 from orchestrator.request import Task, TaskSpec
 from workers import ending
+from workers.agent_loop import on_a_loop
 from workers.children import Origin
 from workers.errors import InvalidRequest, RunTimedOut, WouldDeadlock
 from workers.models import AgentKind, Pattern, RunResult
@@ -99,7 +99,7 @@ class ChildRunHandle(Run):
             return await super().wait_async(timeout_s)
 
     def wait(self, timeout_s: float | None = None) -> RunResult:
-        if self.origin.is_async and _on_a_loop():
+        if self.origin.is_async and on_a_loop():
             raise InvalidRequest(
                 f"agent {self.origin.parent.agent!r} is async def: `await run.wait_async()` "
                 "for child run results (a blocking wait would stop the event loop its "
@@ -158,11 +158,3 @@ class ChildRunHandle(Run):
             slots=slots,
             waiting=held,
         )
-
-
-def _on_a_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
