@@ -63,14 +63,20 @@ def merge_signature(
 
 
 def send_merger(done: Completion, *, only_if_unsent: bool = False) -> None:
-    """Send the merger's message, recording when; ``only_if_unsent`` from a redelivered member
-    (its worker may have died before it could send)."""
+    """Send the merger's message, recording when. ``only_if_unsent``: only the first caller
+    sends (the last report and an early quorum's envelope, or a redelivered member whose worker
+    died before it could send, may all get here at once): the send is claimed first."""
     message, sent, all_reported = done.store.merger_message(done.run_id)
     if not message or (only_if_unsent and (sent or not all_reported)):
         return
+    now = time.time()
+    if only_if_unsent and not done.store.claim_merger_send(done.run_id, now):
+        return  # another caller claimed it between the read and here
     try:
         done.send(message)
     except Exception as exc:  # broker away past its retries: this subtask itself succeeded
+        if only_if_unsent:
+            done.store.release_merger_send(done.run_id)  # the coordinators' resend takes it
         log.warning(
             "run %s: could not send the merger (%s); a coordinator sends it after "
             "ORCH_LOST_WORKER_S",
@@ -78,7 +84,8 @@ def send_merger(done: Completion, *, only_if_unsent: bool = False) -> None:
             exc,
         )
         return
-    done.store.mark_merger_sent(done.run_id, time.time())
+    if not only_if_unsent:
+        done.store.mark_merger_sent(done.run_id, now)
 
 
 class Gather(PatternSpec):
@@ -117,7 +124,8 @@ class Gather(PatternSpec):
 
     def on_quorum(self, done: Completion, n: int) -> None:
         ending.reach_quorum(done.store, done.revoke, done.run_id, n)
-        send_merger(done)
+        # Claimed: the last straggler's report may be sending it at this very moment.
+        send_merger(done, only_if_unsent=True)
 
     def on_reported_again(self, done: Completion) -> None:
         send_merger(done, only_if_unsent=True)

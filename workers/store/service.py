@@ -150,8 +150,12 @@ class ServiceStore(RecordStore, FleetStore):
         self.update_run(run_id, **{MERGER_SENT_AT: repr(at)})
 
     def claim_merger_send(self, run_id: str, at: float) -> bool:
-        """Claim the late send of a merger (one coordinator wins)."""
+        """Claim the send of a merger (one sender wins)."""
         return self.set_run_field_once(run_id, MERGER_SENT_AT, repr(at))
+
+    def release_merger_send(self, run_id: str) -> None:
+        """A claimed send failed: leave the merger to the coordinators' resend."""
+        self.r.hdel(self.keys.run(run_id), MERGER_SENT_AT)
 
     def mergers_due(self, run_ids: Sequence[str]) -> list[tuple[str, str, float]]:
         """(run, merger message, when every member had reported) of the gathers among
