@@ -154,6 +154,7 @@ def test_the_hedge_benchmark_prints_its_table() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     args = ["--samples", "4", "--parallel", "4", "--slow-ms", "300", "--tail", "0.5"]
+    args += ["--history", "20", "--fast-ms", "20"]
     out = subprocess.run(
         [sys.executable, "-m", "bench.hedge", *args],
         env=env,

@@ -309,7 +309,7 @@ def test_no_answer_is_a_model_call_failed_without_a_status() -> None:
         _run(
             lambda: llm.chat(
                 _ctx(), model="m", messages=_messages(""), base_url=f"http://127.0.0.1:{port}/v1",
-                api_key=KEY,
+                api_key=KEY, retry=RetryPolicy(attempts=2, backoff_s=0.05, max_backoff_s=0.05),
             )
         )  # fmt: skip
     assert caught.value.status is None and caught.value.retry_after_s is None
