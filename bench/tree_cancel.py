@@ -96,7 +96,14 @@ def main() -> None:
         f"Python {platform.python_version()}."
     )
     out = table(
-        ["depth", "runs", "subagents stopped (median)", "(max)", "runs ended (median)", "(max)"],
+        [
+            "depth",
+            "runs",
+            "subagents stopped, median ms",
+            "max ms",
+            "runs ended, median ms",
+            "max ms",
+        ],
         rows,
     )
     text = f"{head}\n\n{out}\n"
