@@ -4,6 +4,7 @@ and RabbitMQ) join when ORCH_TEST_REDIS_URL / ORCH_TEST_AMQP_URL are set."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +66,25 @@ def stack_for(**kw: object) -> Iterator[EmbeddedStack]:
         yield s
     finally:
         s.stop()
+
+
+def llm_stack_for(
+    model: ModelServer, name: str, modules: list[str], limits: dict[str, object]
+) -> Iterator[EmbeddedStack]:
+    """Two workers calling ``model`` under ``ORCH_RATE_LIMITS=limits``; each process takes at
+    most 15 of a run's messages, so both serve a spawn (``yield from``)."""
+    yield from stack_for(
+        name=name,
+        workers=2,
+        concurrency=1,
+        agent_modules=[*AGENT_MODULES, *modules],
+        extra_env={
+            "ORCH_LLM__BASE_URL": model.url + "/v1",
+            "ORCH_LLM__API_KEY": "sk-test",
+            "ORCH_RATE_LIMITS": json.dumps(limits),
+            "ORCH_AIO__MAX_IN_FLIGHT": "15",
+        },
+    )
 
 
 @pytest.fixture(scope="module")

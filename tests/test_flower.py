@@ -50,10 +50,10 @@ class Flower:
         return json.loads(body)
 
 
-@pytest.fixture(scope="module")
-def flower(stack: EmbeddedStack) -> Iterator[Flower]:
-    """``python -m orchestrator flower`` against the session's stack, as an operator runs it."""
-    port, proc, log = launch_flower(stack, f"{USER}:{PASSWORD}", "flower")
+def serve_flower(stack: EmbeddedStack, tag: str) -> Iterator[Flower]:
+    """``python -m orchestrator flower`` against ``stack`` with basic auth, as an operator runs
+    it, once it serves; stopped after (``yield from`` in a fixture)."""
+    port, proc, log = launch_flower(stack, f"{USER}:{PASSWORD}", tag)
     fl = Flower(f"http://127.0.0.1:{port}", log)
     try:
 
@@ -68,6 +68,12 @@ def flower(stack: EmbeddedStack) -> Iterator[Flower]:
         yield fl
     finally:
         stop_flower(proc)
+
+
+@pytest.fixture(scope="module")
+def flower(stack: EmbeddedStack) -> Iterator[Flower]:
+    """Flower against the session's stack."""
+    yield from serve_flower(stack, "flower")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from orchestrator.flower import (
     tree_html,
 )
 from tests.conftest import ARTIFACTS, launch_flower, stop_flower, wait_for
-from tests.test_flower import PASSWORD, USER, Flower, _browser, _chromium
+from tests.test_flower import PASSWORD, USER, Flower, _browser, _chromium, serve_flower
 from workers.models import AgentResult, AgentStatus, Pattern, RoiReport, RunParent, RunStatus
 from workers.run_tree import RunTree, TreeTotals, roll_up
 
@@ -39,21 +39,7 @@ SHOTS = ARTIFACTS / "flower-pages"
 
 @pytest.fixture(scope="module")
 def flower(stack: EmbeddedStack) -> Iterator[Flower]:
-    port, proc, log = launch_flower(stack, f"{USER}:{PASSWORD}", "flowerpages")
-    fl = Flower(f"http://127.0.0.1:{port}", log)
-    try:
-
-        def serving() -> bool:
-            assert proc.poll() is None, f"flower exited: {log.read_text(errors='replace')}"
-            try:
-                return fl.get("/healthcheck", auth=False)[0] == 200
-            except OSError:
-                return False
-
-        wait_for(serving, 20, "Flower to serve")
-        yield fl
-    finally:
-        stop_flower(proc)
+    yield from serve_flower(stack, "flowerpages")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, RunStatus, Ta
 from orchestrator.cli.report import report_lines
 from orchestrator.cli.watch import RunView
 from orchestrator.events import read_events
-from tests.conftest import AGENT_MODULES, client_for, stack_for, wait_for
+from tests.conftest import client_for, llm_stack_for, wait_for
 from tests.model_server import ModelServer
 from workers.errors import ConfigError
 from workers.models import AgentKind
@@ -45,18 +45,7 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def stack(model: ModelServer) -> Iterator[EmbeddedStack]:
-    yield from stack_for(
-        name="limits",
-        workers=2,
-        concurrency=1,
-        agent_modules=[*AGENT_MODULES, "tests.agents_limited"],
-        extra_env={
-            "ORCH_LLM__BASE_URL": model.url + "/v1",
-            "ORCH_LLM__API_KEY": "sk-test",
-            "ORCH_RATE_LIMITS": json.dumps(LIMITS),
-            "ORCH_AIO__MAX_IN_FLIGHT": "15",
-        },
-    )
+    yield from llm_stack_for(model, "limits", ["tests.agents_limited"], LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +158,7 @@ def test_a_long_call_keeps_its_concurrency_slot_beyond_lease_s(
 
 
 HOLDER = """
-import sys, time
+import sys, threading
 from workers.limiter import LeaseKeeper
 from workers.store import store_at
 from workers.store.limits import Quota, SyncLimits
@@ -178,7 +167,7 @@ held = [(sys.argv[3], Quota(window_ms=1000, concurrent=1, lease_ms=600))]
 assert limits.acquire("holder", held, 0) == 0
 LeaseKeeper(lambda: limits).keep("holder", held)
 print("held", flush=True)
-time.sleep(120)
+threading.Event().wait(120)  # held (and renewed) until the test kills this process
 """
 
 

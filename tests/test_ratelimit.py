@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import AgentStatus, EmbeddedStack, Orchestrator, Run, RunResult, RunStatus, Task
-from tests.conftest import AGENT_MODULES, client_for, stack_for, wait_for
+from tests.conftest import client_for, llm_stack_for, wait_for
 from tests.model_server import ModelServer
 from workers.errors import ConfigError
 from workers.ratelimit import RateLimit, parse_rate_limits
@@ -33,19 +33,7 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def stack(model: ModelServer) -> Iterator[EmbeddedStack]:
-    yield from stack_for(
-        name="ratelimit",
-        workers=2,
-        concurrency=1,
-        agent_modules=[*AGENT_MODULES, "tests.agents_llm"],
-        extra_env={
-            "ORCH_LLM__BASE_URL": model.url + "/v1",
-            "ORCH_LLM__API_KEY": "sk-test",
-            "ORCH_RATE_LIMITS": json.dumps(LIMITS),
-            # Each process takes at most 15 of a run's messages: both workers serve a spawn.
-            "ORCH_AIO__MAX_IN_FLIGHT": "15",
-        },
-    )
+    yield from llm_stack_for(model, "ratelimit", ["tests.agents_llm"], LIMITS)
 
 
 @pytest.fixture(scope="module")
