@@ -184,7 +184,8 @@ def test_a_cancel_mid_stream_closes_the_connection_and_keeps_the_partial_usage(
 
     async def main() -> float:
         call = asyncio.create_task(chat_(ctx, server, directive))
-        await _until(lambda: (r := server.record("cancel1")) and r.chunks_sent >= 5, 5, "5")
+        # The client's count, not the server's: a chunk sent is not yet a chunk read.
+        await _until(lambda: ctx.spent.output_tokens >= 5, 5, "5 tokens read")
         cancelled_at = time.time()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
